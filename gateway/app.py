@@ -1,0 +1,33 @@
+"""Composition root: the aiohttp application with its routes, middleware and lifecycle."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+from gateway.handlers import chat, embeddings, health, models
+from gateway.handlers.common import RUNTIME
+from gateway.middleware import add_gateway_headers, gateway_middleware
+from gateway.runtime import Runtime, RuntimeHolder
+
+
+def create_app(runtime: Runtime) -> web.Application:
+    # Bodies are read by the handlers under `server.max_body_mb`; aiohttp's own limit is
+    # lifted so that one does not answer first with a differently shaped 413.
+    app = web.Application(middlewares=[gateway_middleware], client_max_size=2**62)
+    app[RUNTIME] = RuntimeHolder(runtime)
+    app.on_response_prepare.append(add_gateway_headers)
+    app.router.add_post("/v1/chat/completions", chat.chat_completions)
+    app.router.add_post("/v1/embeddings", embeddings.embeddings)
+    app.router.add_get("/v1/models", models.list_models)
+    app.router.add_get("/v1/models/{model}", models.get_model)
+    app.router.add_get("/healthz", health.healthz)
+    app.router.add_get("/readyz", health.readyz)
+    app.cleanup_ctx.append(_close_runtime)
+    return app
+
+
+async def _close_runtime(app: web.Application) -> AsyncIterator[None]:
+    yield
+    await app[RUNTIME].current.aclose()

@@ -1,0 +1,381 @@
+"""The config file: typed, frozen, checked whole before anything uses it.
+
+`load_config(path)` reads YAML, interpolates `${VAR}` / `${VAR:-default}` from the environment,
+validates the SPEC schema (unknown keys are errors) and checks every cross-reference. Every
+problem found is reported at once, each prefixed with its place in the YAML
+(`tiers.fast[1]: unknown model 'claude-hiku'`), so that `gateway check-config` can list them all.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+Path_ = tuple[str | int, ...]
+
+
+class ConfigError(Exception):
+    """A config that cannot be used; `problems` holds one line per problem, each with its path."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+PositiveFloat = Annotated[float, Field(gt=0)]
+PositiveInt = Annotated[int, Field(gt=0)]
+NonNegativeFloat = Annotated[float, Field(ge=0)]
+
+
+class ServerConfig(_Model):
+    host: str = "0.0.0.0"
+    port: int = Field(default=8080, ge=0, le=65535)
+    metrics_port: int | None = Field(default=None, ge=0, le=65535)
+    max_body_mb: PositiveFloat = 8
+    max_concurrent: PositiveInt = 2000
+    shutdown_grace_s: NonNegativeFloat = 30
+    # While a stream's first token is slow, the answer is held back this long (so that a failure
+    # can still get a real HTTP status), then committed and kept alive with `: keep-alive`
+    # comments at this interval so idle-timeout proxies do not cut it.
+    keepalive_s: PositiveFloat = 15
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+class OpenAIProviderConfig(_Model):
+    type: Literal["openai"]
+    base_url: str
+    api_key: str | None = None
+    headers: dict[str, str] = {}
+    max_connections: PositiveInt = 1000
+
+    @field_validator("base_url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        return _check_http_url(value)
+
+
+class AnthropicProviderConfig(_Model):
+    type: Literal["anthropic"]
+    base_url: str = "https://api.anthropic.com"
+    api_key: str | None = None
+    anthropic_version: str = "2023-06-01"
+    headers: dict[str, str] = {}
+    max_connections: PositiveInt = 1000
+    default_max_tokens: PositiveInt = 4096
+
+    @field_validator("base_url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        return _check_http_url(value)
+
+
+class MockProviderConfig(_Model):
+    """The built-in provider: deterministic text, no network."""
+
+    type: Literal["mock"]
+    first_token_ms: NonNegativeFloat = 0
+    pace_ms: NonNegativeFloat = 0  # between stream chunks
+    completion_tokens: PositiveInt = 16  # answer length when the request sets no max_tokens
+    fail_status: int | None = Field(default=None, ge=400, le=599)  # always fail with this status
+    embedding_dimensions: PositiveInt = 8
+
+
+ProviderConfig = Annotated[
+    OpenAIProviderConfig | AnthropicProviderConfig | MockProviderConfig,
+    Field(discriminator="type"),
+]
+
+
+class PriceConfig(_Model):
+    """USD per million tokens."""
+
+    input: NonNegativeFloat = 0
+    output: NonNegativeFloat = 0
+    cached_input: NonNegativeFloat | None = None  # None: cached input priced as input
+
+
+class TimeoutConfig(_Model):
+    """Seconds. `first_token`: until the first stream event, or until the headers otherwise."""
+
+    connect: PositiveFloat = 5
+    first_token: PositiveFloat = 60
+    total: PositiveFloat = 600
+
+
+class LimitConfig(_Model):
+    rpm: PositiveInt | None = None
+    tpm: PositiveInt | None = None
+    max_concurrent: PositiveInt | None = None
+
+
+class ModelConfig(_Model):
+    provider: str
+    model: str | None = None  # the upstream's own id; defaults to this model's name
+    price: PriceConfig = PriceConfig()
+    timeout: TimeoutConfig = TimeoutConfig()
+    limits: LimitConfig = LimitConfig()
+    fallbacks: list[str] = []
+
+
+FallbackKind = Literal["connect", "timeout", "429", "5xx", "context_length"]
+
+
+class CooldownConfig(_Model):
+    failures: PositiveInt = 3
+    seconds: NonNegativeFloat = 30
+
+
+class RoutingConfig(_Model):
+    default_tier: str | None = None  # None: a body without `model` is a 400, as at OpenAI
+    retries: int = Field(default=1, ge=0, le=10)
+    fallback_on: list[FallbackKind] = ["connect", "timeout", "429", "5xx"]
+    cooldown: CooldownConfig = CooldownConfig()
+
+
+class PlanConfig(_Model):
+    rpm: PositiveInt | None = None
+    tpm: PositiveInt | None = None
+    max_concurrent: PositiveInt | None = None
+    tiers: list[str] | None = None  # None: every tier
+
+
+class KeyConfig(_Model):
+    name: str = Field(min_length=1)
+    key: str | None = Field(default=None, min_length=1)
+    key_sha256: str | None = None
+    plan: str | None = None
+    feature: str | None = None
+    admin: bool = False
+
+    @field_validator("key_sha256")
+    @classmethod
+    def _hex_digest(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"[0-9a-fA-F]{64}", value):
+            raise ValueError("must be the 64 hex digits of a SHA-256 digest")
+        return value.lower() if value is not None else None
+
+    def secret_digest(self) -> bytes:
+        """SHA-256 of the key: what a presented key is compared against."""
+        if self.key_sha256 is not None:
+            return bytes.fromhex(self.key_sha256)
+        assert self.key is not None  # checked at load
+        return hashlib.sha256(self.key.encode()).digest()
+
+
+class LimitsConfig(_Model):
+    backend: Literal["memory", "redis"] = "memory"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    on_backend_error: Literal["allow", "deny"] = "allow"
+    lease_ttl_s: PositiveFloat = 60  # a dead replica's leases free themselves after this
+
+
+class SinksConfig(_Model):
+    jsonl: str | None = None  # path of the append-only file; null: off
+    jsonl_max_mb: PositiveFloat = 100  # rotate when the file passes this size
+    jsonl_rotate_daily: bool = True
+    redis: bool = False
+    redis_stream_maxlen: PositiveInt = 1_000_000
+
+
+class UsageConfig(_Model):
+    features: list[str] = []
+    sinks: SinksConfig = SinksConfig()
+    queue_size: PositiveInt = 10_000
+    dashboard: bool = False  # serve /dashboard without an admin key
+
+
+class GatewayConfig(_Model):
+    server: ServerConfig = ServerConfig()
+    providers: dict[str, ProviderConfig] = {}
+    models: dict[str, ModelConfig] = {}
+    tiers: dict[str, list[str]] = {}
+    aliases: dict[str, str] = {}
+    routing: RoutingConfig = RoutingConfig()
+    plans: dict[str, PlanConfig] = {}
+    keys: list[KeyConfig] | None = None  # None: auth is off
+    limits: LimitsConfig = LimitsConfig()
+    usage: UsageConfig = UsageConfig()
+
+    def upstream_id(self, model_name: str) -> str:
+        """The id the upstream knows the model by."""
+        return self.models[model_name].model or model_name
+
+
+def _check_http_url(value: str) -> str:
+    if not re.match(r"^https?://[^/\s]+", value):
+        raise ValueError(f"must be an http:// or https:// URL, got {value!r}")
+    return value.rstrip("/")
+
+
+# --- loading -------------------------------------------------------------------------------
+
+_VAR = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def format_path(path: Path_) -> str:
+    """`("tiers", "fast", 1)` → `tiers.fast[1]`."""
+    out = ""
+    for part in path:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out or "(top)"
+
+
+def interpolate(
+    node: Any, env: Mapping[str, str], problems: list[str], path: Path_ = ()
+) -> Any:
+    """Replace `${VAR}` and `${VAR:-default}` in every string; `$$` is a literal `$`."""
+    if isinstance(node, str):
+
+        def substitute(match: re.Match[str]) -> str:
+            if match.group(0) == "$$":
+                return "$"
+            name, default = match.group(1), match.group(2)
+            value = env.get(name)
+            if value is None or (value == "" and default is not None):
+                if default is not None:
+                    return default
+                problems.append(f"{format_path(path)}: environment variable {name} is not set")
+                return ""
+            return value
+
+        return _VAR.sub(substitute, node)
+    if isinstance(node, dict):
+        return {k: interpolate(v, env, problems, (*path, str(k))) for k, v in node.items()}
+    if isinstance(node, list):
+        return [interpolate(v, env, problems, (*path, i)) for i, v in enumerate(node)]
+    return node
+
+
+def _validation_problems(error: ValidationError, raw: Any) -> list[str]:
+    problems = []
+    for item in error.errors():
+        loc = list(item["loc"])
+        # A provider's discriminator tag ("openai", "mock") appears in the location; it is not
+        # part of the YAML path the user edits.
+        if len(loc) >= 3 and loc[0] == "providers" and loc[2] in ("openai", "anthropic", "mock"):
+            del loc[2]
+        message = item["msg"]
+        if item["type"] == "extra_forbidden":
+            message = "unknown key"
+        elif item["type"] == "missing":
+            message = "required key is missing"
+        elif item["type"] == "union_tag_invalid":
+            message = "type must be one of 'openai', 'anthropic', 'mock'"
+        elif item["type"] == "union_tag_not_found":
+            message = "type is missing (one of 'openai', 'anthropic', 'mock')"
+        problems.append(f"{format_path(tuple(loc))}: {message}")
+    return problems
+
+
+def check_references(config: GatewayConfig) -> list[str]:
+    """Every name that points elsewhere must exist; names must not mean two things."""
+    problems: list[str] = []
+    models, tiers, plans = config.models, config.tiers, config.plans
+
+    for name, model in models.items():
+        if model.provider not in config.providers:
+            problems.append(f"models.{name}.provider: unknown provider {model.provider!r}")
+        for i, fallback in enumerate(model.fallbacks):
+            if fallback not in models:
+                problems.append(f"models.{name}.fallbacks[{i}]: unknown model {fallback!r}")
+            elif fallback == name:
+                problems.append(f"models.{name}.fallbacks[{i}]: a model cannot fall back to itself")
+
+    for tier, chain in tiers.items():
+        if not chain:
+            problems.append(f"tiers.{tier}: a tier needs at least one model")
+        for i, model_name in enumerate(chain):
+            if model_name not in models:
+                problems.append(f"tiers.{tier}[{i}]: unknown model {model_name!r}")
+        if tier in models:
+            problems.append(f"tiers.{tier}: the name is also a model; a name must mean one thing")
+
+    for alias, target in config.aliases.items():
+        if target not in tiers and target not in models:
+            problems.append(f"aliases.{alias}: unknown tier or model {target!r}")
+        if alias in tiers or alias in models:
+            problems.append(f"aliases.{alias}: the name is already a tier or model")
+
+    default_tier = config.routing.default_tier
+    if default_tier is not None and default_tier not in tiers:
+        problems.append(f"routing.default_tier: unknown tier {default_tier!r}")
+
+    for plan_name, plan in plans.items():
+        for i, tier in enumerate(plan.tiers or []):
+            if tier not in tiers:
+                problems.append(f"plans.{plan_name}.tiers[{i}]: unknown tier {tier!r}")
+
+    seen_names: set[str] = set()
+    seen_digests: set[bytes] = set()
+    for i, key in enumerate(config.keys or []):
+        place = f"keys[{i}]"
+        if (key.key is None) == (key.key_sha256 is None):
+            problems.append(f"{place}: give exactly one of 'key' and 'key_sha256'")
+            continue
+        if key.plan is not None and key.plan not in plans:
+            problems.append(f"{place}.plan: unknown plan {key.plan!r}")
+        if key.name in seen_names:
+            problems.append(f"{place}.name: duplicate key name {key.name!r}")
+        digest = key.secret_digest()
+        if digest in seen_digests:
+            problems.append(f"{place}: the same secret is used by another key")
+        seen_names.add(key.name)
+        seen_digests.add(digest)
+
+    if config.server.metrics_port is not None and config.server.metrics_port == config.server.port:
+        problems.append("server.metrics_port: must differ from server.port")
+    return problems
+
+
+def parse_config(text: str, env: Mapping[str, str] | None = None) -> GatewayConfig:
+    """Parse, interpolate, validate and cross-check config text; raise ConfigError listing all."""
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "(yaml)"
+        reason = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError([f"{where}: invalid YAML: {reason}"]) from exc
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(["(top): the config must be a mapping of sections"])
+
+    problems: list[str] = []
+    raw = interpolate(raw, os.environ if env is None else env, problems)
+    try:
+        config = GatewayConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(problems + _validation_problems(exc, raw)) from exc
+    problems += check_references(config)
+    if problems:
+        raise ConfigError(problems)
+    return config
+
+
+def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> GatewayConfig:
+    """Read and check the config file at `path`."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([f"{path}: cannot read the config file: {exc.strerror or exc}"]) from exc
+    return parse_config(text, env)
+
+
+def default_config_path() -> str:
+    """`$GATEWAY_CONFIG`, then `config.yaml`."""
+    return os.environ.get("GATEWAY_CONFIG") or "config.yaml"

@@ -1,0 +1,82 @@
+"""Per-request state: who and what a call is for, and what happened to it.
+
+`RequestState` lives from the first middleware to the last line of the access log; the
+response headers (`x-request-id`, `x-gateway-*`) and, in later stages, the usage record are
+read from it.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from gateway.auth import Principal
+from gateway.providers.base import Usage
+
+_SAFE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+
+
+def request_id_from(header: str | None) -> str:
+    """The client's own request id when it is sane, else a new one."""
+    if header and _SAFE_REQUEST_ID.match(header):
+        return header
+    return f"req_{uuid.uuid4().hex}"
+
+
+@dataclass(slots=True)
+class RequestState:
+    """What the gateway knows and decides about one request."""
+
+    request_id: str
+    started: float = field(default_factory=time.perf_counter)
+    principal: Principal | None = None
+    feature: str = "unknown"
+    user: str | None = None
+    conversation: str | None = None
+    tier: str = ""
+    model: str = ""
+    provider: str = ""
+    attempts: int = 0
+    stream: bool = False
+    usage: Usage | None = None
+    first_token_at: float | None = None
+    error: str | None = None  # why the request failed or ended early
+    stream_cut: bool = False  # a stream that ended before the upstream finished it
+
+    def response_headers(self) -> dict[str, str]:
+        return {
+            "x-request-id": self.request_id,
+            "x-gateway-tier": self.tier,
+            "x-gateway-model": self.model,
+            "x-gateway-attempts": str(self.attempts),
+        }
+
+
+def apply_request_context(
+    state: RequestState, headers: Mapping[str, str], body: dict[str, Any]
+) -> None:
+    """Fill feature, user and conversation; remove gateway-only fields from `body`.
+
+    Feature: `X-Gateway-Feature`, else `metadata.feature`, else the key's `feature`, else
+    `unknown`. User: `X-Gateway-User`, else the body's `user` (which is an OpenAI field and
+    stays in the body).
+    """
+    metadata = body.get("metadata")
+    body_feature = None
+    if isinstance(metadata, dict) and "feature" in metadata:
+        rest = {k: v for k, v in metadata.items() if k != "feature"}
+        body_feature = metadata["feature"]
+        if rest:
+            body["metadata"] = rest
+        else:
+            del body["metadata"]
+    principal_feature = state.principal.feature if state.principal else None
+    feature = headers.get("x-gateway-feature") or body_feature or principal_feature
+    state.feature = str(feature) if feature else "unknown"
+    user = headers.get("x-gateway-user") or body.get("user")
+    state.user = str(user) if user else None
+    state.conversation = headers.get("x-gateway-conversation") or None

@@ -1,0 +1,212 @@
+"""One tree of errors, each knowing its HTTP status, its OpenAI `type`/`code`, and whether a
+retry by the client can help (`x-should-retry`).
+
+`UpstreamFailure` is what providers raise: it carries the reason kind that routing matches
+against `routing.fallback_on` (connect, timeout, 429, 5xx, context_length) and turns into the
+client-facing error when nothing else can answer.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+
+class GatewayError(Exception):
+    """An error the client sees as OpenAI-shaped JSON."""
+
+    status = 500
+    type = "server_error"
+    code: str | None = None
+    should_retry = False
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        status: int | None = None,
+        error_type: str | None = None,
+        headers: dict[str, str] | None = None,
+        should_retry: bool | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        if code is not None:
+            self.code = code
+        if status is not None:
+            self.status = status
+        if error_type is not None:
+            self.type = error_type
+        if should_retry is not None:
+            self.should_retry = should_retry
+        self.headers: dict[str, str] = headers or {}
+
+    def body(self) -> dict[str, Any]:
+        return {
+            "error": {
+                "message": self.message,
+                "type": self.type,
+                "param": self.param,
+                "code": self.code,
+            }
+        }
+
+    def body_bytes(self) -> bytes:
+        return orjson.dumps(self.body())
+
+
+class InvalidRequest(GatewayError):
+    status = 400
+    type = "invalid_request_error"
+
+
+class AuthenticationFailed(GatewayError):
+    status = 401
+    type = "authentication_error"
+    code = "invalid_api_key"
+
+
+class PermissionDenied(GatewayError):
+    status = 403
+    type = "permission_error"
+
+
+class ModelNotFound(GatewayError):
+    # Exactly what OpenAI answers for a model it does not know.
+    status = 404
+    type = "invalid_request_error"
+    code = "model_not_found"
+
+
+class NotFound(GatewayError):
+    status = 404
+    type = "invalid_request_error"
+    code = "not_found"
+
+
+class MethodNotAllowed(GatewayError):
+    status = 405
+    type = "invalid_request_error"
+    code = "method_not_allowed"
+
+
+class RequestTooLarge(GatewayError):
+    status = 413
+    type = "request_too_large"
+    code = "request_too_large"
+
+
+class RateLimited(GatewayError):
+    status = 429
+    type = "rate_limit_error"
+    should_retry = True
+
+
+class UpstreamError(GatewayError):
+    status = 502
+    type = "upstream_error"
+    should_retry = True
+
+
+class AllModelsFailed(GatewayError):
+    status = 503
+    type = "all_models_failed"
+    code = "all_models_failed"
+    should_retry = True
+
+
+class UpstreamTimeout(GatewayError):
+    status = 504
+    type = "upstream_timeout"
+    code = "upstream_timeout"
+    should_retry = True
+
+
+class ServiceUnavailable(GatewayError):
+    status = 503
+    type = "service_unavailable"
+    code = "service_unavailable"
+    should_retry = True
+
+
+# --- failures of one upstream attempt ------------------------------------------------------
+
+
+class UpstreamFailure(Exception):
+    """One upstream attempt failed.
+
+    `kind` is what routing matches against `routing.fallback_on`: `connect`, `timeout`, `429`,
+    `5xx`, `context_length`; or `client_error` (the upstream refused the request itself: the
+    next model would refuse it too) and `bad_response` (garbage from the upstream).
+    """
+
+    def __init__(
+        self,
+        kind: str,
+        message: str,
+        *,
+        status: int | None = None,
+        upstream_error: dict[str, Any] | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.message = message
+        self.status = status  # the upstream's HTTP status, when it answered
+        self.upstream_error = upstream_error  # the upstream's own OpenAI-shaped error object
+        self.retry_after = retry_after
+
+    def to_client_error(self) -> GatewayError:
+        """What the client sees when this was the last word."""
+        if self.kind == "timeout":
+            return UpstreamTimeout(f"The upstream did not answer in time: {self.message}")
+        if self.kind in ("client_error", "context_length") and self.status is not None:
+            return self._relayed_client_error()
+        if self.kind == "429":
+            headers = {}
+            if self.retry_after is not None:
+                headers["retry-after"] = str(max(1, round(self.retry_after)))
+                headers["retry-after-ms"] = str(int(self.retry_after * 1000))
+            return RateLimited(
+                f"The upstream is rate limiting requests: {self.message}",
+                code="upstream_rate_limited",
+                headers=headers,
+            )
+        code = {
+            "connect": "upstream_connect_error",
+            "reset": "upstream_connection_reset",
+            "bad_response": "upstream_bad_response",
+            "5xx": "upstream_server_error",
+        }.get(self.kind, "upstream_error")
+        return UpstreamError(f"The upstream failed: {self.message}", code=code)
+
+    def _relayed_client_error(self) -> GatewayError:
+        """The upstream refused the request itself (a bad parameter, a prompt too long): the
+        client gets the upstream's own status and error, since only the client can fix it.
+        An upstream 401/403/404 is the gateway's misconfiguration, not the client's."""
+        assert self.status is not None
+        if self.status in (401, 403, 404):
+            return UpstreamError(
+                f"The upstream refused the gateway's request ({self.status}): {self.message}",
+                code="upstream_rejected",
+                should_retry=False,
+            )
+        err = self.upstream_error or {}
+        message = err.get("message") if isinstance(err.get("message"), str) else self.message
+        param = err.get("param") if isinstance(err.get("param"), str) else None
+        code = err.get("code")
+        if self.kind == "context_length":
+            code = "context_length_exceeded"
+        error_type = err.get("type") if isinstance(err.get("type"), str) else None
+        return GatewayError(
+            str(message),
+            param=param,
+            code=str(code) if code is not None else None,
+            status=self.status,
+            error_type=error_type or "invalid_request_error",
+            should_retry=False,
+        )

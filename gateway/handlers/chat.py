@@ -1,0 +1,100 @@
+"""POST /v1/chat/completions, streaming and not."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from gateway.context import apply_request_context
+from gateway.errors import InvalidRequest, UpstreamFailure
+from gateway.handlers.common import begin, invalid_type, read_json_object, require
+from gateway.providers.base import UpstreamCall
+from gateway.relay import json_response, relay_stream
+
+
+def validate_chat(body: dict[str, Any]) -> bool:
+    """Check what the gateway itself relies on; everything else is the upstream's to judge.
+    Returns whether the client asked for a stream."""
+    messages = require(body, "messages")
+    if not isinstance(messages, list):
+        raise invalid_type("messages", "an array", messages)
+    if not messages:
+        raise InvalidRequest(
+            "Invalid 'messages': empty array. Expected an array with minimum length 1, "
+            "but got an empty array instead.",
+            param="messages",
+            code="empty_array",
+        )
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict):
+            raise invalid_type(f"messages[{i}]", "an object", message)
+        role = message.get("role")
+        if role is None:
+            raise InvalidRequest(
+                f"Missing required parameter: 'messages[{i}].role'.",
+                param=f"messages[{i}].role",
+                code="missing_required_parameter",
+            )
+        if not isinstance(role, str):
+            raise invalid_type(f"messages[{i}].role", "a string", role)
+    stream = body.get("stream")
+    if stream is not None and not isinstance(stream, bool):
+        raise invalid_type("stream", "a boolean", stream)
+    for name in ("max_tokens", "max_completion_tokens"):
+        value = body.get(name)
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
+            raise invalid_type(name, "an integer", value)
+    options = body.get("stream_options")
+    if options is not None:
+        if not stream:
+            raise InvalidRequest(
+                "The 'stream_options' parameter is only allowed when 'stream' is enabled.",
+                param="stream_options",
+            )
+        if not isinstance(options, dict):
+            raise invalid_type("stream_options", "an object", options)
+    return bool(stream)
+
+
+async def chat_completions(request: web.Request) -> web.StreamResponse:
+    runtime, state = begin(request)
+    body = await read_json_object(request, runtime.max_body_bytes)
+    state.stream = validate_chat(body)
+    apply_request_context(state, request.headers, body)
+    assert state.principal is not None
+    route = runtime.router.resolve(body.get("model"), state.principal)
+    state.tier = route.tier
+
+    # One attempt at the first model of the chain.
+    model_name = route.chain[0]
+    model = runtime.config.models[model_name]
+    provider = runtime.provider_for(model_name)
+    state.model, state.provider, state.attempts = model_name, provider.name, 1
+    upstream_body = {**body, "model": runtime.config.upstream_id(model_name)}
+
+    if not state.stream:
+        call = UpstreamCall(model_name, model, upstream_body, state.request_id)
+        try:
+            answer = await provider.chat(call)
+        except UpstreamFailure as failure:
+            state.error = failure.message
+            raise failure.to_client_error() from failure
+        state.usage = answer.usage
+        return json_response(answer.body)
+
+    # The gateway always asks for usage, and hides the usage-only chunk again from a client
+    # that did not ask for it.
+    options = body.get("stream_options") or {}
+    wants_usage = options.get("include_usage") is True
+    upstream_body["stream_options"] = {**options, "include_usage": True}
+    call = UpstreamCall(model_name, model, upstream_body, state.request_id)
+    return await relay_stream(
+        request,
+        state,
+        lambda: provider.chat_stream(call),
+        first_token_s=model.timeout.first_token,
+        keepalive_s=runtime.config.server.keepalive_s,
+        strip_usage=not wants_usage,
+        what=f"{provider.name}/{model_name}",
+    )

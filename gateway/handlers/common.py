@@ -1,0 +1,100 @@
+"""What every API handler does first: find the runtime, the key, and the JSON body."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from gateway.context import RequestState
+from gateway.errors import InvalidRequest, RequestTooLarge
+from gateway.runtime import Runtime, RuntimeHolder
+
+RUNTIME = web.AppKey("runtime", RuntimeHolder)
+STATE = "gateway_state"
+
+
+def state_of(request: web.Request) -> RequestState:
+    state: RequestState = request[STATE]
+    return state
+
+
+def begin(request: web.Request) -> tuple[Runtime, RequestState]:
+    """Take this request's runtime snapshot and authenticate the caller."""
+    runtime = request.app[RUNTIME].current
+    state = state_of(request)
+    headers = request.headers
+    state.principal = runtime.auth.authenticate(
+        headers.get("Authorization"), headers.get("x-api-key")
+    )
+    return runtime, state
+
+
+async def read_body(request: web.Request, limit: int) -> bytes:
+    """The body, refused as soon as it passes `limit` bytes: nothing past it is read."""
+    too_large = RequestTooLarge(
+        f"The request body is larger than the gateway's limit of {limit} bytes.",
+    )
+    declared = request.content_length
+    if declared is not None and declared > limit:
+        raise too_large
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        chunk = await request.content.readany()
+        if not chunk:
+            break
+        size += len(chunk)
+        if size > limit:
+            raise too_large
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def read_json_object(request: web.Request, limit: int) -> dict[str, Any]:
+    raw = await read_body(request, limit)
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidRequest(
+            "We could not parse the JSON body of your request. The gateway expects a JSON "
+            f"payload ({exc.msg} at position {exc.pos}).",
+        ) from exc
+    if not isinstance(body, dict):
+        raise InvalidRequest(
+            f"The request body must be a JSON object, but got {json_type(body)} instead.",
+            code="invalid_type",
+        )
+    return body
+
+
+def json_type(value: object) -> str:
+    """How OpenAI names a JSON value's type in its error messages."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    return "an object"
+
+
+def require(body: dict[str, Any], name: str) -> Any:
+    if name not in body or body[name] is None:
+        raise InvalidRequest(
+            f"Missing required parameter: '{name}'.", param=name, code="missing_required_parameter"
+        )
+    return body[name]
+
+
+def invalid_type(param: str, expected: str, value: object) -> InvalidRequest:
+    return InvalidRequest(
+        f"Invalid type for '{param}': expected {expected}, but got {json_type(value)} instead.",
+        param=param,
+        code="invalid_type",
+    )

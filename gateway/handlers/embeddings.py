@@ -1,0 +1,79 @@
+"""POST /v1/embeddings, `encoding_format` float or base64."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from gateway.context import apply_request_context
+from gateway.errors import InvalidRequest, UpstreamFailure
+from gateway.handlers.common import begin, invalid_type, read_json_object, require
+from gateway.providers.base import UpstreamCall
+from gateway.relay import json_response
+
+
+def validate_embeddings(body: dict[str, Any]) -> None:
+    require(body, "model")
+    value = require(body, "input")
+    if isinstance(value, str):
+        if not value:
+            raise InvalidRequest("'input' must not be empty.", param="input")
+    elif isinstance(value, list):
+        if not value:
+            raise InvalidRequest("'input' must not be an empty array.", param="input")
+        all_text = all(isinstance(item, str) and item for item in value)
+        all_ints = all(isinstance(item, int) and not isinstance(item, bool) for item in value)
+        all_token_lists = all(
+            isinstance(item, list)
+            and item
+            and all(isinstance(t, int) and not isinstance(t, bool) for t in item)
+            for item in value
+        )
+        if not (all_text or all_ints or all_token_lists):
+            raise InvalidRequest(
+                "'input' must be a string, an array of non-empty strings, an array of token "
+                "integers, or an array of arrays of token integers.",
+                param="input",
+            )
+    else:
+        raise invalid_type("input", "a string or an array", value)
+    encoding = body.get("encoding_format")
+    if encoding is not None and encoding not in ("float", "base64"):
+        raise InvalidRequest(
+            f"Invalid value for 'encoding_format': {encoding!r}. Supported values are: "
+            "'float' and 'base64'.",
+            param="encoding_format",
+            code="invalid_value",
+        )
+    dimensions = body.get("dimensions")
+    if dimensions is not None and (
+        not isinstance(dimensions, int) or isinstance(dimensions, bool) or dimensions < 1
+    ):
+        raise InvalidRequest("'dimensions' must be a positive integer.", param="dimensions")
+
+
+async def embeddings(request: web.Request) -> web.StreamResponse:
+    runtime, state = begin(request)
+    body = await read_json_object(request, runtime.max_body_bytes)
+    validate_embeddings(body)
+    apply_request_context(state, request.headers, body)
+    assert state.principal is not None
+    route = runtime.router.resolve(body["model"], state.principal)
+    state.tier = route.tier
+    model_name = route.chain[0]
+    provider = runtime.provider_for(model_name)
+    state.model, state.provider, state.attempts = model_name, provider.name, 1
+    call = UpstreamCall(
+        model_name,
+        runtime.config.models[model_name],
+        {**body, "model": runtime.config.upstream_id(model_name)},
+        state.request_id,
+    )
+    try:
+        answer = await provider.embeddings(call)
+    except UpstreamFailure as failure:
+        state.error = failure.message
+        raise failure.to_client_error() from failure
+    state.usage = answer.usage
+    return json_response(answer.body)

@@ -1,0 +1,99 @@
+"""The outermost layer of every request: request id, timing, the access log line, and any
+exception turned into an OpenAI-shaped error."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from aiohttp import web
+
+from gateway.context import RequestState, request_id_from
+from gateway.errors import GatewayError, MethodNotAllowed, NotFound
+from gateway.handlers.common import STATE
+
+log = logging.getLogger("gateway.access")
+errors_log = logging.getLogger("gateway.error")
+
+
+def error_response(error: GatewayError) -> web.Response:
+    response = web.Response(
+        body=error.body_bytes(), status=error.status, content_type="application/json"
+    )
+    response.headers.update(error.headers)
+    response.headers["x-should-retry"] = "true" if error.should_retry else "false"
+    if error.status == 413:
+        # The rest of the body is not read: the connection cannot be reused.
+        response.force_close()
+    return response
+
+
+def _from_aiohttp(request: web.Request, exc: web.HTTPException) -> GatewayError:
+    if isinstance(exc, web.HTTPMethodNotAllowed):
+        return MethodNotAllowed(f"Method {request.method} is not allowed on {request.path}.")
+    if isinstance(exc, web.HTTPNotFound):
+        return NotFound(f"Invalid URL ({request.method} {request.path}).")
+    return GatewayError(exc.reason, status=exc.status, error_type="invalid_request_error")
+
+
+@web.middleware
+async def gateway_middleware(
+    request: web.Request, handler: web.RequestHandler  # type: ignore[type-arg]
+) -> web.StreamResponse:
+    state = RequestState(request_id_from(request.headers.get("x-request-id")))
+    request[STATE] = state
+    status = 499  # stays so when the client went away first
+    try:
+        response: web.StreamResponse = await handler(request)
+        status = response.status
+        return response
+    except GatewayError as error:
+        state.error = state.error or error.message
+        status = error.status
+        return error_response(error)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        error = _from_aiohttp(request, exc)
+        status = error.status
+        return error_response(error)
+    except (asyncio.CancelledError, ConnectionResetError):
+        state.error = state.error or "client disconnected"
+        raise
+    except Exception:
+        errors_log.exception("unhandled error", extra={"request_id": state.request_id})
+        status = 500
+        return error_response(GatewayError("The gateway failed to process the request."))
+    finally:
+        _access_log(request, state, status)
+
+
+def _access_log(request: web.Request, state: RequestState, status: int) -> None:
+    if request.path in ("/healthz", "/readyz", "/metrics"):
+        return
+    fields = {
+        "request_id": state.request_id,
+        "method": request.method,
+        "path": request.path,
+        "status": status,
+        "key": state.principal.name if state.principal else None,
+        "feature": state.feature,
+        "tier": state.tier,
+        "model": state.model,
+        "attempts": state.attempts,
+        "stream": state.stream,
+        "latency_ms": round((time.perf_counter() - state.started) * 1000, 2),
+    }
+    if state.error:
+        fields["error"] = state.error
+    log.info("request", extra=fields)
+
+
+async def add_gateway_headers(request: web.BaseRequest, response: web.StreamResponse) -> None:
+    """on_response_prepare: every answer, streamed or not, carries the request id and
+    where it went."""
+    state: RequestState | None = request.get(STATE)  # type: ignore[union-attr]
+    if state is not None:
+        response.headers.update(state.response_headers())
+    response.headers["Server"] = "llm-gateway"

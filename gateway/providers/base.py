@@ -1,0 +1,95 @@
+"""What every provider offers the gateway, whatever it speaks upstream.
+
+A provider answers in OpenAI's wire format: a JSON body for plain calls, and OpenAI
+`chat.completion.chunk` SSE events for streams. OpenAI-compatible upstreams pass through as
+bytes; a provider speaking another format (Anthropic) translates behind this interface.
+Failures are raised as `UpstreamFailure`, classified so routing can decide what comes next.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+from typing import Any
+
+from gateway.config import ModelConfig, TimeoutConfig
+
+
+@dataclass(slots=True)
+class Usage:
+    """Token counts as the upstream reported them. `cached_tokens` is part of `prompt_tokens`."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = 0
+
+
+def usage_from_openai(obj: Any) -> Usage | None:
+    """Read an OpenAI `usage` object; None when there is none or it is malformed."""
+    if not isinstance(obj, dict):
+        return None
+    prompt = obj.get("prompt_tokens")
+    completion = obj.get("completion_tokens", 0)
+    if not isinstance(prompt, int) or not isinstance(completion, int):
+        return None
+    details = obj.get("prompt_tokens_details")
+    cached = details.get("cached_tokens") if isinstance(details, dict) else None
+    return Usage(prompt, completion, cached if isinstance(cached, int) else 0)
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamCall:
+    """One attempt at one model: the body to send (model id already the upstream's own)."""
+
+    model_name: str
+    model: ModelConfig
+    body: dict[str, Any]
+    request_id: str
+
+    @property
+    def timeout(self) -> TimeoutConfig:
+        return self.model.timeout
+
+
+@dataclass(slots=True)
+class JsonAnswer:
+    """A whole answer: the JSON bytes to relay and the usage read from them."""
+
+    body: bytes
+    usage: Usage | None
+
+
+class EventStream(abc.ABC):
+    """An open upstream stream of OpenAI-format SSE events."""
+
+    @abc.abstractmethod
+    async def next_events(self) -> list[bytes] | None:
+        """The events completed since the last call (raw bytes, each ending in a blank line);
+        None once the upstream has ended the stream. Raises UpstreamFailure."""
+
+    @abc.abstractmethod
+    async def aclose(self, *, completed: bool) -> None:
+        """Release the upstream response: back to the pool when the stream was read to its
+        end, otherwise the connection is dropped so the upstream stops generating."""
+
+
+class Provider(abc.ABC):
+    """A configured upstream. One instance (and one connection pool) per `providers:` entry."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    @abc.abstractmethod
+    async def chat(self, call: UpstreamCall) -> JsonAnswer:
+        """A non-streaming chat completion."""
+
+    @abc.abstractmethod
+    async def chat_stream(self, call: UpstreamCall) -> EventStream:
+        """Start a streaming chat completion; returns once the upstream accepted it."""
+
+    @abc.abstractmethod
+    async def embeddings(self, call: UpstreamCall) -> JsonAnswer:
+        """Embeddings, in the `encoding_format` the body asks for."""
+
+    async def aclose(self) -> None:  # noqa: B027 - providers without resources need nothing
+        """Close pooled connections."""

@@ -1,0 +1,178 @@
+"""HTTP plumbing shared by the providers that call a real upstream: the pooled session,
+the one place aiohttp's exceptions become `UpstreamFailure`s, and the reading of an
+upstream's error answer."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+
+import aiohttp
+import orjson
+from multidict import CIMultiDictProxy
+
+from gateway.errors import UpstreamFailure
+from gateway.sse import EventSplitter
+
+USER_AGENT = "llm-gateway/0.1"
+
+# Phrases upstreams use when the prompt does not fit the model's context window.
+_CONTEXT_LENGTH = re.compile(
+    r"context[_ ]length|maximum context|context window|prompt is too long|too many tokens"
+    r"|input length|reduce the length",
+    re.IGNORECASE,
+)
+
+
+def new_session(max_connections: int) -> aiohttp.ClientSession:
+    """One pooled, keep-alive session per provider. No session-wide timeout: each call sets
+    its own from the model's `timeout:`."""
+    connector = aiohttp.TCPConnector(
+        limit=max_connections,
+        limit_per_host=max_connections,
+        ttl_dns_cache=300,
+        keepalive_timeout=30,
+    )
+    return aiohttp.ClientSession(
+        connector=connector,
+        timeout=aiohttp.ClientTimeout(total=None),
+        headers={"User-Agent": USER_AGENT},
+        skip_auto_headers=("Accept-Encoding",),
+    )
+
+
+def client_timeout(connect: float, total: float) -> aiohttp.ClientTimeout:
+    return aiohttp.ClientTimeout(total=total, sock_connect=connect)
+
+
+@contextlib.asynccontextmanager
+async def upstream_errors(what: str) -> AsyncIterator[None]:
+    """Translate transport failures into classified `UpstreamFailure`s."""
+    try:
+        yield
+    except UpstreamFailure:
+        raise
+    except aiohttp.ConnectionTimeoutError as exc:
+        raise UpstreamFailure("connect", f"{what}: connect timed out") from exc
+    except (aiohttp.ServerTimeoutError, TimeoutError) as exc:
+        raise UpstreamFailure("timeout", f"{what}: timed out") from exc
+    except aiohttp.ClientConnectorError as exc:
+        raise UpstreamFailure("connect", f"{what}: cannot connect ({exc.os_error})") from exc
+    except (aiohttp.ServerDisconnectedError, aiohttp.ClientPayloadError) as exc:
+        raise UpstreamFailure("reset", f"{what}: connection reset by the upstream") from exc
+    except (aiohttp.ClientConnectionError, ConnectionError) as exc:
+        raise UpstreamFailure("reset", f"{what}: connection error ({exc})") from exc
+    except aiohttp.ClientError as exc:
+        raise UpstreamFailure("bad_response", f"{what}: {type(exc).__name__}: {exc}") from exc
+
+
+def retry_after_seconds(headers: Mapping[str, str]) -> float | None:
+    """`retry-after-ms`, else `retry-after` in seconds; None when absent or not a number."""
+    for name, scale in (("retry-after-ms", 0.001), ("retry-after", 1.0)):
+        value = headers.get(name)
+        if value is None:
+            continue
+        try:
+            seconds = float(value) * scale
+        except ValueError:
+            continue
+        if seconds >= 0:
+            return seconds
+    return None
+
+
+def parse_error_body(body: bytes) -> dict[str, Any]:
+    """The upstream's error as a dict with at least a `message`, whatever shape it came in."""
+    try:
+        parsed = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        text = body.decode("utf-8", "replace").strip()[:500]
+        return {"message": text or "(empty body)"}
+    if isinstance(parsed, dict):
+        inner = parsed.get("error")
+        if isinstance(inner, dict):
+            return inner
+        if isinstance(inner, str):
+            return {"message": inner}
+        if isinstance(parsed.get("message"), str):
+            return parsed
+    return {"message": str(parsed)[:500]}
+
+
+def failure_from_status(
+    status: int, body: bytes, headers: CIMultiDictProxy[str] | Mapping[str, str], what: str
+) -> UpstreamFailure:
+    """Classify an upstream's error answer."""
+    error = parse_error_body(body)
+    message = f"{what}: HTTP {status}: {error.get('message')}"
+    if status == 429:
+        kind = "429"
+    elif status >= 500:
+        kind = "5xx"
+    elif status == 408:
+        kind = "timeout"
+    elif status in (400, 413, 422) and (
+        error.get("code") == "context_length_exceeded"
+        or _CONTEXT_LENGTH.search(str(error.get("message", "")))
+    ):
+        kind = "context_length"
+    else:
+        kind = "client_error"
+    return UpstreamFailure(
+        kind,
+        message,
+        status=status,
+        upstream_error=error,
+        retry_after=retry_after_seconds(headers),
+    )
+
+
+class HTTPEventStream:
+    """Reads an upstream's SSE body chunk by chunk and hands back whole events."""
+
+    def __init__(self, response: aiohttp.ClientResponse, what: str) -> None:
+        self._response = response
+        self._splitter = EventSplitter()
+        self._what = what
+
+    async def next_raw_events(self) -> list[bytes] | None:
+        async with upstream_errors(self._what):
+            while True:
+                chunk = await self._response.content.readany()
+                if not chunk:
+                    tail = self._splitter.pending()
+                    if tail.strip():
+                        # A last event without its blank line: still a whole event to relay.
+                        return [tail.rstrip(b"\r\n") + b"\n\n"]
+                    return None
+                events = self._splitter.feed(chunk)
+                if events:
+                    return events
+
+    async def aclose(self, *, completed: bool) -> None:
+        if completed:
+            self._response.release()
+        else:
+            self._response.close()
+
+
+async def read_error_and_raise(response: aiohttp.ClientResponse, what: str) -> None:
+    """Read an error answer (bounded by the call's timeout) and raise it classified."""
+    try:
+        async with upstream_errors(what):
+            body = await response.read()
+    except UpstreamFailure:
+        body = b""
+    raise failure_from_status(response.status, body, response.headers, what)
+
+
+async def wait_first(coro: Any, seconds: float, what: str) -> Any:
+    """Await `coro` for at most `seconds`; a timeout becomes a `timeout` failure."""
+    try:
+        async with asyncio.timeout(seconds):
+            return await coro
+    except TimeoutError as exc:
+        raise UpstreamFailure("timeout", f"{what}: no answer within {seconds:g}s") from exc

@@ -1,0 +1,250 @@
+"""The built-in `mock` provider: no network, deterministic answers in OpenAI's exact shapes.
+
+For demos, tests and benchmarks. The same prompt always gets the same text. The config sets
+the pace (`first_token_ms`, `pace_ms`) and can make it always fail (`fail_status`); a request
+can ask for behaviour in its last user message with directives such as `mock:status=503`,
+`mock:first_token_ms=2000`, `mock:pace_ms=50`, `mock:fail_after=3` (an error event after three
+content chunks) or `mock:tokens=40`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import math
+import re
+import struct
+import time
+from typing import Any
+
+import orjson
+
+from gateway.config import MockProviderConfig
+from gateway.errors import UpstreamFailure
+from gateway.providers.base import EventStream, JsonAnswer, Provider, UpstreamCall, Usage
+from gateway.providers.openai import encode_base64_floats
+from gateway.sse import DONE, encode_data
+
+_WORDS = (
+    "the gateway answers every request with words chosen from this short list so that tests "
+    "and demos see real text arrive at a steady pace while nothing leaves the machine and "
+    "the same prompt always gets the same reply token by token"
+).split()
+
+_DIRECTIVE = re.compile(r"mock:([a-z_]+)=(\d+)")
+
+
+def _text_of(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return " ".join(
+            part.get("text", "") for part in content if isinstance(part, dict)
+        )
+    return ""
+
+
+def _prompt_text(body: dict[str, Any]) -> str:
+    messages = body.get("messages")
+    if not isinstance(messages, list):
+        return ""
+    return "\n".join(_text_of(m.get("content")) for m in messages if isinstance(m, dict))
+
+
+def _last_user_text(body: dict[str, Any]) -> str:
+    for message in reversed(body.get("messages") or []):
+        if isinstance(message, dict) and message.get("role") == "user":
+            return _text_of(message.get("content"))
+    return ""
+
+
+def estimate_tokens(text: str) -> int:
+    """About four characters a token, as OpenAI's rule of thumb."""
+    return max(1, math.ceil(len(text) / 4))
+
+
+class _Plan:
+    """What the mock will do for one request: config, overridden by directives."""
+
+    def __init__(self, config: MockProviderConfig, body: dict[str, Any]) -> None:
+        directives = {k: int(v) for k, v in _DIRECTIVE.findall(_last_user_text(body))}
+        self.status = directives.get("status", config.fail_status)
+        self.first_token_s = directives.get("first_token_ms", config.first_token_ms) / 1000
+        self.pace_s = directives.get("pace_ms", config.pace_ms) / 1000
+        self.fail_after = directives.get("fail_after")
+        limit = body.get("max_completion_tokens") or body.get("max_tokens")
+        wanted = directives.get("tokens", config.completion_tokens)
+        self.truncated = isinstance(limit, int) and limit < wanted
+        self.n_tokens = min(wanted, limit) if isinstance(limit, int) and limit > 0 else wanted
+        prompt = _prompt_text(body)
+        self.prompt_tokens = estimate_tokens(prompt)
+        seed = int.from_bytes(hashlib.sha256(prompt.encode()).digest()[:4], "big")
+        self.tokens = [
+            ("" if i == 0 else " ") + _WORDS[(seed + i) % len(_WORDS)]
+            for i in range(self.n_tokens)
+        ]
+        if self.tokens:
+            self.tokens[0] = self.tokens[0].capitalize()
+
+    @property
+    def finish_reason(self) -> str:
+        return "length" if self.truncated else "stop"
+
+    def usage(self) -> dict[str, Any]:
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.n_tokens,
+            "total_tokens": self.prompt_tokens + self.n_tokens,
+            "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
+            "completion_tokens_details": {
+                "reasoning_tokens": 0,
+                "audio_tokens": 0,
+                "accepted_prediction_tokens": 0,
+                "rejected_prediction_tokens": 0,
+            },
+        }
+
+    def raise_if_failing(self, what: str) -> None:
+        if self.status is not None and self.status >= 400:
+            kind = "429" if self.status == 429 else "5xx" if self.status >= 500 else "client_error"
+            raise UpstreamFailure(
+                kind,
+                f"{what}: HTTP {self.status}: mock failure as asked",
+                status=self.status,
+                upstream_error={"message": "mock failure as asked", "type": "mock_error"},
+            )
+
+
+class _MockStream(EventStream):
+    def __init__(self, plan: _Plan, call: UpstreamCall, include_usage: bool) -> None:
+        self._plan = plan
+        self._events = self._generate(call, include_usage)
+
+    async def _generate(self, call: UpstreamCall, include_usage: bool) -> Any:
+        plan = self._plan
+        base = {
+            "id": f"chatcmpl-mock-{call.request_id}",
+            "object": "chat.completion.chunk",
+            "created": int(time.time()),
+            "model": call.body.get("model"),
+            "service_tier": "default",
+            "system_fingerprint": None,
+        }
+        usage_field: dict[str, Any] = {"usage": None} if include_usage else {}
+
+        def chunk(delta: dict[str, Any], finish: str | None) -> bytes:
+            choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+            return encode_data(orjson.dumps({**base, "choices": [choice], **usage_field}))
+
+        await asyncio.sleep(plan.first_token_s)
+        yield chunk({"role": "assistant", "content": "", "refusal": None}, None)
+        for i, token in enumerate(plan.tokens):
+            if plan.fail_after is not None and i >= plan.fail_after:
+                error = {"message": "mock failure mid-stream as asked", "type": "server_error",
+                         "param": None, "code": None}
+                yield encode_data(orjson.dumps({"error": error}))
+                return
+            if plan.pace_s:
+                await asyncio.sleep(plan.pace_s)
+            yield chunk({"content": token}, None)
+        yield chunk({}, plan.finish_reason)
+        if include_usage:
+            yield encode_data(orjson.dumps({**base, "choices": [], "usage": plan.usage()}))
+        yield DONE
+
+    async def next_events(self) -> list[bytes] | None:
+        try:
+            return [await anext(self._events)]
+        except StopAsyncIteration:
+            return None
+
+    async def aclose(self, *, completed: bool) -> None:
+        await self._events.aclose()
+
+
+class MockProvider(Provider):
+    """Answers from memory at the configured pace."""
+
+    def __init__(self, name: str, config: MockProviderConfig) -> None:
+        super().__init__(name)
+        self.config = config
+
+    async def chat(self, call: UpstreamCall) -> JsonAnswer:
+        plan = _Plan(self.config, call.body)
+        plan.raise_if_failing(f"{self.name}/{call.model_name}")
+        await asyncio.sleep(plan.first_token_s + plan.pace_s * plan.n_tokens)
+        answer = {
+            "id": f"chatcmpl-mock-{call.request_id}",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": call.body.get("model"),
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {
+                        "role": "assistant",
+                        "content": "".join(plan.tokens),
+                        "refusal": None,
+                        "annotations": [],
+                    },
+                    "logprobs": None,
+                    "finish_reason": plan.finish_reason,
+                }
+            ],
+            "usage": plan.usage(),
+            "service_tier": "default",
+            "system_fingerprint": None,
+        }
+        return JsonAnswer(
+            orjson.dumps(answer), Usage(plan.prompt_tokens, plan.n_tokens, 0)
+        )
+
+    async def chat_stream(self, call: UpstreamCall) -> EventStream:
+        plan = _Plan(self.config, call.body)
+        plan.raise_if_failing(f"{self.name}/{call.model_name}")
+        options = call.body.get("stream_options")
+        include_usage = isinstance(options, dict) and bool(options.get("include_usage"))
+        return _MockStream(plan, call, include_usage)
+
+    async def embeddings(self, call: UpstreamCall) -> JsonAnswer:
+        body = call.body
+        if self.config.fail_status is not None:
+            raise UpstreamFailure(
+                "5xx" if self.config.fail_status >= 500 else "client_error",
+                f"{self.name}/{call.model_name}: HTTP {self.config.fail_status}: mock failure",
+                status=self.config.fail_status,
+            )
+        inputs = body["input"]
+        if isinstance(inputs, str) or (inputs and isinstance(inputs[0], int)):
+            inputs = [inputs]
+        dims = body.get("dimensions") or self.config.embedding_dimensions
+        as_base64 = body.get("encoding_format") == "base64"
+        data = []
+        prompt_tokens = 0
+        for index, item in enumerate(inputs):
+            text = item if isinstance(item, str) else " ".join(map(str, item))
+            prompt_tokens += estimate_tokens(text) if isinstance(item, str) else len(item)
+            vector = _unit_vector(text, dims)
+            embedding: Any = encode_base64_floats(vector) if as_base64 else vector
+            data.append({"object": "embedding", "index": index, "embedding": embedding})
+        answer = {
+            "object": "list",
+            "data": data,
+            "model": body.get("model"),
+            "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens},
+        }
+        return JsonAnswer(orjson.dumps(answer), Usage(prompt_tokens, 0, 0))
+
+
+def _unit_vector(text: str, dims: int) -> list[float]:
+    """A deterministic vector of length 1 derived from the text."""
+    raw: list[float] = []
+    counter = 0
+    while len(raw) < dims:
+        digest = hashlib.sha256(f"{counter}:{text}".encode()).digest()
+        raw.extend(v / 2**31 - 1.0 for v in struct.unpack(">8I", digest))
+        counter += 1
+    raw = raw[:dims]
+    norm = math.sqrt(sum(v * v for v in raw)) or 1.0
+    # Rounded through float32 so float and base64 answers carry the same numbers.
+    return [struct.unpack("<f", struct.pack("<f", v / norm))[0] for v in raw]

@@ -1,0 +1,157 @@
+"""Any OpenAI-compatible API: OpenAI, vLLM, Ollama, OpenRouter, Azure-style base URLs.
+
+Answers pass through as the upstream's own bytes; only usage is read from them. The client's
+Authorization never goes upstream: the provider's own key from config does.
+"""
+
+from __future__ import annotations
+
+import base64
+import struct
+from typing import Any
+
+import aiohttp
+import orjson
+
+from gateway.config import OpenAIProviderConfig
+from gateway.errors import UpstreamFailure
+from gateway.providers.base import (
+    EventStream,
+    JsonAnswer,
+    Provider,
+    UpstreamCall,
+    usage_from_openai,
+)
+from gateway.providers.http import (
+    HTTPEventStream,
+    client_timeout,
+    failure_from_status,
+    new_session,
+    read_error_and_raise,
+    upstream_errors,
+    wait_first,
+)
+
+
+class _OpenAIEventStream(EventStream):
+    def __init__(self, response: aiohttp.ClientResponse, what: str) -> None:
+        self._events = HTTPEventStream(response, what)
+
+    async def next_events(self) -> list[bytes] | None:
+        return await self._events.next_raw_events()
+
+    async def aclose(self, *, completed: bool) -> None:
+        await self._events.aclose(completed=completed)
+
+
+class OpenAIProvider(Provider):
+    """An OpenAI-compatible upstream, reached through one pooled aiohttp session."""
+
+    def __init__(self, name: str, config: OpenAIProviderConfig) -> None:
+        super().__init__(name)
+        self.config = config
+        self._session: aiohttp.ClientSession | None = None
+        self._headers = {"Content-Type": "application/json", **config.headers}
+        if config.api_key:
+            self._headers["Authorization"] = f"Bearer {config.api_key}"
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        # Created on first use, inside the running event loop.
+        if self._session is None:
+            self._session = new_session(self.config.max_connections)
+        return self._session
+
+    async def _post(self, call: UpstreamCall, path: str, accept: str) -> aiohttp.ClientResponse:
+        timeout = call.timeout
+        what = f"{self.name}/{call.model_name}"
+        headers = {**self._headers, "Accept": accept, "X-Request-Id": call.request_id}
+        request = self.session.post(
+            self.config.base_url + path,
+            data=orjson.dumps(call.body),
+            headers=headers,
+            timeout=client_timeout(timeout.connect, timeout.total),
+        )
+        async with upstream_errors(what):
+            response: aiohttp.ClientResponse = await wait_first(
+                request, timeout.first_token, what
+            )
+        if response.status >= 400:
+            try:
+                await read_error_and_raise(response, what)
+            finally:
+                response.release()
+        return response
+
+    async def _json(self, call: UpstreamCall, path: str) -> tuple[bytes, dict[str, Any]]:
+        what = f"{self.name}/{call.model_name}"
+        response = await self._post(call, path, "application/json")
+        try:
+            async with upstream_errors(what):
+                body = await response.read()
+        finally:
+            response.release()
+        try:
+            parsed = orjson.loads(body)
+        except orjson.JSONDecodeError as exc:
+            raise UpstreamFailure("bad_response", f"{what}: answer is not JSON") from exc
+        if not isinstance(parsed, dict):
+            raise UpstreamFailure("bad_response", f"{what}: answer is not a JSON object")
+        if "error" in parsed and parsed["error"]:
+            # Some compatible servers answer errors with status 200.
+            raise failure_from_status(500, body, response.headers, what)
+        return body, parsed
+
+    async def chat(self, call: UpstreamCall) -> JsonAnswer:
+        body, parsed = await self._json(call, "/chat/completions")
+        if not isinstance(parsed.get("choices"), list):
+            raise UpstreamFailure(
+                "bad_response", f"{self.name}/{call.model_name}: answer has no choices"
+            )
+        return JsonAnswer(body, usage_from_openai(parsed.get("usage")))
+
+    async def chat_stream(self, call: UpstreamCall) -> EventStream:
+        what = f"{self.name}/{call.model_name}"
+        response = await self._post(call, "/chat/completions", "text/event-stream")
+        content_type = response.headers.get("Content-Type", "")
+        if not content_type.startswith("text/event-stream"):
+            try:
+                async with upstream_errors(what):
+                    body = await response.read()
+            finally:
+                response.release()
+            if b'"error"' in body:
+                raise failure_from_status(500, body, response.headers, what)
+            raise UpstreamFailure(
+                "bad_response", f"{what}: expected an event stream, got {content_type!r}"
+            )
+        return _OpenAIEventStream(response, what)
+
+    async def embeddings(self, call: UpstreamCall) -> JsonAnswer:
+        body, parsed = await self._json(call, "/embeddings")
+        data = parsed.get("data")
+        if not isinstance(data, list):
+            raise UpstreamFailure(
+                "bad_response", f"{self.name}/{call.model_name}: answer has no data"
+            )
+        if call.body.get("encoding_format") == "base64" and any(
+            isinstance(item, dict) and isinstance(item.get("embedding"), list) for item in data
+        ):
+            # Some compatible servers (older Ollama, some vLLM builds) ignore base64 and send
+            # floats; the openai SDK asks for base64 by default and would fail to decode them.
+            for item in data:
+                vector = item.get("embedding") if isinstance(item, dict) else None
+                if isinstance(vector, list):
+                    item["embedding"] = encode_base64_floats(vector)
+            body = orjson.dumps(parsed)
+        return JsonAnswer(body, usage_from_openai(parsed.get("usage")))
+
+    async def aclose(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+
+def encode_base64_floats(vector: list[float]) -> str:
+    """OpenAI's base64 embedding encoding: little-endian float32, base64."""
+    return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode("ascii")
