@@ -93,7 +93,7 @@ def _access_log(request: web.Request, state: RequestState, status: int) -> None:
 async def add_gateway_headers(request: web.BaseRequest, response: web.StreamResponse) -> None:
     """on_response_prepare: every answer, streamed or not, carries the request id and
     where it went."""
-    state: RequestState | None = request.get(STATE)  # type: ignore[union-attr]
+    state = request.get(STATE)
     if state is not None:
         response.headers.update(state.response_headers())
     response.headers["Server"] = "llm-gateway"

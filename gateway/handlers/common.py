@@ -12,7 +12,7 @@ from gateway.errors import InvalidRequest, RequestTooLarge
 from gateway.runtime import Runtime, RuntimeHolder
 
 RUNTIME = web.AppKey("runtime", RuntimeHolder)
-STATE = "gateway_state"
+STATE = web.RequestKey("gateway_state", RequestState)
 
 
 def state_of(request: web.Request) -> RequestState:

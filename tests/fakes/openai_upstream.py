@@ -1,0 +1,242 @@
+"""A fake OpenAI-compatible upstream: a real aiohttp server on 127.0.0.1.
+
+Tests script what it does per request by queueing `Behaviour`s (each request takes the next
+one, else the default): latency before the headers, a pause before the first event and between
+events, an error status, a reset mid-stream, garbage. It records every request it got and when
+it wrote each event or saw its client (the gateway) go away, so tests can assert on timing and
+on what reached the upstream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+
+@dataclass
+class Behaviour:
+    status: int = 200
+    error: dict[str, Any] | None = None  # the error object for an error status
+    headers: dict[str, str] = field(default_factory=dict)
+    delay_s: float = 0.0  # before the response headers
+    first_event_delay_s: float = 0.0  # streams: after the headers, before the first event
+    pace_s: float = 0.0  # streams: between events
+    words: list[str] = field(default_factory=lambda: ["Hello", " from", " the", " upstream"])
+    reset_after_events: int | None = None  # streams: drop the connection after N events
+    reset_before_headers: bool = False
+    garbage: bool = False  # 200 with a body that is not what was asked for
+    error_event_after: int | None = None  # streams: an in-band error event after N events
+    crlf: bool = False  # streams: \r\n line endings
+    leading_comment: bool = False  # streams: a `: processing` comment before the first event
+    no_done: bool = False  # streams: end without [DONE]
+    prompt_tokens: int = 11
+    completion_tokens: int | None = None  # default: the number of words
+    cached_tokens: int = 0
+
+
+@dataclass
+class Received:
+    path: str
+    headers: dict[str, str]
+    body: dict[str, Any]
+
+
+class FakeOpenAI:
+    """Start with `await fake.start()`; `fake.url` is the base URL including `/v1`."""
+
+    def __init__(self) -> None:
+        self.default = Behaviour()
+        self.queue: deque[Behaviour] = deque()
+        self.requests: list[Received] = []
+        self.event_times: list[float] = []  # perf_counter after each event was written
+        self.disconnects: list[float] = []  # perf_counter when the gateway went away
+        self.in_flight = 0
+        self._runner: web.AppRunner | None = None
+        self.port = 0
+
+    def next(self, *behaviours: Behaviour) -> None:
+        self.queue.extend(behaviours)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_post("/v1/chat/completions", self._chat)
+        app.router.add_post("/v1/embeddings", self._embeddings)
+        self._runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    async def wait_disconnect(self, timeout: float) -> float | None:
+        """The time the gateway dropped a connection, waiting up to `timeout` seconds."""
+        deadline = time.perf_counter() + timeout
+        while not self.disconnects and time.perf_counter() < deadline:
+            await asyncio.sleep(0.01)
+        return self.disconnects[0] if self.disconnects else None
+
+    # --- handlers ---------------------------------------------------------------------------
+
+    async def _begin(self, request: web.Request) -> tuple[Behaviour, dict[str, Any]]:
+        body = await request.json()
+        self.requests.append(Received(request.path, dict(request.headers), body))
+        behaviour = self.queue.popleft() if self.queue else self.default
+        if behaviour.delay_s:
+            await asyncio.sleep(behaviour.delay_s)
+        if behaviour.reset_before_headers:
+            assert request.transport is not None
+            request.transport.abort()
+        return behaviour, body
+
+    def _error_response(self, behaviour: Behaviour) -> web.Response:
+        error = behaviour.error or {
+            "message": f"fake upstream error {behaviour.status}",
+            "type": "server_error" if behaviour.status >= 500 else "invalid_request_error",
+            "param": None,
+            "code": None,
+        }
+        return web.json_response(
+            {"error": error}, status=behaviour.status, headers=behaviour.headers
+        )
+
+    def _usage(self, behaviour: Behaviour) -> dict[str, Any]:
+        completion = behaviour.completion_tokens
+        if completion is None:
+            completion = len(behaviour.words)
+        return {
+            "prompt_tokens": behaviour.prompt_tokens,
+            "completion_tokens": completion,
+            "total_tokens": behaviour.prompt_tokens + completion,
+            "prompt_tokens_details": {"cached_tokens": behaviour.cached_tokens, "audio_tokens": 0},
+            "completion_tokens_details": {"reasoning_tokens": 0},
+        }
+
+    async def _chat(self, request: web.Request) -> web.StreamResponse:
+        self.in_flight += 1
+        try:
+            behaviour, body = await self._begin(request)
+            if behaviour.status >= 400:
+                return self._error_response(behaviour)
+            if behaviour.garbage:
+                return web.Response(text="<html>not json</html>", content_type="text/html")
+            if body.get("stream"):
+                return await self._stream(request, behaviour, body)
+            answer = {
+                "id": "chatcmpl-fake",
+                "object": "chat.completion",
+                "created": 1700000000,
+                "model": body.get("model"),
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {
+                            "role": "assistant",
+                            "content": "".join(behaviour.words),
+                            "refusal": None,
+                            "annotations": [],
+                        },
+                        "logprobs": None,
+                        "finish_reason": "stop",
+                    }
+                ],
+                "usage": self._usage(behaviour),
+                "system_fingerprint": None,
+            }
+            headers = {"Server": "fake-upstream/1.0", "Set-Cookie": "session=secret",
+                       "openai-organization": "org-secret", **behaviour.headers}
+            return web.json_response(answer, headers=headers)
+        except asyncio.CancelledError:
+            self.disconnects.append(time.perf_counter())
+            raise
+        finally:
+            self.in_flight -= 1
+
+    async def _stream(
+        self, request: web.Request, behaviour: Behaviour, body: dict[str, Any]
+    ) -> web.StreamResponse:
+        response = web.StreamResponse(
+            headers={"Content-Type": "text/event-stream", "Server": "fake-upstream/1.0",
+                     "Set-Cookie": "session=secret", **behaviour.headers}
+        )
+        await response.prepare(request)
+        options = body.get("stream_options") or {}
+        include_usage = bool(options.get("include_usage"))
+        base = {"id": "chatcmpl-fake", "object": "chat.completion.chunk",
+                "created": 1700000000, "model": body.get("model")}
+        extra = {"usage": None} if include_usage else {}
+
+        def chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
+            choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+            return {**base, "choices": [choice], **extra}
+
+        events: list[bytes] = [orjson.dumps(chunk({"role": "assistant", "content": ""}))]
+        events += [orjson.dumps(chunk({"content": w})) for w in behaviour.words]
+        events.append(orjson.dumps(chunk({}, "stop")))
+        if include_usage:
+            events.append(orjson.dumps({**base, "choices": [], "usage": self._usage(behaviour)}))
+        if not behaviour.no_done:
+            events.append(b"[DONE]")
+        newline = b"\r\n" if behaviour.crlf else b"\n"
+
+        try:
+            if behaviour.leading_comment:
+                await response.write(b": processing" + newline + newline)
+            if behaviour.first_event_delay_s:
+                await asyncio.sleep(behaviour.first_event_delay_s)
+            for i, payload in enumerate(events):
+                if i and behaviour.pace_s:
+                    await asyncio.sleep(behaviour.pace_s)
+                if behaviour.reset_after_events is not None and i == behaviour.reset_after_events:
+                    assert request.transport is not None
+                    request.transport.abort()
+                    return response
+                if behaviour.error_event_after is not None and i == behaviour.error_event_after:
+                    error = {"error": {"message": "upstream broke mid-stream",
+                                       "type": "server_error", "param": None, "code": None}}
+                    await response.write(b"data: " + orjson.dumps(error) + newline + newline)
+                    return response
+                await response.write(b"data: " + payload + newline + newline)
+                self.event_times.append(time.perf_counter())
+        except (ConnectionResetError, asyncio.CancelledError):
+            self.disconnects.append(time.perf_counter())
+            raise
+        await response.write_eof()
+        return response
+
+    async def _embeddings(self, request: web.Request) -> web.StreamResponse:
+        behaviour, body = await self._begin(request)
+        if behaviour.status >= 400:
+            return self._error_response(behaviour)
+        inputs = body["input"]
+        if isinstance(inputs, str):
+            inputs = [inputs]
+        vectors = [[0.25, -0.5, float(i)] for i in range(len(inputs))]
+        if body.get("encoding_format") == "base64" and not behaviour.garbage:
+            import base64
+            import struct
+
+            data = [
+                {"object": "embedding", "index": i,
+                 "embedding": base64.b64encode(struct.pack("<3f", *v)).decode()}
+                for i, v in enumerate(vectors)
+            ]
+        else:  # `garbage` here: floats although base64 was asked, as some servers do
+            data = [{"object": "embedding", "index": i, "embedding": v}
+                    for i, v in enumerate(vectors)]
+        return web.json_response({
+            "object": "list", "data": data, "model": body.get("model"),
+            "usage": {"prompt_tokens": 5, "total_tokens": 5},
+        })
