@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+from collections.abc import Coroutine
+from typing import Any
 
 from gateway.config import ConfigError, default_config_path, load_config
 
@@ -17,7 +19,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="listen address (default: server.host)")
     serve.add_argument("--port", type=int, help="listen port (default: server.port)")
     serve.add_argument(
-        "--log-level", choices=["debug", "info", "warning", "error"], help="(default: server.log_level)"
+        "--log-level",
+        choices=["debug", "info", "warning", "error"],
+        help="(default: server.log_level)",
     )
     check = commands.add_parser("check-config", help="check a config file and list its problems")
     check.add_argument("--config", help="config file (default: $GATEWAY_CONFIG, then config.yaml)")
@@ -48,18 +52,11 @@ def _serve(args: argparse.Namespace) -> int:
             print(f"{path}: {problem}", file=sys.stderr)
         return 1
     setup_logging(args.log_level or config.server.log_level)
-    try:
-        import uvloop
-
-        run = uvloop.run
-    except ImportError:  # pragma: no cover - uvloop is a dependency except on Windows
-        run = asyncio.run
-
     async def main() -> None:
         await serve_until_signalled(GatewayServer(config, args.host, args.port))
 
     try:
-        run(main())
+        _run_with_fastest_loop(main())
     except UnsupportedProvider as exc:
         print(str(exc), file=sys.stderr)
         return 1
@@ -67,6 +64,15 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"cannot listen: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+def _run_with_fastest_loop(coro: Coroutine[Any, Any, None]) -> None:
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency except on Windows
+        asyncio.run(coro)
+    else:
+        uvloop.run(coro)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -142,6 +142,14 @@ class RoutingConfig(_Model):
     fallback_on: list[FallbackKind] = ["connect", "timeout", "429", "5xx"]
     cooldown: CooldownConfig = CooldownConfig()
 
+    @field_validator("fallback_on", mode="before")
+    @classmethod
+    def _status_as_text(cls, value: Any) -> Any:
+        # YAML reads an unquoted 429 as a number.
+        if isinstance(value, list):
+            return [str(item) if isinstance(item, int) else item for item in value]
+        return value
+
 
 class PlanConfig(_Model):
     rpm: PositiveInt | None = None
@@ -235,9 +243,10 @@ def format_path(path: Path_) -> str:
 
 
 def interpolate(
-    node: Any, env: Mapping[str, str], problems: list[str], path: Path_ = ()
+    node: Any, env: Mapping[str, str], problems: dict[str, str], path: Path_ = ()
 ) -> Any:
-    """Replace `${VAR}` and `${VAR:-default}` in every string; `$$` is a literal `$`."""
+    """Replace `${VAR}` and `${VAR:-default}` in every string; `$$` is a literal `$`.
+    Unset variables are recorded in `problems` by YAML path."""
     if isinstance(node, str):
 
         def substitute(match: re.Match[str]) -> str:
@@ -248,7 +257,8 @@ def interpolate(
             if value is None or (value == "" and default is not None):
                 if default is not None:
                     return default
-                problems.append(f"{format_path(path)}: environment variable {name} is not set")
+                where = format_path(path)
+                problems[where] = f"{where}: environment variable {name} is not set"
                 return ""
             return value
 
@@ -260,7 +270,9 @@ def interpolate(
     return node
 
 
-def _validation_problems(error: ValidationError, raw: Any) -> list[str]:
+def _validation_problems(error: ValidationError, skip: Mapping[str, str]) -> list[str]:
+    """One line per validation error, except at paths already reported (an unset variable
+    there explains the rest)."""
     problems = []
     for item in error.errors():
         loc = list(item["loc"])
@@ -277,7 +289,9 @@ def _validation_problems(error: ValidationError, raw: Any) -> list[str]:
             message = "type must be one of 'openai', 'anthropic', 'mock'"
         elif item["type"] == "union_tag_not_found":
             message = "type is missing (one of 'openai', 'anthropic', 'mock')"
-        problems.append(f"{format_path(tuple(loc))}: {message}")
+        where = format_path(tuple(loc))
+        if where not in skip:
+            problems.append(f"{where}: {message}")
     return problems
 
 
@@ -355,13 +369,13 @@ def parse_config(text: str, env: Mapping[str, str] | None = None) -> GatewayConf
     if not isinstance(raw, dict):
         raise ConfigError(["(top): the config must be a mapping of sections"])
 
-    problems: list[str] = []
-    raw = interpolate(raw, os.environ if env is None else env, problems)
+    unset: dict[str, str] = {}
+    raw = interpolate(raw, os.environ if env is None else env, unset)
     try:
         config = GatewayConfig.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError(problems + _validation_problems(exc, raw)) from exc
-    problems += check_references(config)
+        raise ConfigError([*unset.values(), *_validation_problems(exc, unset)]) from exc
+    problems = [*unset.values(), *check_references(config)]
     if problems:
         raise ConfigError(problems)
     return config

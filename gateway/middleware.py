@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
@@ -13,6 +14,7 @@ from gateway.context import RequestState, request_id_from
 from gateway.errors import GatewayError, MethodNotAllowed, NotFound
 from gateway.handlers.common import STATE
 
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 log = logging.getLogger("gateway.access")
 errors_log = logging.getLogger("gateway.error")
 
@@ -38,9 +40,7 @@ def _from_aiohttp(request: web.Request, exc: web.HTTPException) -> GatewayError:
 
 
 @web.middleware
-async def gateway_middleware(
-    request: web.Request, handler: web.RequestHandler  # type: ignore[type-arg]
-) -> web.StreamResponse:
+async def gateway_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     state = RequestState(request_id_from(request.headers.get("x-request-id")))
     request[STATE] = state
     status = 499  # stays so when the client went away first
@@ -55,9 +55,9 @@ async def gateway_middleware(
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        error = _from_aiohttp(request, exc)
-        status = error.status
-        return error_response(error)
+        mapped = _from_aiohttp(request, exc)
+        status = mapped.status
+        return error_response(mapped)
     except (asyncio.CancelledError, ConnectionResetError):
         state.error = state.error or "client disconnected"
         raise

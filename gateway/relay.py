@@ -117,7 +117,9 @@ async def relay_stream(
         while True:
             remaining = deadline - loop.time()
             if remaining <= 0:
-                raise UpstreamFailure("timeout", f"{what}: no first event within {first_token_s:g}s")
+                raise UpstreamFailure(
+                    "timeout", f"{what}: no first event within {first_token_s:g}s"
+                )
             done, _ = await asyncio.wait({opener}, timeout=min(keepalive_s, remaining))
             if done:
                 break

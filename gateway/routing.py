@@ -38,8 +38,10 @@ class Router:
             self._routes[tier] = Route(tier, tier, tuple(chain), frozenset([tier]))
         for model, settings in config.models.items():
             tiers = tiers_of_model.get(model, [])
-            chain = (model, *[f for f in settings.fallbacks if f != model])
-            self._routes[model] = Route(model, tiers[0] if tiers else "", chain, frozenset(tiers))
+            own_chain = (model, *[f for f in settings.fallbacks if f != model])
+            self._routes[model] = Route(
+                model, tiers[0] if tiers else "", own_chain, frozenset(tiers)
+            )
         for alias, target in config.aliases.items():
             route = self._routes[target]
             self._routes[alias] = Route(alias, route.tier, route.chain, route.tiers_needed)
@@ -50,7 +52,9 @@ class Router:
             default = self.config.routing.default_tier
             if default is None:
                 raise InvalidRequest(
-                    "you must provide a model parameter", param="model", code="missing_required_parameter"
+                    "you must provide a model parameter",
+                    param="model",
+                    code="missing_required_parameter",
                 )
             name = default
         if not isinstance(name, str):

@@ -123,7 +123,7 @@ async def test_body_over_the_limit_is_413_by_content_length(
 ) -> None:
     gateway = await start_gateway(merged(base_config(upstream.url), server={"max_body_mb": 0.01}))
     big = {**CHAT, "messages": [{"role": "user", "content": "x" * 20_000}]}
-    status, body, headers = await post(gateway, json=big)
+    status, body, _ = await post(gateway, json=big)
     assert status == 413
     assert_openai_error(body, "request_too_large", "request_too_large")
     assert upstream.requests == []

@@ -83,7 +83,7 @@ async def test_client_disconnect_mid_stream_closes_the_upstream_request(
         await response.content.readuntil(b"\n\n")
         left_at = time.perf_counter()
         response.close()
-    seen = await upstream.wait_disconnect(timeout=2)
+    seen = await upstream.wait_disconnect(within=2)
     assert seen is not None, "the upstream request was not closed"
     assert seen - left_at < 1.0
     assert len(upstream.event_times) < 5
@@ -102,7 +102,7 @@ async def test_client_disconnect_before_the_first_token_closes_the_upstream_requ
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
-    seen = await upstream.wait_disconnect(timeout=2)
+    seen = await upstream.wait_disconnect(within=2)
     assert seen is not None, "the upstream request was not closed"
     assert seen - left_at < 1.0
 
@@ -120,7 +120,7 @@ async def test_non_stream_client_disconnect_closes_the_upstream_request(
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
-    assert await upstream.wait_disconnect(timeout=2) is not None
+    assert await upstream.wait_disconnect(within=2) is not None
 
 
 async def test_keep_alive_comments_while_the_first_token_is_slow(
@@ -231,7 +231,7 @@ async def test_first_token_timeout_is_504_when_nothing_was_sent(
         body = await response.json()
     assert body["error"]["type"] == "upstream_timeout"
     assert time.perf_counter() - started < 2
-    assert await upstream.wait_disconnect(timeout=2) is not None
+    assert await upstream.wait_disconnect(within=2) is not None
 
 
 async def test_first_token_timeout_after_keep_alives_is_an_in_band_error(

@@ -26,10 +26,11 @@ from gateway.providers.openai import encode_base64_floats
 from gateway.sse import DONE, encode_data
 
 _WORDS = (
-    "the gateway answers every request with words chosen from this short list so that tests "
-    "and demos see real text arrive at a steady pace while nothing leaves the machine and "
-    "the same prompt always gets the same reply token by token"
-).split()
+    "the", "gateway", "answers", "every", "request", "with", "words", "chosen", "from", "this",
+    "short", "list", "so", "that", "tests", "and", "demos", "see", "real", "text", "arrive",
+    "at", "a", "steady", "pace", "while", "nothing", "leaves", "the", "machine", "and", "the",
+    "same", "prompt", "always", "gets", "the", "same", "reply", "token", "by", "token",
+)
 
 _DIRECTIVE = re.compile(r"mock:([a-z_]+)=(\d+)")
 
@@ -173,7 +174,7 @@ class MockProvider(Provider):
         plan = _Plan(self.config, call.body)
         plan.raise_if_failing(f"{self.name}/{call.model_name}")
         await asyncio.sleep(plan.first_token_s + plan.pace_s * plan.n_tokens)
-        answer = {
+        answer: dict[str, Any] = {
             "id": f"chatcmpl-mock-{call.request_id}",
             "object": "chat.completion",
             "created": int(time.time()),

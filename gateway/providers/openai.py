@@ -97,7 +97,7 @@ class OpenAIProvider(Provider):
             raise UpstreamFailure("bad_response", f"{what}: answer is not JSON") from exc
         if not isinstance(parsed, dict):
             raise UpstreamFailure("bad_response", f"{what}: answer is not a JSON object")
-        if "error" in parsed and parsed["error"]:
+        if parsed.get("error"):
             # Some compatible servers answer errors with status 200.
             raise failure_from_status(500, body, response.headers, what)
         return body, parsed

@@ -56,6 +56,7 @@ class FakeOpenAI:
         self.requests: list[Received] = []
         self.event_times: list[float] = []  # perf_counter after each event was written
         self.disconnects: list[float] = []  # perf_counter when the gateway went away
+        self._disconnected = asyncio.Event()
         self.in_flight = 0
         self._runner: web.AppRunner | None = None
         self.port = 0
@@ -81,12 +82,17 @@ class FakeOpenAI:
         if self._runner is not None:
             await self._runner.cleanup()
 
-    async def wait_disconnect(self, timeout: float) -> float | None:
-        """The time the gateway dropped a connection, waiting up to `timeout` seconds."""
-        deadline = time.perf_counter() + timeout
-        while not self.disconnects and time.perf_counter() < deadline:
-            await asyncio.sleep(0.01)
-        return self.disconnects[0] if self.disconnects else None
+    async def wait_disconnect(self, within: float) -> float | None:
+        """The time the gateway dropped a connection, waiting up to `within` seconds."""
+        try:
+            await asyncio.wait_for(self._disconnected.wait(), within)
+        except TimeoutError:
+            return None
+        return self.disconnects[0]
+
+    def _saw_disconnect(self) -> None:
+        self.disconnects.append(time.perf_counter())
+        self._disconnected.set()
 
     # --- handlers ---------------------------------------------------------------------------
 
@@ -159,7 +165,7 @@ class FakeOpenAI:
                        "openai-organization": "org-secret", **behaviour.headers}
             return web.json_response(answer, headers=headers)
         except asyncio.CancelledError:
-            self.disconnects.append(time.perf_counter())
+            self._saw_disconnect()
             raise
         finally:
             self.in_flight -= 1
@@ -211,7 +217,7 @@ class FakeOpenAI:
                 await response.write(b"data: " + payload + newline + newline)
                 self.event_times.append(time.perf_counter())
         except (ConnectionResetError, asyncio.CancelledError):
-            self.disconnects.append(time.perf_counter())
+            self._saw_disconnect()
             raise
         await response.write_eof()
         return response
