@@ -8,6 +8,7 @@ from gateway.config import (
     OpenAIProviderConfig,
     ProviderConfig,
 )
+from gateway.providers.anthropic import AnthropicProvider
 from gateway.providers.base import Provider
 from gateway.providers.mock import MockProvider
 from gateway.providers.openai import OpenAIProvider
@@ -23,7 +24,7 @@ def build_provider(name: str, config: ProviderConfig) -> Provider:
     if isinstance(config, MockProviderConfig):
         return MockProvider(name, config)
     if isinstance(config, AnthropicProviderConfig):
-        raise UnsupportedProvider(f"providers.{name}: type 'anthropic' is not implemented yet")
+        return AnthropicProvider(name, config)
     raise UnsupportedProvider(f"providers.{name}: unknown provider type")
 
 

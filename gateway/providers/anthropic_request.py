@@ -31,9 +31,10 @@ _DATA_URL = re.compile(r"^data:(?P<media>[^;,]+)(?P<params>(?:;[^;,]*)*),(?P<dat
 
 
 def invalid_request(message: str, param: str | None = None) -> UpstreamFailure:
-    """A request Anthropic cannot serve as asked: a clear 400, never a silent drop."""
+    """A request Anthropic cannot serve as asked: a clear 400, never a silent drop, unless
+    another model of the chain can serve it (kind `unsupported` lets routing move on)."""
     error: dict[str, Any] = {"message": message, "type": "invalid_request_error", "param": param}
-    return UpstreamFailure("client_error", message, status=400, upstream_error=error)
+    return UpstreamFailure("unsupported", message, status=400, upstream_error=error)
 
 
 def structured_tool_name(body: dict[str, Any]) -> str | None:
