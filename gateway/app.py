@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from gateway.handlers import chat, embeddings, health, models
+from gateway.handlers import chat, embeddings, health, metrics, models
 from gateway.handlers.common import RUNTIME
 from gateway.middleware import add_gateway_headers, gateway_middleware
 from gateway.runtime import Runtime, RuntimeHolder
@@ -24,6 +24,7 @@ def create_app(runtime: Runtime) -> web.Application:
     app.router.add_get("/v1/models/{model}", models.get_model)
     app.router.add_get("/healthz", health.healthz)
     app.router.add_get("/readyz", health.readyz)
+    app.router.add_get("/metrics", metrics.metrics)
     app.cleanup_ctx.append(_close_runtime)
     return app
 

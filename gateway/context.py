@@ -46,13 +46,17 @@ class RequestState:
     first_token_at: float | None = None
     error: str | None = None  # why the request failed or ended early
     stream_cut: bool = False  # a stream that ended before the upstream finished it
+    # Keep-alives began before any model gave a first event: the headers went out before the
+    # answering model was known.
+    committed_before_answer: bool = False
 
     def response_headers(self) -> dict[str, str]:
+        unknown = self.committed_before_answer
         return {
             "x-request-id": self.request_id,
             "x-gateway-tier": self.tier,
-            "x-gateway-model": self.model,
-            "x-gateway-attempts": str(self.attempts),
+            "x-gateway-model": "" if unknown else self.model,
+            "x-gateway-attempts": "" if unknown else str(self.attempts),
         }
 
 

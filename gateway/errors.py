@@ -141,7 +141,9 @@ class UpstreamFailure(Exception):
 
     `kind` is what routing matches against `routing.fallback_on`: `connect`, `timeout`, `429`,
     `5xx`, `context_length`; or `client_error` (the upstream refused the request itself: the
-    next model would refuse it too) and `bad_response` (garbage from the upstream).
+    next model would refuse it too), `bad_response` (garbage from the upstream) and
+    `unsupported` (this provider cannot serve the request as asked, found before sending it:
+    another model of the chain may).
     """
 
     def __init__(
@@ -164,7 +166,7 @@ class UpstreamFailure(Exception):
         """What the client sees when this was the last word."""
         if self.kind == "timeout":
             return UpstreamTimeout(f"The upstream did not answer in time: {self.message}")
-        if self.kind in ("client_error", "context_length") and self.status is not None:
+        if self.kind in ("client_error", "context_length", "unsupported") and self.status:
             return self._relayed_client_error()
         if self.kind == "429":
             headers = {}

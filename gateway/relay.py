@@ -38,6 +38,7 @@ _ERROR_OBJECT = re.compile(rb'^\s*\{\s*"error"\s*:')
 _EMPTY_CHOICES = re.compile(rb'"choices"\s*:\s*\[\s*\]')
 
 StreamOpener = Callable[[], Awaitable[EventStream]]
+FirstEvents = tuple[EventStream, list[bytes]]
 
 
 def json_response(body: bytes, status: int = 200) -> web.Response:
@@ -65,10 +66,20 @@ def _failure_from_event(payload: bytes, what: str) -> UpstreamFailure:
     )
 
 
-async def _first_events(open_stream: StreamOpener, what: str) -> tuple[EventStream, list[bytes]]:
-    """Open the stream and read up to its first data event. Leading comments are dropped: the
-    gateway's own keep-alives stand in for them. An error event or an empty stream here is a
-    failure the client has not seen any part of."""
+async def first_events(open_stream: StreamOpener, what: str, within_s: float) -> FirstEvents:
+    """Open an upstream stream and read up to its first data event, within `within_s` (the
+    model's first-token timeout). Everything that fails here fails before the client has
+    seen any of it, so routing may still retry or fall back."""
+    try:
+        async with asyncio.timeout(within_s):
+            return await _first_events(open_stream, what)
+    except TimeoutError as exc:
+        raise UpstreamFailure("timeout", f"{what}: no first event within {within_s:g}s") from exc
+
+
+async def _first_events(open_stream: StreamOpener, what: str) -> FirstEvents:
+    """Leading comments are dropped (the gateway's own keep-alives stand in for them); an
+    error event or an empty stream is a failure."""
     stream = await open_stream()
     try:
         while True:
@@ -87,7 +98,7 @@ async def _first_events(open_stream: StreamOpener, what: str) -> tuple[EventStre
         raise
 
 
-async def _close_opener(opener: asyncio.Task[tuple[EventStream, list[bytes]]]) -> None:
+async def _close_opener(opener: asyncio.Task[FirstEvents]) -> None:
     """Cancel a pending opener; close a stream it opened that nobody will read."""
     if not opener.done():
         opener.cancel()
@@ -99,42 +110,34 @@ async def _close_opener(opener: asyncio.Task[tuple[EventStream, list[bytes]]]) -
 async def relay_stream(
     request: web.Request,
     state: RequestState,
-    open_stream: StreamOpener,
+    start: Callable[[], Awaitable[FirstEvents]],
     *,
-    first_token_s: float,
     keepalive_s: float,
     strip_usage: bool,
-    what: str,
 ) -> web.StreamResponse:
-    """Relay one upstream stream to the client. Raises GatewayError only while nothing has been
-    sent, so the caller can still answer with a status (or try another model)."""
+    """Relay a stream to the client. `start` finds an upstream that gives a first event (with
+    retries and fallbacks) and raises GatewayError when none does. Until it returns, nothing
+    is sent unless it takes longer than `keepalive_s`: then the answer begins with keep-alive
+    comments, and a failure after that can only be reported in-band."""
     response = web.StreamResponse(status=200, headers=SSE_HEADERS)
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + first_token_s
-    opener = asyncio.ensure_future(_first_events(open_stream, what))
+    opener = asyncio.ensure_future(start())
     handed_over = False
     try:
         while True:
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                raise UpstreamFailure(
-                    "timeout", f"{what}: no first event within {first_token_s:g}s"
-                )
-            done, _ = await asyncio.wait({opener}, timeout=min(keepalive_s, remaining))
+            done, _ = await asyncio.wait({opener}, timeout=keepalive_s)
             if done:
                 break
-            if deadline - loop.time() <= 0:
-                continue
             if not response.prepared:
+                state.committed_before_answer = True
                 await response.prepare(request)
             await response.write(KEEPALIVE)
         stream, first = opener.result()
         handed_over = True
-    except UpstreamFailure as failure:
-        state.error = failure.message
+    except GatewayError as error:
+        state.error = state.error or error.message
         if not response.prepared:
-            raise failure.to_client_error() from failure
-        await _end_with_error(response, failure.to_client_error())
+            raise
+        await _end_with_error(response, error)
         return response
     finally:
         if not handed_over:

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 from gateway.auth import Authenticator
 from gateway.config import GatewayConfig
+from gateway.cooldown import Cooldowns
 from gateway.errors import ServiceUnavailable
 from gateway.providers import Provider, build_provider
 from gateway.routing import Router
@@ -62,3 +63,5 @@ class RuntimeHolder:
     def __init__(self, runtime: Runtime) -> None:
         self.current = runtime
         self.draining = False
+        # Process state that outlives any one config: kept across reloads.
+        self.cooldowns = Cooldowns()

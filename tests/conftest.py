@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -17,6 +18,12 @@ from tests.fakes.openai_upstream import FakeOpenAI
 APP_KEY = "gw-test-app-key"
 FREE_KEY = "gw-test-free-key"
 UPSTREAM_KEY = "sk-upstream-secret"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def base_config(upstream_url: str) -> dict[str, Any]:
@@ -35,7 +42,8 @@ def base_config(upstream_url: str) -> dict[str, Any]:
         },
         "tiers": {"fast": ["gpt-up"], "embed": ["embed-up"], "demo": ["mock-model"]},
         "aliases": {"gpt-4o-mini": "fast"},
-        "routing": {"default_tier": "fast"},
+        # No retries here: each test of one upstream behaviour sees exactly one attempt.
+        "routing": {"default_tier": "fast", "retries": 0},
         "plans": {"pro": {"tiers": ["fast", "embed", "demo"]}, "free": {"tiers": ["demo"]}},
         "keys": [
             {"name": "app", "key": APP_KEY, "plan": "pro", "feature": "chat-api"},

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 from typing import Any
 
 import aiohttp
 import pytest
 
 from gateway.server import GatewayServer
-from tests.conftest import APP_KEY, StartGateway, base_config, merged
+from tests.conftest import APP_KEY, StartGateway, base_config, free_port, merged
 from tests.fakes.openai_upstream import Behaviour, FakeOpenAI
 
 AUTH = {"Authorization": f"Bearer {APP_KEY}"}
@@ -201,12 +200,6 @@ async def test_upstream_headers_never_reach_the_client(gateway: GatewayServer) -
 
 
 # --- upstream faults ------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 async def test_upstream_refusing_connections_is_502(

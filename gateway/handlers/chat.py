@@ -7,10 +7,16 @@ from typing import Any
 from aiohttp import web
 
 from gateway.context import apply_request_context
-from gateway.errors import InvalidRequest, UpstreamFailure
-from gateway.handlers.common import begin, invalid_type, read_json_object, require
-from gateway.providers.base import UpstreamCall
-from gateway.relay import json_response, relay_stream
+from gateway.errors import InvalidRequest
+from gateway.handlers.common import (
+    attempt_loop,
+    begin,
+    invalid_type,
+    read_json_object,
+    require,
+)
+from gateway.providers.base import JsonAnswer, UpstreamCall
+from gateway.relay import FirstEvents, first_events, json_response, relay_stream
 
 
 def validate_chat(body: dict[str, Any]) -> bool:
@@ -65,36 +71,42 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     assert state.principal is not None
     route = runtime.router.resolve(body.get("model"), state.principal)
     state.tier = route.tier
+    attempts = attempt_loop(request, runtime, state, route)
 
-    # One attempt at the first model of the chain.
-    model_name = route.chain[0]
-    model = runtime.config.models[model_name]
-    provider = runtime.provider_for(model_name)
-    state.model, state.provider, state.attempts = model_name, provider.name, 1
-    upstream_body = {**body, "model": runtime.config.upstream_id(model_name)}
+    def call_for(model_name: str) -> UpstreamCall:
+        upstream_body = {**body, "model": runtime.config.upstream_id(model_name)}
+        if state.stream:
+            # Always ask for usage; the relay hides the usage-only chunk again from a client
+            # that did not ask for it.
+            options = body.get("stream_options") or {}
+            upstream_body["stream_options"] = {**options, "include_usage": True}
+        return UpstreamCall(
+            model_name, runtime.config.models[model_name], upstream_body, state.request_id
+        )
 
     if not state.stream:
-        call = UpstreamCall(model_name, model, upstream_body, state.request_id)
-        try:
-            answer = await provider.chat(call)
-        except UpstreamFailure as failure:
-            state.error = failure.message
-            raise failure.to_client_error() from failure
+
+        async def answer_from(model_name: str) -> JsonAnswer:
+            return await runtime.provider_for(model_name).chat(call_for(model_name))
+
+        answer = await attempts.run(answer_from)
         state.usage = answer.usage
         return json_response(answer.body)
 
-    # The gateway always asks for usage, and hides the usage-only chunk again from a client
-    # that did not ask for it.
+    async def first_events_from(model_name: str) -> FirstEvents:
+        call = call_for(model_name)
+        provider = runtime.provider_for(model_name)
+        return await first_events(
+            lambda: provider.chat_stream(call),
+            f"{provider.name}/{model_name}",
+            call.model.timeout.first_token,
+        )
+
     options = body.get("stream_options") or {}
-    wants_usage = options.get("include_usage") is True
-    upstream_body["stream_options"] = {**options, "include_usage": True}
-    call = UpstreamCall(model_name, model, upstream_body, state.request_id)
     return await relay_stream(
         request,
         state,
-        lambda: provider.chat_stream(call),
-        first_token_s=model.timeout.first_token,
+        lambda: attempts.run(first_events_from),
         keepalive_s=runtime.config.server.keepalive_s,
-        strip_usage=not wants_usage,
-        what=f"{provider.name}/{model_name}",
+        strip_usage=options.get("include_usage") is not True,
     )

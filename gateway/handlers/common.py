@@ -7,8 +7,10 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from gateway.attempts import AttemptLoop
 from gateway.context import RequestState
 from gateway.errors import InvalidRequest, RequestTooLarge
+from gateway.routing import Route
 from gateway.runtime import Runtime, RuntimeHolder
 
 RUNTIME = web.AppKey("runtime", RuntimeHolder)
@@ -18,6 +20,20 @@ STATE = web.RequestKey("gateway_state", RequestState)
 def state_of(request: web.Request) -> RequestState:
     state: RequestState = request[STATE]
     return state
+
+
+def attempt_loop(
+    request: web.Request, runtime: Runtime, state: RequestState, route: Route
+) -> AttemptLoop:
+    """The attempt loop for this request: its runtime's rules, the process's cooldowns."""
+    models = runtime.config.models
+    return AttemptLoop(
+        runtime.config,
+        request.app[RUNTIME].cooldowns,
+        state,
+        route,
+        lambda name: models[name].provider,
+    )
 
 
 def begin(request: web.Request) -> tuple[Runtime, RequestState]:

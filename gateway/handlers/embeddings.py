@@ -7,9 +7,9 @@ from typing import Any
 from aiohttp import web
 
 from gateway.context import apply_request_context
-from gateway.errors import InvalidRequest, UpstreamFailure
-from gateway.handlers.common import begin, invalid_type, read_json_object, require
-from gateway.providers.base import UpstreamCall
+from gateway.errors import InvalidRequest
+from gateway.handlers.common import attempt_loop, begin, invalid_type, read_json_object, require
+from gateway.providers.base import JsonAnswer, UpstreamCall
 from gateway.relay import json_response
 
 
@@ -61,19 +61,16 @@ async def embeddings(request: web.Request) -> web.StreamResponse:
     assert state.principal is not None
     route = runtime.router.resolve(body["model"], state.principal)
     state.tier = route.tier
-    model_name = route.chain[0]
-    provider = runtime.provider_for(model_name)
-    state.model, state.provider, state.attempts = model_name, provider.name, 1
-    call = UpstreamCall(
-        model_name,
-        runtime.config.models[model_name],
-        {**body, "model": runtime.config.upstream_id(model_name)},
-        state.request_id,
-    )
-    try:
-        answer = await provider.embeddings(call)
-    except UpstreamFailure as failure:
-        state.error = failure.message
-        raise failure.to_client_error() from failure
+
+    async def embed_with(model_name: str) -> JsonAnswer:
+        call = UpstreamCall(
+            model_name,
+            runtime.config.models[model_name],
+            {**body, "model": runtime.config.upstream_id(model_name)},
+            state.request_id,
+        )
+        return await runtime.provider_for(model_name).embeddings(call)
+
+    answer = await attempt_loop(request, runtime, state, route).run(embed_with)
     state.usage = answer.usage
     return json_response(answer.body)

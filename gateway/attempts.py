@@ -1,0 +1,202 @@
+"""The attempt loop: down a route's chain with retries, backoff, fallbacks and cooldowns.
+
+Each model of the chain is tried in order, skipping models that are cooling down (unless all
+of them are: then the least recently failed one is tried anyway). A failure whose kind is in
+`routing.fallback_on` is retried on the same model `routing.retries` times with exponential
+backoff and full jitter (a short upstream `retry-after` is honoured; a long one moves on at
+once), then the request falls back to the next model. Any other failure (the upstream refused
+the request itself) goes straight back to the client: the next model would refuse it too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+from gateway.config import GatewayConfig
+from gateway.context import RequestState
+from gateway.cooldown import Cooldowns
+from gateway.errors import AllModelsFailed, GatewayError, RateLimited, UpstreamFailure
+from gateway.metrics import FALLBACKS, MODEL_AVAILABLE, UPSTREAM_ERRORS
+from gateway.routing import Route
+
+log = logging.getLogger("gateway.attempts")
+
+T = TypeVar("T")
+
+# Failure kinds → the `routing.fallback_on` entry that lets them move on.
+FALLBACK_CLASS = {
+    "connect": "connect",
+    "reset": "connect",
+    "timeout": "timeout",
+    "429": "429",
+    "5xx": "5xx",
+    "bad_response": "5xx",
+    "context_length": "context_length",
+}
+# The same model again cannot help a prompt that is too long for it.
+NOT_RETRIED = {"context_length"}
+
+BACKOFF_BASE_S = 0.2
+BACKOFF_CAP_S = 2.0
+RETRY_AFTER_MAX_WAIT_S = 2.0  # a longer upstream retry-after moves on to the next model
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """One try at one model, or one model skipped, and why."""
+
+    model: str
+    reason: str  # a failure kind, or "cooldown" for a model skipped while cooling down
+    status: int | None = None
+    message: str = ""
+    retry_after: float | None = None
+
+    def describe(self) -> str:
+        status = f", upstream status {self.status}" if self.status is not None else ""
+        return f"{self.model}: {self.reason}{status}"
+
+
+def backoff_delay(retry_number: int, retry_after: float | None) -> float | None:
+    """Seconds to wait before retry number `retry_number` (0-based); None: don't retry."""
+    if retry_after is not None:
+        return retry_after if retry_after <= RETRY_AFTER_MAX_WAIT_S else None
+    return random.uniform(0, min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2**retry_number))
+
+
+class AttemptLoop:
+    """Runs one request's attempts down its chain. `attempt(model_name)` does one upstream
+    call and raises UpstreamFailure when it fails."""
+
+    def __init__(
+        self,
+        config: GatewayConfig,
+        cooldowns: Cooldowns,
+        state: RequestState,
+        route: Route,
+        provider_of: Callable[[str], str],
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        self.config = config
+        self.cooldowns = cooldowns
+        self.state = state
+        self.route = route
+        self.provider_of = provider_of
+        self.sleep = sleep
+        self.attempts: list[Attempt] = []
+        self.last_unsupported: UpstreamFailure | None = None
+
+    def candidates(self) -> list[str]:
+        chain = list(self.route.chain)
+        ready = [m for m in chain if self.cooldowns.available(m)]
+        for model in chain:
+            if model not in ready:
+                self.attempts.append(Attempt(model, "cooldown"))
+        if not ready:
+            # Everything is cooling down: failing outright helps nobody, so the model whose
+            # last failure is oldest (the likeliest to have recovered) is tried anyway.
+            ready = [self.cooldowns.least_recently_failed(chain)]
+        return ready
+
+    async def run(self, attempt: Callable[[str], Awaitable[T]]) -> T:
+        routing = self.config.routing
+        candidates = self.candidates()
+        for index, model in enumerate(candidates):
+            for retry in range(routing.retries + 1):
+                self.state.attempts += 1
+                self.state.model = model
+                self.state.provider = self.provider_of(model)
+                try:
+                    result = await attempt(model)
+                except UpstreamFailure as failure:
+                    if failure.kind == "unsupported":
+                        # Refused before anything was sent: no upstream attempt, no sign of
+                        # ill health; another model of the chain may serve the request.
+                        self.state.attempts -= 1
+                        self.attempts.append(Attempt(model, "unsupported", failure.status,
+                                                     failure.message))
+                        self.last_unsupported = failure
+                        break
+                    fallback_class = self._note_failure(model, failure)
+                    if fallback_class not in routing.fallback_on:
+                        raise self._final_error(failure) from failure
+                    if failure.kind in NOT_RETRIED or retry == routing.retries:
+                        break
+                    delay = backoff_delay(retry, failure.retry_after)
+                    if delay is None:
+                        break
+                    await self.sleep(delay)
+                    continue
+                self.cooldowns.record_success(model)
+                MODEL_AVAILABLE.labels(model).set(1)
+                return result
+            if index + 1 < len(candidates) and self.attempts[-1].reason != "unsupported":
+                FALLBACKS.labels(
+                    self.route.tier, model, candidates[index + 1], self.attempts[-1].reason
+                ).inc()
+        raise self._chain_error()
+
+    def _note_failure(self, model: str, failure: UpstreamFailure) -> str | None:
+        fallback_class = FALLBACK_CLASS.get(failure.kind)
+        attempt = Attempt(model, failure.kind, failure.status, failure.message, failure.retry_after)
+        self.attempts.append(attempt)
+        provider = self.provider_of(model)
+        UPSTREAM_ERRORS.labels(provider, model, failure.kind).inc()
+        log.warning(
+            "upstream attempt failed",
+            extra={
+                "request_id": self.state.request_id,
+                "model": model,
+                "provider": provider,
+                "reason": failure.kind,
+                "upstream_status": failure.status,
+                "attempt": self.state.attempts,
+                "error": failure.message,
+            },
+        )
+        # Only failures of the upstream's health count toward a cooldown.
+        if fallback_class is not None and failure.kind != "context_length":
+            cooldown = self.config.routing.cooldown
+            if self.cooldowns.record_failure(model, cooldown.failures, cooldown.seconds):
+                MODEL_AVAILABLE.labels(model).set(0)
+                log.warning("model cooling down", extra={"model": model,
+                                                         "seconds": cooldown.seconds})
+        self.state.error = failure.message
+        return fallback_class
+
+    def _final_error(self, failure: UpstreamFailure) -> GatewayError:
+        return failure.to_client_error()
+
+    def _chain_error(self) -> GatewayError:
+        tried = [a for a in self.attempts if a.reason != "cooldown"]
+        listing = "; ".join(a.describe() for a in self.attempts)
+        if self.last_unsupported is not None and all(a.reason == "unsupported" for a in tried):
+            # No model of the chain can serve this request as asked: the client must change it.
+            return self.last_unsupported.to_client_error()
+        if tried and all(a.reason == "429" for a in tried):
+            waits = [a.retry_after for a in tried if a.retry_after is not None]
+            headers = {}
+            if waits:
+                wait = min(waits)
+                headers = {"retry-after": str(max(1, round(wait))),
+                           "retry-after-ms": str(int(wait * 1000))}
+            return RateLimited(
+                f"Every model of '{self.route.name}' is rate limited upstream ({listing}).",
+                code="upstream_rate_limited",
+                headers=headers,
+            )
+        if len(self.route.chain) == 1 and tried:
+            # No fallback was possible: the upstream's own failure says most.
+            last = tried[-1]
+            error = UpstreamFailure(last.reason, last.message, status=last.status,
+                                    retry_after=last.retry_after).to_client_error()
+            if len(tried) > 1:
+                error.message += f" (attempts: {listing})"
+            return error
+        return AllModelsFailed(
+            f"Every model of '{self.route.name}' failed. Attempts: {listing}."
+        )

@@ -1,0 +1,20 @@
+"""GET /metrics: the Prometheus text format."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from gateway import metrics as collectors
+from gateway.handlers.common import RUNTIME
+
+
+async def metrics(request: web.Request) -> web.StreamResponse:
+    holder = request.app[RUNTIME]
+    # Cooldowns end by the clock, not by an event: availability is read fresh at each scrape.
+    cooling = holder.cooldowns.cooling()
+    for model in holder.current.config.models:
+        collectors.MODEL_AVAILABLE.labels(model).set(0 if model in cooling else 1)
+    body, content_type = collectors.render()
+    response = web.Response(body=body)
+    response.headers["Content-Type"] = content_type
+    return response
