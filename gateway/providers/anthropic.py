@@ -23,15 +23,12 @@ from gateway.providers.anthropic_response import (
     usage_of,
 )
 from gateway.providers.anthropic_stream import StreamTranslator
-from gateway.providers.base import EventStream, JsonAnswer, Provider, UpstreamCall
+from gateway.providers.base import EventStream, JsonAnswer, UpstreamCall
 from gateway.providers.http import (
     HTTPEventStream,
-    client_timeout,
+    HTTPProvider,
     failure_from_status,
-    new_session,
-    read_error_and_raise,
-    upstream_errors,
-    wait_first,
+    is_event_stream,
 )
 
 
@@ -61,52 +58,20 @@ class AnthropicEventStream(EventStream):
         await self._events.aclose(completed=completed)
 
 
-class AnthropicProvider(Provider):
+class AnthropicProvider(HTTPProvider):
     """Anthropic's Messages API through one pooled aiohttp session."""
 
     def __init__(self, name: str, config: AnthropicProviderConfig) -> None:
-        super().__init__(name)
-        self.config = config
-        self._session: aiohttp.ClientSession | None = None
-        self._headers = {
-            "Content-Type": "application/json",
-            "anthropic-version": config.anthropic_version,
-            **config.headers,
-        }
+        headers = {"anthropic-version": config.anthropic_version, **config.headers}
         if config.api_key:
-            self._headers["x-api-key"] = config.api_key
-
-    @property
-    def session(self) -> aiohttp.ClientSession:
-        # Created on first use, inside the running event loop.
-        if self._session is None:
-            self._session = new_session(self.config.max_connections)
-        return self._session
-
-    def _what(self, call: UpstreamCall) -> str:
-        return f"{self.name}/{call.model_name}"
+            headers["x-api-key"] = config.api_key
+        super().__init__(name, config.max_connections, headers)
+        self.config = config
 
     async def _post(
         self, call: UpstreamCall, body: dict[str, Any], accept: str
     ) -> aiohttp.ClientResponse:
-        timeout = call.timeout
-        what = self._what(call)
-        request = self.session.post(
-            self.config.base_url + "/v1/messages",
-            data=orjson.dumps(body),
-            headers={**self._headers, "Accept": accept},
-            timeout=client_timeout(timeout.connect, timeout.total),
-        )
-        async with upstream_errors(what):
-            response: aiohttp.ClientResponse = await wait_first(
-                request, timeout.first_token, what
-            )
-        if response.status >= 400:
-            try:
-                await read_error_and_raise(response, what)
-            finally:
-                response.release()
-        return response
+        return await self.post(call, self.config.base_url + "/v1/messages", body, accept)
 
     def _translate(self, call: UpstreamCall, *, stream: bool) -> dict[str, Any]:
         body = translate_request(call.body, default_max_tokens=self.config.default_max_tokens)
@@ -117,13 +82,9 @@ class AnthropicProvider(Provider):
         return body
 
     async def chat(self, call: UpstreamCall) -> JsonAnswer:
-        what = self._what(call)
+        what = self.what(call)
         response = await self._post(call, self._translate(call, stream=False), "application/json")
-        try:
-            async with upstream_errors(what):
-                body = await response.read()
-        finally:
-            response.release()
+        body = await self.read_all(response, what)
         try:
             message = orjson.loads(body)
         except orjson.JSONDecodeError as exc:
@@ -140,15 +101,11 @@ class AnthropicProvider(Provider):
         return JsonAnswer(orjson.dumps(answer), usage_of(answer["usage"]))
 
     async def chat_stream(self, call: UpstreamCall) -> EventStream:
-        what = self._what(call)
+        what = self.what(call)
         response = await self._post(call, self._translate(call, stream=True), "text/event-stream")
-        content_type = response.headers.get("Content-Type", "")
-        if not content_type.startswith("text/event-stream"):
-            try:
-                async with upstream_errors(what):
-                    body = await response.read()
-            finally:
-                response.release()
+        if not is_event_stream(response):
+            content_type = response.headers.get("Content-Type", "")
+            body = await self.read_all(response, what)
             if b'"error"' in body:
                 try:
                     parsed = orjson.loads(body)
@@ -178,8 +135,3 @@ class AnthropicProvider(Provider):
             upstream_error={"message": message, "type": "invalid_request_error",
                             "param": "model", "code": None},
         )
-
-    async def aclose(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None

@@ -15,6 +15,7 @@ import orjson
 from multidict import CIMultiDictProxy
 
 from gateway.errors import UpstreamFailure
+from gateway.providers.base import Provider, UpstreamCall
 from gateway.sse import EventSplitter
 
 USER_AGENT = "llm-gateway/0.1"
@@ -176,3 +177,65 @@ async def wait_first(coro: Any, seconds: float, what: str) -> Any:
             return await coro
     except TimeoutError as exc:
         raise UpstreamFailure("timeout", f"{what}: no answer within {seconds:g}s") from exc
+
+
+class HTTPProvider(Provider):
+    """A provider reached over HTTP: one pooled session (created on first use, inside the
+    running loop), a POST with the model's timeouts, and error answers classified."""
+
+    def __init__(self, name: str, max_connections: int, headers: dict[str, str]) -> None:
+        super().__init__(name)
+        self._max_connections = max_connections
+        self._headers = {"Content-Type": "application/json", **headers}
+        self._session: aiohttp.ClientSession | None = None
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            self._session = new_session(self._max_connections)
+        return self._session
+
+    def what(self, call: UpstreamCall) -> str:
+        """How logs and errors name this call: provider/model."""
+        return f"{self.name}/{call.model_name}"
+
+    async def post(
+        self, call: UpstreamCall, url: str, body: dict[str, Any], accept: str
+    ) -> aiohttp.ClientResponse:
+        """POST `body`; returns a 2xx response (to be released by the caller) within the
+        model's first-token timeout, or raises the classified failure."""
+        timeout = call.timeout
+        what = self.what(call)
+        request = self.session.post(
+            url,
+            data=orjson.dumps(body),
+            headers={**self._headers, "Accept": accept, "X-Request-Id": call.request_id},
+            timeout=client_timeout(timeout.connect, timeout.total),
+        )
+        async with upstream_errors(what):
+            response: aiohttp.ClientResponse = await wait_first(
+                request, timeout.first_token, what
+            )
+        if response.status >= 400:
+            try:
+                await read_error_and_raise(response, what)
+            finally:
+                response.release()
+        return response
+
+    async def read_all(self, response: aiohttp.ClientResponse, what: str) -> bytes:
+        """The whole body, the response released."""
+        try:
+            async with upstream_errors(what):
+                return await response.read()
+        finally:
+            response.release()
+
+    async def aclose(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+
+def is_event_stream(response: aiohttp.ClientResponse) -> bool:
+    return response.headers.get("Content-Type", "").startswith("text/event-stream")

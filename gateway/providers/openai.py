@@ -15,21 +15,12 @@ import orjson
 
 from gateway.config import OpenAIProviderConfig
 from gateway.errors import UpstreamFailure
-from gateway.providers.base import (
-    EventStream,
-    JsonAnswer,
-    Provider,
-    UpstreamCall,
-    usage_from_openai,
-)
+from gateway.providers.base import EventStream, JsonAnswer, UpstreamCall, usage_from_openai
 from gateway.providers.http import (
     HTTPEventStream,
-    client_timeout,
+    HTTPProvider,
     failure_from_status,
-    new_session,
-    read_error_and_raise,
-    upstream_errors,
-    wait_first,
+    is_event_stream,
 )
 
 
@@ -44,53 +35,23 @@ class _OpenAIEventStream(EventStream):
         await self._events.aclose(completed=completed)
 
 
-class OpenAIProvider(Provider):
+class OpenAIProvider(HTTPProvider):
     """An OpenAI-compatible upstream, reached through one pooled aiohttp session."""
 
     def __init__(self, name: str, config: OpenAIProviderConfig) -> None:
-        super().__init__(name)
-        self.config = config
-        self._session: aiohttp.ClientSession | None = None
-        self._headers = {"Content-Type": "application/json", **config.headers}
+        headers = dict(config.headers)
         if config.api_key:
-            self._headers["Authorization"] = f"Bearer {config.api_key}"
-
-    @property
-    def session(self) -> aiohttp.ClientSession:
-        # Created on first use, inside the running event loop.
-        if self._session is None:
-            self._session = new_session(self.config.max_connections)
-        return self._session
+            headers["Authorization"] = f"Bearer {config.api_key}"
+        super().__init__(name, config.max_connections, headers)
+        self.config = config
 
     async def _post(self, call: UpstreamCall, path: str, accept: str) -> aiohttp.ClientResponse:
-        timeout = call.timeout
-        what = f"{self.name}/{call.model_name}"
-        headers = {**self._headers, "Accept": accept, "X-Request-Id": call.request_id}
-        request = self.session.post(
-            self.config.base_url + path,
-            data=orjson.dumps(call.body),
-            headers=headers,
-            timeout=client_timeout(timeout.connect, timeout.total),
-        )
-        async with upstream_errors(what):
-            response: aiohttp.ClientResponse = await wait_first(
-                request, timeout.first_token, what
-            )
-        if response.status >= 400:
-            try:
-                await read_error_and_raise(response, what)
-            finally:
-                response.release()
-        return response
+        return await self.post(call, self.config.base_url + path, call.body, accept)
 
     async def _json(self, call: UpstreamCall, path: str) -> tuple[bytes, dict[str, Any]]:
-        what = f"{self.name}/{call.model_name}"
+        what = self.what(call)
         response = await self._post(call, path, "application/json")
-        try:
-            async with upstream_errors(what):
-                body = await response.read()
-        finally:
-            response.release()
+        body = await self.read_all(response, what)
         try:
             parsed = orjson.loads(body)
         except orjson.JSONDecodeError as exc:
@@ -111,15 +72,11 @@ class OpenAIProvider(Provider):
         return JsonAnswer(body, usage_from_openai(parsed.get("usage")))
 
     async def chat_stream(self, call: UpstreamCall) -> EventStream:
-        what = f"{self.name}/{call.model_name}"
+        what = self.what(call)
         response = await self._post(call, "/chat/completions", "text/event-stream")
-        content_type = response.headers.get("Content-Type", "")
-        if not content_type.startswith("text/event-stream"):
-            try:
-                async with upstream_errors(what):
-                    body = await response.read()
-            finally:
-                response.release()
+        if not is_event_stream(response):
+            content_type = response.headers.get("Content-Type", "")
+            body = await self.read_all(response, what)
             if b'"error"' in body:
                 raise failure_from_status(500, body, response.headers, what)
             raise UpstreamFailure(
@@ -145,12 +102,6 @@ class OpenAIProvider(Provider):
                     item["embedding"] = encode_base64_floats(vector)
             body = orjson.dumps(parsed)
         return JsonAnswer(body, usage_from_openai(parsed.get("usage")))
-
-    async def aclose(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
-
 
 def encode_base64_floats(vector: list[float]) -> str:
     """OpenAI's base64 embedding encoding: little-endian float32, base64."""
