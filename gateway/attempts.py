@@ -19,7 +19,7 @@ from typing import TypeVar
 
 from gateway.config import GatewayConfig
 from gateway.context import RequestState
-from gateway.cooldown import Cooldowns
+from gateway.cooldown import HEALTHY, CooldownStore, ModelHealth
 from gateway.errors import AllModelsFailed, GatewayError, RateLimited, UpstreamFailure
 from gateway.metrics import FALLBACKS, MODEL_AVAILABLE, UPSTREAM_ERRORS
 from gateway.routing import Route
@@ -75,7 +75,7 @@ class AttemptLoop:
     def __init__(
         self,
         config: GatewayConfig,
-        cooldowns: Cooldowns,
+        cooldowns: CooldownStore,
         state: RequestState,
         route: Route,
         provider_of: Callable[[str], str],
@@ -90,21 +90,30 @@ class AttemptLoop:
         self.attempts: list[Attempt] = []
         self.last_unsupported: UpstreamFailure | None = None
 
-    def candidates(self) -> list[str]:
+    async def _health(self) -> dict[str, ModelHealth]:
+        try:
+            return await self.cooldowns.health(self.route.chain)
+        except Exception:
+            # Cooldowns only steer; without them every model is simply tried.
+            log.warning("cooldown state unavailable", exc_info=True)
+            return {}
+
+    def candidates(self, health: dict[str, ModelHealth]) -> list[str]:
         chain = list(self.route.chain)
-        ready = [m for m in chain if self.cooldowns.available(m)]
+        ready = [m for m in chain if not health.get(m, HEALTHY).cooling]
         for model in chain:
             if model not in ready:
                 self.attempts.append(Attempt(model, "cooldown"))
         if not ready:
             # Everything is cooling down: failing outright helps nobody, so the model whose
             # last failure is oldest (the likeliest to have recovered) is tried anyway.
-            ready = [self.cooldowns.least_recently_failed(chain)]
+            ready = [min(chain, key=lambda m: health.get(m, HEALTHY).last_failure)]
         return ready
 
     async def run(self, attempt: Callable[[str], Awaitable[T]]) -> T:
         routing = self.config.routing
-        candidates = self.candidates()
+        health = await self._health()
+        candidates = self.candidates(health)
         for index, model in enumerate(candidates):
             for retry in range(routing.retries + 1):
                 self.state.attempts += 1
@@ -121,7 +130,7 @@ class AttemptLoop:
                                                      failure.message))
                         self.last_unsupported = failure
                         break
-                    fallback_class = self._note_failure(model, failure)
+                    fallback_class = await self._note_failure(model, failure)
                     if fallback_class not in routing.fallback_on:
                         raise self._final_error(failure) from failure
                     if failure.kind in NOT_RETRIED or retry == routing.retries:
@@ -131,8 +140,10 @@ class AttemptLoop:
                         break
                     await self.sleep(delay)
                     continue
-                self.cooldowns.record_success(model)
-                MODEL_AVAILABLE.labels(model).set(1)
+                if health.get(model, HEALTHY).failures or retry:
+                    # Only a model with a failure streak has anything to reset: the common
+                    # case costs the store nothing.
+                    await self._record_success(model)
                 return result
             if index + 1 < len(candidates) and self.attempts[-1].reason != "unsupported":
                 FALLBACKS.labels(
@@ -140,7 +151,14 @@ class AttemptLoop:
                 ).inc()
         raise self._chain_error()
 
-    def _note_failure(self, model: str, failure: UpstreamFailure) -> str | None:
+    async def _record_success(self, model: str) -> None:
+        try:
+            await self.cooldowns.record_success(model)
+        except Exception:
+            log.warning("cooldown state unavailable", exc_info=True)
+        MODEL_AVAILABLE.labels(model).set(1)
+
+    async def _note_failure(self, model: str, failure: UpstreamFailure) -> str | None:
         fallback_class = FALLBACK_CLASS.get(failure.kind)
         attempt = Attempt(model, failure.kind, failure.status, failure.message, failure.retry_after)
         self.attempts.append(attempt)
@@ -161,10 +179,18 @@ class AttemptLoop:
         # Only failures of the upstream's health count toward a cooldown.
         if fallback_class is not None and failure.kind != "context_length":
             cooldown = self.config.routing.cooldown
-            if self.cooldowns.record_failure(model, cooldown.failures, cooldown.seconds):
+            try:
+                started = await self.cooldowns.record_failure(
+                    model, cooldown.failures, cooldown.seconds
+                )
+            except Exception:
+                log.warning("cooldown state unavailable", exc_info=True)
+                started = False
+            if started:
                 MODEL_AVAILABLE.labels(model).set(0)
-                log.warning("model cooling down", extra={"model": model,
-                                                         "seconds": cooldown.seconds})
+                log.warning(
+                    "model cooling down", extra={"model": model, "seconds": cooldown.seconds}
+                )
         self.state.error = failure.message
         return fallback_class
 

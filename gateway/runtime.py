@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 from gateway.auth import Authenticator
 from gateway.config import GatewayConfig
-from gateway.cooldown import Cooldowns
+from gateway.cooldown import CooldownStore, MemoryCooldowns
 from gateway.errors import ServiceUnavailable
 from gateway.providers import Provider, build_provider
 from gateway.routing import Router
@@ -60,8 +60,8 @@ def build_runtime(config: GatewayConfig) -> Runtime:
 class RuntimeHolder:
     """The current runtime. Readers take `current` once per request; a reload replaces it."""
 
-    def __init__(self, runtime: Runtime) -> None:
+    def __init__(self, runtime: Runtime, cooldowns: CooldownStore | None = None) -> None:
         self.current = runtime
         self.draining = False
         # Process state that outlives any one config: kept across reloads.
-        self.cooldowns = Cooldowns()
+        self.cooldowns: CooldownStore = cooldowns or MemoryCooldowns()

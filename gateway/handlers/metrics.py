@@ -11,7 +11,10 @@ from gateway.handlers.common import RUNTIME
 async def metrics(request: web.Request) -> web.StreamResponse:
     holder = request.app[RUNTIME]
     # Cooldowns end by the clock, not by an event: availability is read fresh at each scrape.
-    cooling = holder.cooldowns.cooling()
+    try:
+        cooling = await holder.cooldowns.cooling()
+    except Exception:
+        cooling = set()
     for model in holder.current.config.models:
         collectors.MODEL_AVAILABLE.labels(model).set(0 if model in cooling else 1)
     body, content_type = collectors.render()

@@ -1,0 +1,1 @@
+"""Rate and concurrency limits behind one protocol: `memory` for one process, `redis` for many."""
