@@ -45,6 +45,9 @@ class CooldownStore(abc.ABC):
     async def cooling(self) -> set[str]:
         """Every model cooling down now."""
 
+    async def aclose(self) -> None:  # noqa: B027 - the memory store holds nothing
+        """Release connections."""
+
 
 @dataclass(slots=True)
 class _Streak:

@@ -45,7 +45,10 @@ class Admission:
     """The answer to one admission.
 
     When refused, `limit` is `requests`, `tokens` or `concurrency` and `retry_after` is a true
-    wait: retrying after that long succeeds unless others took the room first. When allowed,
+    wait: retrying after that long succeeds unless others took the room first. It is None
+    when the request can never fit (more tokens than `tpm` on its own; then
+    `extra["too_large"]` is set). For concurrency it is an upper bound: the earliest lease
+    expiry, though leases are usually given back sooner. When allowed,
     `lease_id` names the concurrency lease (None when the subject has no concurrency limit) and
     `reservation` what settle needs to correct the token reservation.
     """

@@ -1,0 +1,136 @@
+"""Cooldowns in Redis, shared by every replica, judged by Redis `TIME`.
+
+Keys, all under one hash tag so that a multi-model read is one script in one Cluster slot:
+- `gw:{cooldown}:model:<name>`  HASH failures, last_failure, cooling_until (seconds, Redis TIME)
+- `gw:{cooldown}:models`        SET of the models that have a streak (no SCAN needed)
+Each expires `2 * seconds + 1 day` after the model's last failure, so forgotten models vanish.
+Errors propagate: callers treat an unreadable store as "every model healthy".
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+from gateway.cooldown import CooldownStore, ModelHealth
+from gateway.limits.redis import LuaScript, connect
+
+_HEALTH = LuaScript(
+    """
+-- KEYS: model hashes. Returns Redis TIME, then failures, last_failure, cooling_until per key.
+local time = redis.call('TIME')
+local out = {string.format('%.6f', tonumber(time[1]) + tonumber(time[2]) / 1e6)}
+for i = 1, #KEYS do
+  local v = redis.call('HMGET', KEYS[i], 'failures', 'last_failure', 'cooling_until')
+  out[#out + 1] = v[1] or ''
+  out[#out + 1] = v[2] or ''
+  out[#out + 1] = v[3] or ''
+end
+return out
+"""
+)
+
+_RECORD_FAILURE = LuaScript(
+    """
+-- KEYS[1] the model's hash, KEYS[2] the set of models with a streak
+-- ARGV: threshold, seconds, model name, key lifetime (ms). Returns 1 when a cooldown starts.
+if redis.replicate_commands then pcall(redis.replicate_commands) end
+local time = redis.call('TIME')
+local now = tonumber(time[1]) + tonumber(time[2]) / 1e6
+local failures = redis.call('HINCRBY', KEYS[1], 'failures', 1)
+redis.call('HSET', KEYS[1], 'last_failure', string.format('%.6f', now))
+local started = 0
+if failures >= tonumber(ARGV[1]) then
+  redis.call('HSET', KEYS[1], 'cooling_until', string.format('%.6f', now + tonumber(ARGV[2])))
+  started = 1
+end
+local ttl = tonumber(ARGV[4])
+redis.call('PEXPIRE', KEYS[1], ttl)
+redis.call('SADD', KEYS[2], ARGV[3])
+if redis.call('PTTL', KEYS[2]) < ttl then redis.call('PEXPIRE', KEYS[2], ttl) end
+return started
+"""
+)
+
+_FORGET = LuaScript(
+    """
+-- KEYS[1] the set of models with a streak, KEYS[2..] model hashes; ARGV the models' names.
+-- Drops from the set the models whose streak expired, unless one started again meanwhile.
+for i = 2, #KEYS do
+  if redis.call('EXISTS', KEYS[i]) == 0 then redis.call('SREM', KEYS[1], ARGV[i - 1]) end
+end
+return 1
+"""
+)
+
+DAY_S = 86_400.0
+
+
+class RedisCooldowns(CooldownStore):
+    """Failure streaks and cooldowns every replica shares."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        prefix: str = "gw",
+        socket_timeout: float = 0.5,
+        connect_timeout: float = 0.5,
+        max_connections: int = 16,
+    ) -> None:
+        self._redis = connect(
+            url,
+            socket_timeout=socket_timeout,
+            connect_timeout=connect_timeout,
+            max_connections=max_connections,
+        )
+        self._base = f"{prefix}:{{cooldown}}"
+        self.index_key = f"{self._base}:models"
+
+    def key(self, model: str) -> str:
+        return f"{self._base}:model:{model}"
+
+    async def health(self, models: Sequence[str]) -> dict[str, ModelHealth]:
+        """One round trip for every model, judged against Redis TIME."""
+        if not models:
+            return {}
+        reply = await _HEALTH.run(self._redis, [self.key(m) for m in models], ())
+        now = float(reply[0])
+        out: dict[str, ModelHealth] = {}
+        for i, model in enumerate(models):
+            failures, last_failure, cooling_until = reply[1 + 3 * i : 4 + 3 * i]
+            if failures == "":
+                continue  # never failed, or reset: healthy
+            out[model] = ModelHealth(
+                int(failures),
+                cooling_until != "" and now < float(cooling_until),
+                float(last_failure) if last_failure != "" else 0.0,
+            )
+        return out
+
+    async def record_failure(self, model: str, threshold: int, seconds: float) -> bool:
+        lifetime_ms = math.ceil((2 * seconds + DAY_S) * 1000)
+        args = (threshold, seconds, model, lifetime_ms)
+        started = await _RECORD_FAILURE.run(
+            self._redis, (self.key(model), self.index_key), args
+        )
+        return bool(int(started))
+
+    async def record_success(self, model: str) -> None:
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.delete(self.key(model))
+            pipe.srem(self.index_key, model)
+            await pipe.execute()
+
+    async def cooling(self) -> set[str]:
+        members = await self._redis.smembers(self.index_key)
+        models = sorted(m if isinstance(m, str) else m.decode() for m in members)
+        health = await self.health(models)
+        stale = [m for m in models if m not in health]  # their streak expired
+        if stale:
+            keys = [self.index_key, *(self.key(m) for m in stale)]
+            await _FORGET.run(self._redis, keys, stale)
+        return {m for m, h in health.items() if h.cooling}
+
+    async def aclose(self) -> None:
+        await self._redis.aclose()

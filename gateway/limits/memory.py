@@ -1,0 +1,240 @@
+"""The limiter of one process: exact sliding logs and expiring leases, in memory, no I/O.
+
+Per subject:
+- rpm: a log of admission times; an admission fits while fewer than `rpm` lie in the last
+  window (`(now - window, now]`), so no 60-second span ever holds more than `rpm`.
+- tpm: a log of reservations (time, tokens, id) with a running sum; settle corrects a
+  reservation in place while it is still inside the window.
+- concurrency: leases `{lease_id: expiry}`; expired leases are dropped on every call for the
+  subject.
+
+Admission is one synchronous step (no await inside), so it is atomic under asyncio.
+
+This module also holds the pure helpers the Redis backend shares: which refusal to report and
+how long to wait.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+from gateway.limits.base import WINDOW_S, Admission, Limiter, LimitSpec
+
+# A retry lands just after the moment room frees, not on the edge (float rounding, clocks
+# read a hair early).
+RETRY_EPSILON_S = 0.001
+# The least wait reported for concurrency. The earliest expiry is a bound, not a promise of
+# the typical case: leases are usually released (settled) well before they expire.
+MIN_CONCURRENCY_WAIT_S = 1.0
+LIMIT_NAMES = ("requests", "tokens", "concurrency")
+
+
+def choose_refusal(waits: Mapping[str, float], too_large: bool) -> tuple[str, float | None]:
+    """The limit to report for a refused admission and its retry-after.
+
+    A request larger than the whole tpm never fits: `tokens` with no retry-after. Otherwise
+    the limit with the LONGEST wait is reported, since only after that wait do all of them
+    have room (ties go to the first of requests, tokens, concurrency)."""
+    if too_large:
+        return "tokens", None
+    limit = max((name for name in LIMIT_NAMES if name in waits), key=lambda name: waits[name])
+    return limit, waits[limit]
+
+
+def refused(waits: Mapping[str, float], too_large: bool) -> Admission:
+    """A refusal carrying the limit that decided it and a retry-after a hair past the moment
+    room frees (header fields are filled by the caller)."""
+    limit, retry_after = choose_refusal(waits, too_large)
+    if retry_after is not None:
+        retry_after += RETRY_EPSILON_S
+    admission = Admission(allowed=False, limit=limit, retry_after=retry_after)
+    if too_large:
+        admission.extra["too_large"] = "1"
+    return admission
+
+
+@dataclass(slots=True)
+class _Reservation:
+    id: str
+    at: float
+    tokens: int
+
+
+@dataclass(slots=True)
+class _Subject:
+    requests: deque[float] = field(default_factory=deque)
+    reservations: deque[_Reservation] = field(default_factory=deque)
+    by_id: dict[str, _Reservation] = field(default_factory=dict)
+    reserved: int = 0  # the sum of the tokens in `reservations`
+    leases: dict[str, float] = field(default_factory=dict)  # lease id → expiry
+
+    def purge(self, now: float, window_s: float) -> None:
+        cutoff = now - window_s
+        requests = self.requests
+        while requests and requests[0] <= cutoff:
+            requests.popleft()
+        reservations = self.reservations
+        while reservations and reservations[0].at <= cutoff:
+            gone = reservations.popleft()
+            del self.by_id[gone.id]
+            self.reserved -= gone.tokens
+        if self.leases:
+            expired = [lease for lease, expiry in self.leases.items() if expiry <= now]
+            for lease in expired:
+                del self.leases[lease]
+
+    @property
+    def empty(self) -> bool:
+        return not (self.requests or self.reservations or self.leases)
+
+
+class MemoryLimiter(Limiter):
+    """rpm, tpm and concurrency for one process. `clock` is injectable for tests."""
+
+    def __init__(
+        self,
+        *,
+        lease_ttl_s: float = 60.0,
+        window_s: float = WINDOW_S,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._ttl = lease_ttl_s
+        self._window = window_s
+        self._clock = clock
+        self._subjects: dict[str, _Subject] = {}
+        self._ids = itertools.count(1)
+        self._next_sweep = clock() + window_s
+
+    def _subject(self, subject: str, now: float) -> _Subject:
+        if now >= self._next_sweep:
+            self._sweep(now)
+        state = self._subjects.get(subject)
+        if state is None:
+            state = self._subjects[subject] = _Subject()
+        else:
+            state.purge(now, self._window)
+        return state
+
+    def _sweep(self, now: float) -> None:
+        """Forget subjects nobody asked about for a window (keys removed from the config)."""
+        self._next_sweep = now + self._window
+        for name in list(self._subjects):
+            state = self._subjects[name]
+            state.purge(now, self._window)
+            if state.empty:
+                del self._subjects[name]
+
+    async def admit(self, subject: str, spec: LimitSpec, tokens: int) -> Admission:
+        if spec.empty:
+            return Admission(allowed=True)
+        tokens = max(tokens, 0)
+        now = self._clock()
+        state = self._subject(subject, now)
+        window = self._window
+        waits: dict[str, float] = {}
+        too_large = False
+
+        if spec.rpm is not None:
+            count = len(state.requests)
+            if count >= spec.rpm:
+                # The entry whose leaving brings the count below rpm.
+                waits["requests"] = state.requests[count - spec.rpm] + window - now
+        if spec.tpm is not None:
+            if tokens > spec.tpm:
+                too_large = True
+            elif state.reserved + tokens > spec.tpm:
+                freed = 0
+                wait = window  # only reached if the log is inconsistent; a window frees it all
+                for reservation in state.reservations:
+                    freed += reservation.tokens
+                    if state.reserved - freed + tokens <= spec.tpm:
+                        wait = reservation.at + window - now
+                        break
+                waits["tokens"] = wait
+        if spec.max_concurrent is not None and len(state.leases) >= spec.max_concurrent:
+            expiries = sorted(state.leases.values())
+            earliest = expiries[len(expiries) - spec.max_concurrent]
+            waits["concurrency"] = max(earliest - now, MIN_CONCURRENCY_WAIT_S)
+
+        if waits or too_large:
+            admission = refused(waits, too_large)
+        else:
+            admission = Admission(allowed=True)
+            ident = f"m{next(self._ids)}"
+            if spec.rpm is not None:
+                state.requests.append(now)
+            if spec.tpm is not None:
+                reservation = _Reservation(ident, now, tokens)
+                state.reservations.append(reservation)
+                state.by_id[ident] = reservation
+                state.reserved += tokens
+                admission.reservation = ident
+                admission.reserved_tokens = tokens
+            if spec.max_concurrent is not None:
+                state.leases[ident] = now + self._ttl
+                admission.lease_id = ident
+        self._fill_headers(admission, state, spec, now)
+        if state.empty:
+            del self._subjects[subject]
+        return admission
+
+    def _fill_headers(
+        self, admission: Admission, state: _Subject, spec: LimitSpec, now: float
+    ) -> None:
+        """OpenAI's x-ratelimit-* values: what is left, and how long until the limit is back
+        to its initial state (the newest entry leaves the window)."""
+        if spec.rpm is not None:
+            admission.requests_limit = spec.rpm
+            admission.requests_remaining = max(spec.rpm - len(state.requests), 0)
+            admission.requests_reset_s = (
+                max(state.requests[-1] + self._window - now, 0.0) if state.requests else 0.0
+            )
+        if spec.tpm is not None:
+            admission.tokens_limit = spec.tpm
+            admission.tokens_remaining = max(spec.tpm - state.reserved, 0)
+            admission.tokens_reset_s = (
+                max(state.reservations[-1].at + self._window - now, 0.0)
+                if state.reservations and state.reserved > 0
+                else 0.0
+            )
+
+    async def settle(self, subject: str, admission: Admission, actual_tokens: int | None) -> None:
+        state = self._subjects.get(subject)
+        if state is None:
+            return
+        if admission.lease_id is not None:
+            state.leases.pop(admission.lease_id, None)
+        if actual_tokens is not None and admission.reservation is not None:
+            reservation = state.by_id.get(admission.reservation)
+            if reservation is not None:  # else it has left the window already
+                actual = max(actual_tokens, 0)
+                state.reserved += actual - reservation.tokens
+                reservation.tokens = actual
+        state.purge(self._clock(), self._window)
+        if state.empty:
+            del self._subjects[subject]
+
+    async def renew(self, leases: list[tuple[str, str]]) -> None:
+        now = self._clock()
+        for subject, lease_id in leases:
+            state = self._subjects.get(subject)
+            if state is None:
+                continue
+            state.purge(now, self._window)
+            # An expired lease is not revived: its slot may have been given to another.
+            if lease_id in state.leases:
+                state.leases[lease_id] = now + self._ttl
+
+    async def in_flight(self, subject: str) -> int:
+        state = self._subjects.get(subject)
+        if state is None:
+            return 0
+        state.purge(self._clock(), self._window)
+        return len(state.leases)
+
+    async def ping(self) -> None:
+        return None

@@ -1,0 +1,248 @@
+"""The limiter shared by every replica: Redis, one atomic Lua script per admission.
+
+Keys, all hash-tagged with the subject so one subject's keys share a Redis Cluster slot:
+- `gw:{<subject>}:rpm`     ZSET  admission id → admission time (ms, Redis TIME)
+- `gw:{<subject>}:tpm`     ZSET  reservation id → reservation time (ms)
+- `gw:{<subject>}:tpm:n`   HASH  reservation id → tokens, and `#sum` → their total
+- `gw:{<subject>}:leases`  ZSET  lease id → expiry (ms)
+Every key carries a PEXPIRE a little past its newest entry, so idle subjects vanish.
+
+Scripts are run with EVALSHA; after a NOSCRIPT (Redis restarted or flushed) they are loaded
+again and the call is repeated. Any Redis failure is `LimiterUnavailable` from admit, in_flight
+and ping; settle and renew log it and leave the entries to expire.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import secrets
+from collections.abc import Sequence
+from importlib import resources
+from typing import Any
+
+from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError, RedisError
+
+from gateway.limits.base import WINDOW_S, Admission, Limiter, LimiterUnavailable, LimitSpec
+from gateway.limits.memory import MIN_CONCURRENCY_WAIT_S, refused
+
+log = logging.getLogger("gateway.limits.redis")
+
+# Keys outlive their newest entry by this much, so that a key never vanishes under an entry
+# that still counts (clock granularity, scripts run back to back).
+KEEP_MS = 1000.0
+# Errors that mean "Redis cannot be asked now". OSError covers socket errors and timeouts that
+# escape redis-py's own classes.
+BACKEND_ERRORS: tuple[type[BaseException], ...] = (RedisError, OSError)
+
+
+def connect(
+    url: str,
+    *,
+    socket_timeout: float = 0.5,
+    connect_timeout: float = 0.5,
+    max_connections: int = 64,
+    pool_timeout: float = 2.0,
+    health_check_interval: int = 30,
+) -> Redis:
+    """A pooled client with short timeouts, so that a dead Redis costs a request little.
+
+    Under a burst the pool makes callers wait (up to `pool_timeout`) for a free connection
+    rather than failing at once. A command that hits a dead connection (Redis restarted) is retried
+    once, at once, on a fresh one; timeouts are not retried, because the script may have run.
+    """
+    pool = BlockingConnectionPool.from_url(
+        url,
+        max_connections=max_connections,
+        timeout=pool_timeout,
+        socket_timeout=socket_timeout,
+        socket_connect_timeout=connect_timeout,
+        health_check_interval=health_check_interval,
+        retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
+        decode_responses=True,
+    )
+    return Redis.from_pool(pool)
+
+
+class LuaScript:
+    """A Lua script run by EVALSHA, loaded again whenever Redis has lost it (NOSCRIPT)."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.sha = hashlib.sha1(source.encode()).hexdigest()
+
+    @classmethod
+    def packaged(cls, name: str) -> LuaScript:
+        """A script shipped beside this module as package data."""
+        return cls(resources.files("gateway.limits").joinpath(name).read_text(encoding="utf-8"))
+
+    async def run(self, client: Redis, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        try:
+            return await client.evalsha(self.sha, len(keys), *keys, *args)
+        except NoScriptError:
+            await self.load(client)
+            return await client.evalsha(self.sha, len(keys), *keys, *args)
+
+    async def load(self, client: Redis) -> None:
+        sha = await client.script_load(self.source)
+        if sha != self.sha:  # pragma: no cover - would be a bug in Redis or here
+            raise RedisError(f"SCRIPT LOAD returned {sha}, expected {self.sha}")
+
+
+ADMIT = LuaScript.packaged("admit.lua")
+SETTLE = LuaScript.packaged("settle.lua")
+RENEW = LuaScript.packaged("renew.lua")
+IN_FLIGHT = LuaScript.packaged("in_flight.lua")
+
+
+def _duration_s(value: str) -> float:
+    return float(value) / 1000.0
+
+
+class RedisLimiter(Limiter):
+    """rpm, tpm and concurrency shared by every replica through one Redis."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        lease_ttl_s: float = 60.0,
+        window_s: float = WINDOW_S,
+        prefix: str = "gw",
+        socket_timeout: float = 0.5,
+        connect_timeout: float = 0.5,
+        max_connections: int = 64,
+        pool_timeout: float = 2.0,
+        health_check_interval: int = 30,
+    ) -> None:
+        self._redis = connect(
+            url,
+            socket_timeout=socket_timeout,
+            connect_timeout=connect_timeout,
+            max_connections=max_connections,
+            pool_timeout=pool_timeout,
+            health_check_interval=health_check_interval,
+        )
+        self._ttl_ms = lease_ttl_s * 1000.0
+        self._window_ms = window_s * 1000.0
+        self._prefix = prefix
+
+    def keys(self, subject: str) -> tuple[str, str, str, str]:
+        """rpm log, tpm log, tpm tokens, leases: one hash tag, one Cluster slot."""
+        base = f"{self._prefix}:{{{subject}}}"
+        return f"{base}:rpm", f"{base}:tpm", f"{base}:tpm:n", f"{base}:leases"
+
+    async def admit(self, subject: str, spec: LimitSpec, tokens: int) -> Admission:
+        if spec.empty:
+            return Admission(allowed=True)
+        ident = secrets.token_hex(12)
+        args = (
+            spec.rpm or 0,
+            spec.tpm or 0,
+            spec.max_concurrent or 0,
+            max(tokens, 0),
+            ident,
+            self._window_ms,
+            self._ttl_ms,
+            KEEP_MS,
+            MIN_CONCURRENCY_WAIT_S * 1000.0,
+        )
+        try:
+            reply = await ADMIT.run(self._redis, self.keys(subject), args)
+        except BACKEND_ERRORS as exc:
+            raise LimiterUnavailable(f"redis: {exc}") from exc
+        allowed, w_requests, w_tokens, w_concurrency, too_large = reply[:5]
+        requests, reserved, requests_reset, tokens_reset = reply[5:9]
+
+        if int(allowed):
+            admission = Admission(allowed=True)
+            if spec.tpm is not None:
+                admission.reservation = ident
+                admission.reserved_tokens = max(tokens, 0)
+            if spec.max_concurrent is not None:
+                admission.lease_id = ident
+        else:
+            waits = {
+                name: _duration_s(raw)
+                for name, raw in (
+                    ("requests", w_requests),
+                    ("tokens", w_tokens),
+                    ("concurrency", w_concurrency),
+                )
+                if float(raw) >= 0
+            }
+            admission = refused(waits, bool(int(too_large)))
+        if spec.rpm is not None:
+            admission.requests_limit = spec.rpm
+            admission.requests_remaining = max(spec.rpm - int(requests), 0)
+            admission.requests_reset_s = max(_duration_s(requests_reset), 0.0)
+        if spec.tpm is not None:
+            admission.tokens_limit = spec.tpm
+            admission.tokens_remaining = max(spec.tpm - int(reserved), 0)
+            admission.tokens_reset_s = max(_duration_s(tokens_reset), 0.0)
+        return admission
+
+    async def settle(self, subject: str, admission: Admission, actual_tokens: int | None) -> None:
+        correct = actual_tokens is not None and admission.reservation is not None
+        if admission.lease_id is None and not correct:
+            return
+        _, _, tokens_key, leases_key = self.keys(subject)
+        args = (
+            admission.lease_id or "",
+            admission.reservation or "",
+            "" if actual_tokens is None else max(actual_tokens, 0),
+        )
+        try:
+            await SETTLE.run(self._redis, (leases_key, tokens_key), args)
+        except Exception as exc:  # never raises: the lease and reservation expire by themselves
+            log.warning(
+                "could not settle a limiter lease; it will expire by itself",
+                extra={"subject": subject, "error": str(exc)},
+            )
+
+    async def renew(self, leases: list[tuple[str, str]]) -> None:
+        by_subject: dict[str, list[str]] = {}
+        for subject, lease_id in leases:
+            by_subject.setdefault(subject, []).append(lease_id)
+        if not by_subject:
+            return
+        # One script call per subject (a subject's keys share a Cluster slot; different
+        # subjects may not), all in one pipeline: one round trip.
+        calls = [(self.keys(subject)[3], ids) for subject, ids in by_subject.items()]
+        try:
+            for attempt in range(2):
+                async with self._redis.pipeline(transaction=False) as pipe:
+                    for key, ids in calls:
+                        pipe.evalsha(RENEW.sha, 1, key, self._ttl_ms, KEEP_MS, *ids)
+                    results = await pipe.execute(raise_on_error=False)
+                if attempt == 0 and any(isinstance(r, NoScriptError) for r in results):
+                    await RENEW.load(self._redis)  # renewing twice is harmless
+                    continue
+                failed = [r for r in results if isinstance(r, Exception)]
+                if failed:
+                    raise failed[0]
+                return
+        except Exception as exc:  # never raises: an unrenewed lease only expires early
+            log.warning(
+                "could not renew limiter leases; they may expire",
+                extra={"leases": len(leases), "error": str(exc)},
+            )
+
+    async def in_flight(self, subject: str) -> int:
+        try:
+            return int(await IN_FLIGHT.run(self._redis, (self.keys(subject)[3],), ()))
+        except BACKEND_ERRORS as exc:
+            raise LimiterUnavailable(f"redis: {exc}") from exc
+
+    async def ping(self) -> None:
+        try:
+            await self._redis.ping()
+        except BACKEND_ERRORS as exc:
+            raise LimiterUnavailable(f"redis: {exc}") from exc
+
+    async def aclose(self) -> None:
+        await self._redis.aclose()

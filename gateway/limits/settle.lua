@@ -1,0 +1,17 @@
+-- A request ended: release its lease and correct its token reservation to the real count.
+-- KEYS[1] leases ZSET, KEYS[2] tpm tokens HASH
+-- ARGV[1] lease id ('' for none), ARGV[2] reservation id ('' for none),
+-- ARGV[3] actual tokens ('' to keep the reservation as it was)
+if ARGV[1] ~= '' then
+  redis.call('ZREM', KEYS[1], ARGV[1])
+end
+if ARGV[2] ~= '' and ARGV[3] ~= '' then
+  -- A reservation that already left the window has nothing left to correct.
+  local old = redis.call('HGET', KEYS[2], ARGV[2])
+  if old then
+    local actual = tonumber(ARGV[3])
+    redis.call('HSET', KEYS[2], ARGV[2], actual)
+    redis.call('HINCRBY', KEYS[2], '#sum', actual - tonumber(old))
+  end
+end
+return 1
