@@ -53,7 +53,9 @@ def _serve(args: argparse.Namespace) -> int:
         return 1
     setup_logging(args.log_level or config.server.log_level)
     async def main() -> None:
-        await serve_until_signalled(GatewayServer(config, args.host, args.port))
+        await serve_until_signalled(
+            GatewayServer(config, args.host, args.port, config_path=path)
+        )
 
     try:
         _run_with_fastest_loop(main())

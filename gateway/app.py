@@ -6,17 +6,20 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from gateway.handlers import chat, embeddings, health, metrics, models
-from gateway.handlers.common import RUNTIME
+from gateway.handlers import admin, chat, embeddings, health, metrics, models
+from gateway.handlers.common import PROCESS, RELOADER
 from gateway.middleware import add_gateway_headers, gateway_middleware
-from gateway.runtime import Runtime, RuntimeHolder
+from gateway.process import GatewayProcess
+from gateway.reload import Reloader
 
 
-def create_app(runtime: Runtime) -> web.Application:
+def create_app(process: GatewayProcess, reloader: Reloader | None = None) -> web.Application:
     # Bodies are read by the handlers under `server.max_body_mb`; aiohttp's own limit is
     # lifted so that one does not answer first with a differently shaped 413.
     app = web.Application(middlewares=[gateway_middleware], client_max_size=2**62)
-    app[RUNTIME] = RuntimeHolder(runtime)
+    app[PROCESS] = process
+    if reloader is not None:
+        app[RELOADER] = reloader
     app.on_response_prepare.append(add_gateway_headers)
     app.router.add_post("/v1/chat/completions", chat.chat_completions)
     app.router.add_post("/v1/embeddings", embeddings.embeddings)
@@ -25,10 +28,18 @@ def create_app(runtime: Runtime) -> web.Application:
     app.router.add_get("/healthz", health.healthz)
     app.router.add_get("/readyz", health.readyz)
     app.router.add_get("/metrics", metrics.metrics)
-    app.cleanup_ctx.append(_close_runtime)
+    app.router.add_post("/admin/reload", admin.reload_config)
+    app.cleanup_ctx.append(_process_lifecycle)
     return app
 
 
-async def _close_runtime(app: web.Application) -> AsyncIterator[None]:
+async def _process_lifecycle(app: web.Application) -> AsyncIterator[None]:
+    process = app[PROCESS]
+    reloader = app.get(RELOADER)
+    await process.start()
+    if reloader is not None:
+        reloader.start()
     yield
-    await app[RUNTIME].current.aclose()
+    if reloader is not None:
+        await reloader.stop()
+    await process.aclose()

@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from gateway.config import GatewayConfig
 from gateway.context import RequestState
@@ -23,6 +24,9 @@ from gateway.cooldown import HEALTHY, CooldownStore, ModelHealth
 from gateway.errors import AllModelsFailed, GatewayError, RateLimited, UpstreamFailure
 from gateway.metrics import FALLBACKS, MODEL_AVAILABLE, UPSTREAM_ERRORS
 from gateway.routing import Route
+
+if TYPE_CHECKING:
+    from gateway.admission import ModelGate
 
 log = logging.getLogger("gateway.attempts")
 
@@ -79,6 +83,7 @@ class AttemptLoop:
         state: RequestState,
         route: Route,
         provider_of: Callable[[str], str],
+        gate: ModelGate | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self.config = config
@@ -87,6 +92,7 @@ class AttemptLoop:
         self.route = route
         self.provider_of = provider_of
         self.sleep = sleep
+        self.gate = gate
         self.attempts: list[Attempt] = []
         self.last_unsupported: UpstreamFailure | None = None
 
@@ -115,6 +121,13 @@ class AttemptLoop:
         health = await self._health()
         candidates = self.candidates(health)
         for index, model in enumerate(candidates):
+            if index:
+                previous = self.attempts[-1]
+                FALLBACKS.labels(self.route.tier, previous.model, model, previous.reason).inc()
+            if self.gate is not None and not await self.gate.take(model):
+                self.attempts.append(Attempt(model, "saturated",
+                                             retry_after=self.gate.waits.get(model)))
+                continue
             for retry in range(routing.retries + 1):
                 self.state.attempts += 1
                 self.state.model = model
@@ -132,7 +145,7 @@ class AttemptLoop:
                         break
                     fallback_class = await self._note_failure(model, failure)
                     if fallback_class not in routing.fallback_on:
-                        raise self._final_error(failure) from failure
+                        raise failure.to_client_error() from failure
                     if failure.kind in NOT_RETRIED or retry == routing.retries:
                         break
                     delay = backoff_delay(retry, failure.retry_after)
@@ -145,10 +158,8 @@ class AttemptLoop:
                     # case costs the store nothing.
                     await self._record_success(model)
                 return result
-            if index + 1 < len(candidates) and self.attempts[-1].reason != "unsupported":
-                FALLBACKS.labels(
-                    self.route.tier, model, candidates[index + 1], self.attempts[-1].reason
-                ).inc()
+            if self.gate is not None:
+                await self.gate.give_back(model)
         raise self._chain_error()
 
     async def _record_success(self, model: str) -> None:
@@ -194,22 +205,21 @@ class AttemptLoop:
         self.state.error = failure.message
         return fallback_class
 
-    def _final_error(self, failure: UpstreamFailure) -> GatewayError:
-        return failure.to_client_error()
-
     def _chain_error(self) -> GatewayError:
         tried = [a for a in self.attempts if a.reason != "cooldown"]
         listing = "; ".join(a.describe() for a in self.attempts)
         if self.last_unsupported is not None and all(a.reason == "unsupported" for a in tried):
             # No model of the chain can serve this request as asked: the client must change it.
             return self.last_unsupported.to_client_error()
+        if self.gate is not None and tried and all(a.reason == "saturated" for a in tried):
+            return self.gate.capacity_error()
         if tried and all(a.reason == "429" for a in tried):
             waits = [a.retry_after for a in tried if a.retry_after is not None]
             headers = {}
             if waits:
                 wait = min(waits)
-                headers = {"retry-after": str(max(1, round(wait))),
-                           "retry-after-ms": str(int(wait * 1000))}
+                headers = {"retry-after": str(max(1, math.ceil(wait))),
+                           "retry-after-ms": str(math.ceil(wait * 1000))}
             return RateLimited(
                 f"Every model of '{self.route.name}' is rate limited upstream ({listing}).",
                 code="upstream_rate_limited",

@@ -26,7 +26,8 @@ class Principal:
     allowed_tiers: frozenset[str] | None  # None: every tier
 
 
-ANONYMOUS = Principal(name="anonymous", plan=None, feature=None, admin=False, allowed_tiers=None)
+# With auth off there is no access control at all, admin endpoints included (the log warns).
+ANONYMOUS = Principal(name="anonymous", plan=None, feature=None, admin=True, allowed_tiers=None)
 
 
 class Authenticator:

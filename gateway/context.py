@@ -7,15 +7,20 @@ read from it.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gateway.auth import Principal
 from gateway.providers.base import Usage
+
+if TYPE_CHECKING:
+    from gateway.admission import Hold
+    from gateway.runtime import Runtime
 
 _SAFE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 
@@ -49,6 +54,16 @@ class RequestState:
     # Keep-alives began before any model gave a first event: the headers went out before the
     # answering model was known.
     committed_before_answer: bool = False
+    prompt_estimate: int = 0
+    streamed_events: int = 0  # data events relayed: the completion count of a cut stream
+    upstream_wait_s: float = 0.0  # time spent waiting on upstreams, for the overhead metric
+    holds: list[Hold] = field(default_factory=list)
+    holds_process_slot: bool = False
+    ratelimit_headers: dict[str, str] = field(default_factory=dict)
+    status: int = 0
+    runtime: Runtime | None = None  # the runtime this request started on, to its end
+    api_call: bool = False  # a /v1 call that counts in the request metrics
+    in_flight_tier: str | None = None
 
     def response_headers(self) -> dict[str, str]:
         unknown = self.committed_before_answer
@@ -57,7 +72,27 @@ class RequestState:
             "x-gateway-tier": self.tier,
             "x-gateway-model": "" if unknown else self.model,
             "x-gateway-attempts": "" if unknown else str(self.attempts),
+            **self.ratelimit_headers,
         }
+
+    @contextlib.contextmanager
+    def waiting_upstream(self) -> Iterator[None]:
+        """Time spent inside is the upstream's, not the gateway's own overhead."""
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.upstream_wait_s += time.perf_counter() - started
+
+    def actual_tokens(self) -> int:
+        """What the request really cost in tokens, for settling its tpm reservation: the
+        upstream's count, else (a stream cut before its usage) the estimate of what was
+        streamed, else nothing (no upstream answered)."""
+        if self.usage is not None:
+            return self.usage.prompt_tokens + self.usage.completion_tokens
+        if self.first_token_at is not None:
+            return self.prompt_estimate + self.streamed_events
+        return 0
 
 
 def apply_request_context(

@@ -8,6 +8,7 @@ client-facing error when nothing else can answer.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import orjson
@@ -171,8 +172,9 @@ class UpstreamFailure(Exception):
         if self.kind == "429":
             headers = {}
             if self.retry_after is not None:
-                headers["retry-after"] = str(max(1, round(self.retry_after)))
-                headers["retry-after-ms"] = str(int(self.retry_after * 1000))
+                # Rounded up: a client that waits exactly this long must not be early.
+                headers["retry-after"] = str(max(1, math.ceil(self.retry_after)))
+                headers["retry-after-ms"] = str(math.ceil(self.retry_after * 1000))
             return RateLimited(
                 f"The upstream is rate limiting requests: {self.message}",
                 code="upstream_rate_limited",

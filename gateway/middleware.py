@@ -12,7 +12,8 @@ from aiohttp import web
 
 from gateway.context import RequestState, request_id_from
 from gateway.errors import GatewayError, MethodNotAllowed, NotFound
-from gateway.handlers.common import STATE
+from gateway.handlers.common import PROCESS, STATE
+from gateway.settle import finish
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 log = logging.getLogger("gateway.access")
@@ -44,8 +45,10 @@ async def gateway_middleware(request: web.Request, handler: Handler) -> web.Stre
     state = RequestState(request_id_from(request.headers.get("x-request-id")))
     request[STATE] = state
     status = 499  # stays so when the client went away first
+    process = request.app[PROCESS]
     try:
-        response: web.StreamResponse = await handler(request)
+        with process.drain.tracking():
+            response: web.StreamResponse = await handler(request)
         status = response.status
         return response
     except GatewayError as error:
@@ -66,6 +69,7 @@ async def gateway_middleware(request: web.Request, handler: Handler) -> web.Stre
         status = 500
         return error_response(GatewayError("The gateway failed to process the request."))
     finally:
+        finish(process, state, status)
         _access_log(request, state, status)
 
 

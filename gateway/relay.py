@@ -20,7 +20,8 @@ import orjson
 from aiohttp import web
 
 from gateway.context import RequestState
-from gateway.errors import GatewayError, UpstreamFailure
+from gateway.drain import Drain
+from gateway.errors import GatewayError, ServiceUnavailable, UpstreamFailure
 from gateway.providers.base import EventStream, usage_from_openai
 from gateway.sse import KEEPALIVE, encode_data, event_data
 
@@ -36,6 +37,11 @@ SSE_HEADERS = {
 _USAGE_OBJECT = re.compile(rb'"usage"\s*:\s*\{')
 _ERROR_OBJECT = re.compile(rb'^\s*\{\s*"error"\s*:')
 _EMPTY_CHOICES = re.compile(rb'"choices"\s*:\s*\[\s*\]')
+
+SHUTTING_DOWN = ServiceUnavailable(
+    "The gateway is shutting down and ended this stream; retry the request.",
+    code="shutting_down",
+)
 
 StreamOpener = Callable[[], Awaitable[EventStream]]
 FirstEvents = tuple[EventStream, list[bytes]]
@@ -114,6 +120,7 @@ async def relay_stream(
     *,
     keepalive_s: float,
     strip_usage: bool,
+    drain: Drain,
 ) -> web.StreamResponse:
     """Relay a stream to the client. `start` finds an upstream that gives a first event (with
     retries and fallbacks) and raises GatewayError when none does. Until it returns, nothing
@@ -124,7 +131,8 @@ async def relay_stream(
     handed_over = False
     try:
         while True:
-            done, _ = await asyncio.wait({opener}, timeout=keepalive_s)
+            with state.waiting_upstream():
+                done, _ = await asyncio.wait({opener}, timeout=keepalive_s)
             if done:
                 break
             if not response.prepared:
@@ -139,13 +147,17 @@ async def relay_stream(
             raise
         await _end_with_error(response, error)
         return response
+    except asyncio.CancelledError:
+        if drain.grace_over and response.prepared:
+            await _end_with_error(response, SHUTTING_DOWN)
+        raise
     finally:
         if not handed_over:
             await _close_opener(opener)
 
     if not response.prepared:
         await response.prepare(request)
-    await _pump(response, state, stream, first, strip_usage)
+    await _pump(response, state, stream, first, strip_usage, drain)
     return response
 
 
@@ -155,6 +167,7 @@ async def _pump(
     stream: EventStream,
     events: list[bytes] | None,
     strip_usage: bool,
+    drain: Drain,
 ) -> None:
     """Write events as they come until the upstream ends, fails or the client leaves."""
     saw_done = False
@@ -177,9 +190,11 @@ async def _pump(
                 out.append(event)
             if out:
                 await response.write(out[0] if len(out) == 1 else b"".join(out))
+                state.streamed_events += len(out)
                 if state.first_token_at is None:
                     state.first_token_at = time.perf_counter()
-            events = await stream.next_events()
+            with state.waiting_upstream():
+                events = await stream.next_events()
         completed = True
         if not saw_done and state.error is None:
             state.stream_cut = True
@@ -188,9 +203,17 @@ async def _pump(
         state.stream_cut = True
         state.error = failure.message
         await _end_with_error(response, failure.to_client_error())
-    except (ConnectionResetError, asyncio.CancelledError):
+    except ConnectionResetError:
         state.stream_cut = True
         state.error = "client disconnected"
+        raise
+    except asyncio.CancelledError:
+        state.stream_cut = True
+        if drain.grace_over:
+            state.error = "ended by gateway shutdown"
+            await _end_with_error(response, SHUTTING_DOWN)
+        else:
+            state.error = "client disconnected"
         raise
     finally:
         await stream.aclose(completed=completed)

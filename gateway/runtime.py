@@ -1,7 +1,9 @@
 """`Runtime`: one snapshot of config, providers, router and keys, swapped whole on reload.
 
 A request reads the current runtime once at its start and uses that snapshot to its end, so a
-reload never changes the rules under a request in flight.
+reload never changes the rules under a request in flight. A runtime counts the requests using
+it; once replaced, it closes the providers the new runtime no longer uses as soon as its last
+request ends.
 """
 
 from __future__ import annotations
@@ -11,7 +13,6 @@ from dataclasses import dataclass, field
 
 from gateway.auth import Authenticator
 from gateway.config import GatewayConfig
-from gateway.cooldown import CooldownStore, MemoryCooldowns
 from gateway.errors import ServiceUnavailable
 from gateway.providers import Provider, build_provider
 from gateway.routing import Router
@@ -26,6 +27,8 @@ class Runtime:
     router: Router
     auth: Authenticator
     max_body_bytes: int = field(init=False)
+    active_requests: int = field(init=False, default=0)
+    _to_close: list[Provider] | None = field(init=False, default=None)  # set once retired
 
     def __post_init__(self) -> None:
         self.max_body_bytes = int(self.config.server.max_body_mb * 1024 * 1024)
@@ -36,32 +39,52 @@ class Runtime:
             raise ServiceUnavailable(f"no provider is available for model {model_name!r}")
         return provider
 
+    def enter(self) -> None:
+        self.active_requests += 1
+
+    def leave(self) -> bool:
+        """One request done; True when this retired runtime is now unused and may close."""
+        self.active_requests -= 1
+        return self._to_close is not None and self.active_requests == 0
+
+    def retire(self, successor: Runtime) -> bool:
+        """Replaced by `successor`: remember which providers only this runtime uses. True
+        when nothing uses this runtime any more (close it now)."""
+        kept = {id(p) for p in successor.providers.values()}
+        self._to_close = [p for p in self.providers.values() if id(p) not in kept]
+        return self.active_requests == 0
+
+    async def close_retired(self) -> None:
+        for provider in self._to_close or []:
+            log.info("closing provider no longer configured", extra={"provider": provider.name})
+            await _close(provider)
+        self._to_close = []
+
     async def aclose(self) -> None:
         for provider in self.providers.values():
-            try:
-                await provider.aclose()
-            except Exception:
-                log.exception("closing provider %s failed", provider.name)
+            await _close(provider)
 
 
-def build_runtime(config: GatewayConfig) -> Runtime:
-    """Build every provider and index for `config`. Raises on a provider that cannot be built;
-    nothing is left open in that case."""
+async def _close(provider: Provider) -> None:
+    try:
+        await provider.aclose()
+    except Exception:
+        log.exception("closing provider %s failed", provider.name)
+
+
+def build_runtime(config: GatewayConfig, previous: Runtime | None = None) -> Runtime:
+    """Build every provider and index for `config`. A provider whose config did not change
+    since `previous` is reused, connection pool and all. Raises on a provider that cannot be
+    built; nothing new is left open in that case."""
     providers: dict[str, Provider] = {}
+    old_config = previous.config.providers if previous is not None else {}
     for name, provider_config in config.providers.items():
-        providers[name] = build_provider(name, provider_config)
+        if previous is not None and old_config.get(name) == provider_config:
+            providers[name] = previous.providers[name]
+        else:
+            providers[name] = build_provider(name, provider_config)
     auth = Authenticator(config)
     if not auth.enabled:
         log.warning("no keys: section in the config; authentication is OFF and every caller is "
                     "served as 'anonymous'")
     return Runtime(config=config, providers=providers, router=Router(config), auth=auth)
-
-
-class RuntimeHolder:
-    """The current runtime. Readers take `current` once per request; a reload replaces it."""
-
-    def __init__(self, runtime: Runtime, cooldowns: CooldownStore | None = None) -> None:
-        self.current = runtime
-        self.draining = False
-        # Process state that outlives any one config: kept across reloads.
-        self.cooldowns: CooldownStore = cooldowns or MemoryCooldowns()

@@ -10,7 +10,9 @@ from aiohttp import web
 
 from gateway.app import create_app
 from gateway.config import GatewayConfig
-from gateway.handlers.common import RUNTIME
+from gateway.limits.factory import build_cooldowns, build_limiter
+from gateway.process import GatewayProcess
+from gateway.reload import POLL_S, Reloader
 from gateway.runtime import build_runtime
 
 log = logging.getLogger("gateway.server")
@@ -19,18 +21,31 @@ log = logging.getLogger("gateway.server")
 class GatewayServer:
     """One gateway listening on one address."""
 
-    def __init__(self, config: GatewayConfig, host: str | None = None, port: int | None = None):
+    def __init__(
+        self,
+        config: GatewayConfig,
+        host: str | None = None,
+        port: int | None = None,
+        *,
+        config_path: str | None = None,
+        reload_poll_s: float = POLL_S,
+    ) -> None:
         self.config = config
         self.host = host if host is not None else config.server.host
         self.port = port if port is not None else config.server.port
-        self.app = create_app(build_runtime(config))
+        self.process = GatewayProcess(
+            build_runtime(config), build_limiter(config.limits), build_cooldowns(config.limits)
+        )
+        self.reloader = (
+            Reloader(self.process, config_path, reload_poll_s) if config_path else None
+        )
+        self.app = create_app(self.process, self.reloader)
         # handler_cancellation: a client that disconnects cancels its handler at once, which
         # cancels the upstream request, also while the gateway waits for a first token.
+        # The grace period is managed by stop(); by the time the runner cleans up, what is
+        # left has been told to end.
         self._runner = web.AppRunner(
-            self.app,
-            handler_cancellation=True,
-            access_log=None,
-            shutdown_timeout=config.server.shutdown_grace_s,
+            self.app, handler_cancellation=True, access_log=None, shutdown_timeout=2.0
         )
 
     async def start(self) -> None:
@@ -48,8 +63,18 @@ class GatewayServer:
         return f"http://{host}:{self.port}"
 
     async def stop(self) -> None:
-        """Stop accepting, let requests in flight finish within the grace period, close."""
-        self.app[RUNTIME].draining = True
+        """Stop accepting (and report not ready), let requests in flight finish within
+        `server.shutdown_grace_s`, end the streams still running with an in-band error,
+        then flush and close everything."""
+        self.process.draining = True
+        for site in list(self._runner.sites):
+            await site.stop()
+        grace = self.config.server.shutdown_grace_s
+        if not await self.process.wait_idle(grace):
+            ended = self.process.drain.end_remaining()
+            log.warning("grace period over; ending requests still running",
+                        extra={"requests": ended, "grace_s": grace})
+            await self.process.wait_idle(2.0)
         await self._runner.cleanup()
 
 
@@ -59,7 +84,16 @@ async def serve_until_signalled(server: GatewayServer) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    reloader = server.reloader
+    if reloader is not None:
+        loop.add_signal_handler(
+            signal.SIGHUP, lambda: server.process.in_background(_reload(reloader))
+        )
     await stop.wait()
     log.info("shutting down", extra={"grace_s": server.config.server.shutdown_grace_s})
     await server.stop()
     log.info("stopped")
+
+
+async def _reload(reloader: Reloader) -> None:
+    await reloader.reload("SIGHUP")

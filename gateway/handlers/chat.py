@@ -9,7 +9,8 @@ from aiohttp import web
 from gateway.context import apply_request_context
 from gateway.errors import InvalidRequest
 from gateway.handlers.common import (
-    attempt_loop,
+    PROCESS,
+    admit,
     begin,
     invalid_type,
     read_json_object,
@@ -64,14 +65,13 @@ def validate_chat(body: dict[str, Any]) -> bool:
 
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
-    runtime, state = begin(request)
+    runtime, state = begin(request, api_call=True)
     body = await read_json_object(request, runtime.max_body_bytes)
     state.stream = validate_chat(body)
     apply_request_context(state, request.headers, body)
     assert state.principal is not None
     route = runtime.router.resolve(body.get("model"), state.principal)
-    state.tier = route.tier
-    attempts = attempt_loop(request, runtime, state, route)
+    attempts = await admit(request, runtime, state, route, body, completion=True)
 
     def call_for(model_name: str) -> UpstreamCall:
         upstream_body = {**body, "model": runtime.config.upstream_id(model_name)}
@@ -87,7 +87,8 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     if not state.stream:
 
         async def answer_from(model_name: str) -> JsonAnswer:
-            return await runtime.provider_for(model_name).chat(call_for(model_name))
+            with state.waiting_upstream():
+                return await runtime.provider_for(model_name).chat(call_for(model_name))
 
         answer = await attempts.run(answer_from)
         state.usage = answer.usage
@@ -109,4 +110,5 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         lambda: attempts.run(first_events_from),
         keepalive_s=runtime.config.server.keepalive_s,
         strip_usage=options.get("include_usage") is not True,
+        drain=request.app[PROCESS].drain,
     )

@@ -7,13 +7,19 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from gateway import tokens
+from gateway.admission import ModelGate, admit_key, take_process_slot
 from gateway.attempts import AttemptLoop
 from gateway.context import RequestState
 from gateway.errors import InvalidRequest, RequestTooLarge
+from gateway.metrics import IN_FLIGHT
+from gateway.process import GatewayProcess
+from gateway.reload import Reloader
 from gateway.routing import Route
-from gateway.runtime import Runtime, RuntimeHolder
+from gateway.runtime import Runtime
 
-RUNTIME = web.AppKey("runtime", RuntimeHolder)
+PROCESS = web.AppKey("process", GatewayProcess)
+RELOADER = web.AppKey("reloader", Reloader)
 STATE = web.RequestKey("gateway_state", RequestState)
 
 
@@ -22,29 +28,52 @@ def state_of(request: web.Request) -> RequestState:
     return state
 
 
-def attempt_loop(
-    request: web.Request, runtime: Runtime, state: RequestState, route: Route
-) -> AttemptLoop:
-    """The attempt loop for this request: its runtime's rules, the process's cooldowns."""
-    models = runtime.config.models
-    return AttemptLoop(
-        runtime.config,
-        request.app[RUNTIME].cooldowns,
-        state,
-        route,
-        lambda name: models[name].provider,
-    )
-
-
-def begin(request: web.Request) -> tuple[Runtime, RequestState]:
-    """Take this request's runtime snapshot and authenticate the caller."""
-    runtime = request.app[RUNTIME].current
+def begin(request: web.Request, *, api_call: bool = False) -> tuple[Runtime, RequestState]:
+    """Take this request's runtime snapshot and authenticate the caller. An API call (one
+    that goes upstream) also takes a slot under `server.max_concurrent`."""
+    process = request.app[PROCESS]
+    runtime = process.current
     state = state_of(request)
+    state.runtime = runtime
+    runtime.enter()
+    state.api_call = api_call
     headers = request.headers
     state.principal = runtime.auth.authenticate(
         headers.get("Authorization"), headers.get("x-api-key")
     )
+    if api_call:
+        take_process_slot(process, runtime, state)
     return runtime, state
+
+
+async def admit(
+    request: web.Request,
+    runtime: Runtime,
+    state: RequestState,
+    route: Route,
+    body: dict[str, Any],
+    *,
+    completion: bool,
+) -> AttemptLoop:
+    """The route is known: count the request in flight, admit it under the key's plan
+    (reserving its token estimate), and give back the attempt loop that will respect each
+    model's own limits."""
+    process = request.app[PROCESS]
+    state.tier = route.tier
+    IN_FLIGHT.labels(route.tier).inc()
+    state.in_flight_tier = route.tier
+    state.prompt_estimate = tokens.prompt_tokens(body)
+    reserve = state.prompt_estimate + (tokens.completion_reserve(body) if completion else 0)
+    await admit_key(process, runtime, state, reserve)
+    models = runtime.config.models
+    return AttemptLoop(
+        runtime.config,
+        process.cooldowns,
+        state,
+        route,
+        lambda name: models[name].provider,
+        gate=ModelGate(process, runtime, state, reserve),
+    )
 
 
 async def read_body(request: web.Request, limit: int) -> bytes:

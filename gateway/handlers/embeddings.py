@@ -8,7 +8,7 @@ from aiohttp import web
 
 from gateway.context import apply_request_context
 from gateway.errors import InvalidRequest
-from gateway.handlers.common import attempt_loop, begin, invalid_type, read_json_object, require
+from gateway.handlers.common import admit, begin, invalid_type, read_json_object, require
 from gateway.providers.base import JsonAnswer, UpstreamCall
 from gateway.relay import json_response
 
@@ -54,13 +54,13 @@ def validate_embeddings(body: dict[str, Any]) -> None:
 
 
 async def embeddings(request: web.Request) -> web.StreamResponse:
-    runtime, state = begin(request)
+    runtime, state = begin(request, api_call=True)
     body = await read_json_object(request, runtime.max_body_bytes)
     validate_embeddings(body)
     apply_request_context(state, request.headers, body)
     assert state.principal is not None
     route = runtime.router.resolve(body["model"], state.principal)
-    state.tier = route.tier
+    attempts = await admit(request, runtime, state, route, body, completion=False)
 
     async def embed_with(model_name: str) -> JsonAnswer:
         call = UpstreamCall(
@@ -69,8 +69,9 @@ async def embeddings(request: web.Request) -> web.StreamResponse:
             {**body, "model": runtime.config.upstream_id(model_name)},
             state.request_id,
         )
-        return await runtime.provider_for(model_name).embeddings(call)
+        with state.waiting_upstream():
+            return await runtime.provider_for(model_name).embeddings(call)
 
-    answer = await attempt_loop(request, runtime, state, route).run(embed_with)
+    answer = await attempts.run(embed_with)
     state.usage = answer.usage
     return json_response(answer.body)

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import orjson
 from aiohttp import web
 
-from gateway.handlers.common import RUNTIME
+from gateway.handlers.common import PROCESS
+from gateway.limits.base import LimiterUnavailable
 from gateway.relay import json_response
+
+PING_TIMEOUT_S = 1.0
 
 
 async def healthz(request: web.Request) -> web.StreamResponse:
@@ -14,10 +19,23 @@ async def healthz(request: web.Request) -> web.StreamResponse:
 
 
 async def readyz(request: web.Request) -> web.StreamResponse:
-    holder = request.app[RUNTIME]
-    reasons = []
-    if holder.draining:
+    """Ready when the config is loaded, the process is not draining, and the limits backend
+    answers, or does not need to (`on_backend_error: allow` serves without it)."""
+    process = request.app[PROCESS]
+    reasons: list[str] = []
+    degraded: list[str] = []
+    if process.draining:
         reasons.append("draining: the gateway is shutting down")
+    try:
+        await asyncio.wait_for(process.limiter.ping(), PING_TIMEOUT_S)
+    except (LimiterUnavailable, TimeoutError):
+        if process.current.config.limits.on_backend_error == "deny":
+            reasons.append("limits backend unreachable (on_backend_error: deny)")
+        else:
+            degraded.append("limits backend unreachable: serving without limits "
+                            "(on_backend_error: allow)")
     if reasons:
-        return json_response(orjson.dumps({"status": "not_ready", "reasons": reasons}), 503)
-    return json_response(b'{"status":"ready"}')
+        body = {"status": "not_ready", "reasons": reasons + degraded}
+        return json_response(orjson.dumps(body), 503)
+    body = {"status": "ready", "degraded": degraded} if degraded else {"status": "ready"}
+    return json_response(orjson.dumps(body))

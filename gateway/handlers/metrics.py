@@ -5,11 +5,11 @@ from __future__ import annotations
 from aiohttp import web
 
 from gateway import metrics as collectors
-from gateway.handlers.common import RUNTIME
+from gateway.handlers.common import PROCESS
 
 
 async def metrics(request: web.Request) -> web.StreamResponse:
-    holder = request.app[RUNTIME]
+    holder = request.app[PROCESS]
     # Cooldowns end by the clock, not by an event: availability is read fresh at each scrape.
     try:
         cooling = await holder.cooldowns.cooling()

@@ -1,0 +1,211 @@
+"""Admission: whether a request may go on, under the process's, the key's and a model's limits.
+
+A refused request never reaches an upstream. Every admission taken is recorded on the request
+state as a `Hold` and released when the request settles, whatever way it ends. When the limits
+backend cannot be asked, `limits.on_backend_error` decides: `allow` serves (and counts it),
+`deny` answers 503.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+
+from gateway.context import RequestState
+from gateway.errors import GatewayError, RateLimited, ServiceUnavailable
+from gateway.limits.base import Admission, LimiterUnavailable, LimitSpec
+from gateway.metrics import LIMITER_ERRORS, RATE_LIMITED
+from gateway.process import GatewayProcess
+from gateway.runtime import Runtime
+
+log = logging.getLogger("gateway.admission")
+
+CONCURRENCY_RETRY_S = 1.0
+
+
+@dataclass(slots=True)
+class Hold:
+    """An admission to give back when the request ends."""
+
+    subject: str
+    admission: Admission
+
+
+def format_reset(seconds: float) -> str:
+    """OpenAI's duration style for x-ratelimit-reset-*: `20ms`, `1s`, `6m0s`."""
+    if seconds < 1:
+        return f"{max(0, math.ceil(seconds * 1000))}ms"
+    whole = math.ceil(seconds)
+    minutes, rest = divmod(whole, 60)
+    return f"{minutes}m{rest}s" if minutes else f"{rest}s"
+
+
+def ratelimit_headers(admission: Admission) -> dict[str, str]:
+    headers: dict[str, str] = {}
+    for kind in ("requests", "tokens"):
+        limit = getattr(admission, f"{kind}_limit")
+        if limit is None:
+            continue
+        remaining = getattr(admission, f"{kind}_remaining")
+        reset = getattr(admission, f"{kind}_reset_s")
+        headers[f"x-ratelimit-limit-{kind}"] = str(limit)
+        headers[f"x-ratelimit-remaining-{kind}"] = str(max(0, remaining or 0))
+        headers[f"x-ratelimit-reset-{kind}"] = format_reset(reset or 0.0)
+    return headers
+
+
+def retry_headers(seconds: float) -> dict[str, str]:
+    return {
+        "retry-after": str(max(1, math.ceil(seconds))),
+        "retry-after-ms": str(max(1, math.ceil(seconds * 1000))),
+    }
+
+
+_MESSAGES = {
+    "requests": "Rate limit reached for requests per minute",
+    "tokens": "Rate limit reached for tokens per minute",
+    "concurrency": "Too many requests in flight for this key",
+}
+
+
+def refusal(admission: Admission, who: str) -> GatewayError:
+    limit = admission.limit or "requests"
+    headers = ratelimit_headers(admission)
+    if admission.extra.get("too_large"):
+        return RateLimited(
+            f"The request is larger than {who}'s tokens-per-minute limit "
+            f"({admission.tokens_limit}); it can never be admitted.",
+            code="tokens",
+            headers=headers,
+            should_retry=False,
+        )
+    wait = admission.retry_after if admission.retry_after is not None else 1.0
+    if limit == "concurrency":
+        # The limiter's bound is a lease expiry (up to lease_ttl_s away); requests in flight
+        # usually end much sooner, so a client is told to look again shortly.
+        wait = min(wait, CONCURRENCY_RETRY_S)
+    headers.update(retry_headers(wait))
+    return RateLimited(
+        f"{_MESSAGES.get(limit, 'Rate limit reached')} ({who}). Please try again in "
+        f"{format_reset(wait)}.",
+        code=limit,
+        headers=headers,
+    )
+
+
+def _backend_down(runtime: Runtime, what: str) -> None:
+    """The limits backend did not answer: serve anyway, or refuse, as configured."""
+    action = runtime.config.limits.on_backend_error
+    LIMITER_ERRORS.labels(action).inc()
+    log.warning("limits backend unavailable", extra={"subject": what, "action": action})
+    if action == "deny":
+        raise ServiceUnavailable(
+            "The gateway cannot check rate limits right now; please retry shortly.",
+            code="limits_unavailable",
+            headers={"retry-after": "1"},
+        )
+
+
+def take_process_slot(process: GatewayProcess, runtime: Runtime, state: RequestState) -> None:
+    """`server.max_concurrent`: requests in flight in this process. Synchronous: no I/O."""
+    if process.in_flight >= runtime.config.server.max_concurrent:
+        RATE_LIMITED.labels(_plan_label(state), "capacity").inc()
+        raise RateLimited(
+            "The gateway is at capacity; please retry shortly.",
+            code="capacity",
+            headers=retry_headers(1.0),
+        )
+    process.in_flight += 1
+    state.holds_process_slot = True
+
+
+def _plan_label(state: RequestState) -> str:
+    return (state.principal.plan if state.principal else None) or "none"
+
+
+async def admit_key(
+    process: GatewayProcess, runtime: Runtime, state: RequestState, tokens: int
+) -> None:
+    """The key's plan: rpm, tpm (reserving `tokens`) and max_concurrent."""
+    principal = state.principal
+    if principal is None or principal.plan is None:
+        return
+    plan = runtime.config.plans[principal.plan]
+    spec = LimitSpec(plan.rpm, plan.tpm, plan.max_concurrent)
+    if spec.empty:
+        return
+    subject = f"key:{principal.name}"
+    try:
+        admission = await process.limiter.admit(subject, spec, tokens)
+    except LimiterUnavailable:
+        _backend_down(runtime, subject)
+        return
+    state.ratelimit_headers = ratelimit_headers(admission)
+    if not admission.allowed:
+        RATE_LIMITED.labels(principal.plan, admission.limit or "requests").inc()
+        raise refusal(admission, f"key '{principal.name}'")
+    _keep(process, state, Hold(subject, admission))
+
+
+def _keep(process: GatewayProcess, state: RequestState, hold: Hold) -> None:
+    state.holds.append(hold)
+    if hold.admission.lease_id is not None:
+        process.leases.hold(hold.subject, hold.admission.lease_id)
+
+
+async def release(process: GatewayProcess, hold: Hold, actual_tokens: int | None) -> None:
+    """Give an admission back (the lease) and settle its tokens."""
+    if hold.admission.lease_id is not None:
+        process.leases.drop(hold.subject, hold.admission.lease_id)
+    await process.limiter.settle(hold.subject, hold.admission, actual_tokens)
+
+
+class ModelGate:
+    """`models.X.limits` for one request: a saturated model is skipped for the next one."""
+
+    def __init__(
+        self, process: GatewayProcess, runtime: Runtime, state: RequestState, tokens: int
+    ) -> None:
+        self.process = process
+        self.runtime = runtime
+        self.state = state
+        self.tokens = tokens
+        self._holds: dict[str, Hold] = {}
+        self.waits: dict[str, float] = {}  # saturated model → its true wait
+
+    async def take(self, model: str) -> bool:
+        """Admit the request at `model`; False when the model is saturated."""
+        limits = self.runtime.config.models[model].limits
+        spec = LimitSpec(limits.rpm, limits.tpm, limits.max_concurrent)
+        if spec.empty:
+            return True
+        subject = f"model:{model}"
+        try:
+            admission = await self.process.limiter.admit(subject, spec, self.tokens)
+        except LimiterUnavailable:
+            _backend_down(self.runtime, subject)
+            return True
+        if not admission.allowed:
+            self.waits[model] = admission.retry_after if admission.retry_after else 1.0
+            return False
+        hold = Hold(subject, admission)
+        self._holds[model] = hold
+        _keep(self.process, self.state, hold)
+        return True
+
+    async def give_back(self, model: str) -> None:
+        """The attempt at `model` failed: its room is free for others at once."""
+        hold = self._holds.pop(model, None)
+        if hold is not None:
+            self.state.holds.remove(hold)
+            await release(self.process, hold, 0)
+
+    def capacity_error(self) -> GatewayError:
+        wait = min(self.waits.values(), default=1.0)
+        return RateLimited(
+            "Every model that could serve this request is at its capacity; please retry "
+            f"in {format_reset(wait)}.",
+            code="capacity",
+            headers=retry_headers(wait),
+        )

@@ -1,0 +1,80 @@
+"""`GatewayProcess`: what one gateway process keeps across config reloads.
+
+The current `Runtime` (swapped whole on reload), the limits backend and cooldown store (whose
+counts must survive a reload), the lease keeper, requests in flight, and the settlements still
+being written when a request has already answered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Coroutine
+from typing import Any
+
+from gateway.cooldown import CooldownStore, MemoryCooldowns
+from gateway.drain import Drain
+from gateway.limits.base import Limiter
+from gateway.limits.keeper import LeaseKeeper
+from gateway.runtime import Runtime
+
+log = logging.getLogger("gateway.process")
+
+
+class GatewayProcess:
+    def __init__(
+        self,
+        runtime: Runtime,
+        limiter: Limiter,
+        cooldowns: CooldownStore | None = None,
+    ) -> None:
+        self.current = runtime
+        self.draining = False
+        self.limiter = limiter
+        self.cooldowns: CooldownStore = cooldowns or MemoryCooldowns()
+        self.leases = LeaseKeeper(limiter, runtime.config.limits.lease_ttl_s)
+        self.in_flight = 0
+        self.drain = Drain()
+        self._background: set[asyncio.Task[None]] = set()
+
+    def in_background(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run `work` without making the request wait for it; awaited at shutdown."""
+        task = asyncio.get_running_loop().create_task(work)
+        self._background.add(task)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._background.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("background work failed", exc_info=task.exception())
+
+    def swap(self, runtime: Runtime) -> None:
+        """Make `runtime` current at once; the old one closes what only it used as soon as
+        its last request ends."""
+        old, self.current = self.current, runtime
+        if old.retire(runtime):
+            self.in_background(old.close_retired())
+
+    def request_done(self, runtime: Runtime) -> None:
+        if runtime.leave():
+            self.in_background(runtime.close_retired())
+
+    async def wait_idle(self, within_s: float) -> bool:
+        """Wait until no request is in flight; False when `within_s` passed first."""
+        deadline = asyncio.get_running_loop().time() + within_s
+        while self.in_flight > 0:
+            if asyncio.get_running_loop().time() >= deadline:
+                return False
+            await asyncio.sleep(0.05)
+        return True
+
+    async def start(self) -> None:
+        self.leases.start()
+
+    async def aclose(self) -> None:
+        if self._background:
+            await asyncio.gather(*list(self._background), return_exceptions=True)
+        await self.leases.stop()
+        await self.limiter.aclose()
+        await self.cooldowns.aclose()
+        await self.current.aclose()

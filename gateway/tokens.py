@@ -1,0 +1,69 @@
+"""Token estimates for admission, before the upstream has counted anything.
+
+The estimate only reserves room under `tpm`; the upstream's own count replaces it when the
+request settles. About four characters a token (OpenAI's rule of thumb) plus a few tokens of
+overhead per message.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+PER_MESSAGE_OVERHEAD = 4
+DEFAULT_COMPLETION_RESERVE = 1024  # when the request sets no max_tokens
+
+
+def text_tokens(text: str) -> int:
+    return math.ceil(len(text) / 4)
+
+
+def _content_tokens(content: Any) -> int:
+    if isinstance(content, str):
+        return text_tokens(content)
+    if isinstance(content, list):
+        total = 0
+        for part in content:
+            if isinstance(part, dict):
+                if isinstance(part.get("text"), str):
+                    total += text_tokens(part["text"])
+                elif part.get("type") in ("image_url", "input_image", "image"):
+                    total += 765  # OpenAI's cost of a high-detail 512px tile set
+        return total
+    return 0
+
+
+def prompt_tokens(body: dict[str, Any]) -> int:
+    """Estimated prompt tokens of a chat or embeddings body."""
+    messages = body.get("messages")
+    if isinstance(messages, list):
+        total = 3
+        for message in messages:
+            if isinstance(message, dict):
+                total += PER_MESSAGE_OVERHEAD + _content_tokens(message.get("content"))
+                for call in message.get("tool_calls") or []:
+                    if isinstance(call, dict):
+                        total += text_tokens(str(call.get("function", "")))
+        tools = body.get("tools")
+        if tools:
+            total += text_tokens(str(tools))
+        return total
+    inputs = body.get("input")
+    if isinstance(inputs, str):
+        return text_tokens(inputs)
+    if isinstance(inputs, list):
+        return sum(
+            text_tokens(item) if isinstance(item, str) else
+            len(item) if isinstance(item, list) else 1
+            for item in inputs
+        )
+    return 0
+
+
+def completion_reserve(body: dict[str, Any]) -> int:
+    """The completion tokens a chat request may use, as it asked."""
+    for name in ("max_completion_tokens", "max_tokens"):
+        value = body.get(name)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    return DEFAULT_COMPLETION_RESERVE
