@@ -15,6 +15,8 @@ from gateway.config import GatewayConfig, parse_config
 from gateway.server import GatewayServer
 from tests.fakes.openai_upstream import FakeOpenAI
 
+pytest_plugins = ["tests.redis_server"]
+
 APP_KEY = "gw-test-app-key"
 FREE_KEY = "gw-test-free-key"
 UPSTREAM_KEY = "sk-upstream-secret"

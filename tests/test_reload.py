@@ -4,10 +4,7 @@ replicas without dropping streams."""
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -20,6 +17,7 @@ import yaml
 from gateway.server import GatewayServer
 from tests.conftest import free_port, to_config
 from tests.fakes.openai_upstream import Behaviour, FakeOpenAI
+from tests.gateway_process import start_gateway_process, write_config
 
 ROOT = Path(__file__).resolve().parent.parent
 BODY = {"messages": [{"role": "user", "content": "hi"}]}
@@ -47,20 +45,13 @@ def two_route_config(first_url: str, second_url: str, tier_model: str) -> dict[s
     }
 
 
-def write(path: Path, raw: dict[str, Any] | str) -> None:
-    """Replace the file whole, as editors and ConfigMaps do."""
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(raw if isinstance(raw, str) else yaml.safe_dump(raw))
-    os.replace(tmp, path)
-
-
 @pytest.fixture
 async def watched(
     tmp_path: Path, upstream: FakeOpenAI, second: FakeOpenAI
 ) -> AsyncIterator[tuple[GatewayServer, Path]]:
     path = tmp_path / "config.yaml"
     raw = two_route_config(upstream.url, second.url, "m1")
-    write(path, raw)
+    write_config(path, raw)
     server = GatewayServer(to_config(raw), "127.0.0.1", 0, config_path=str(path),
                            reload_poll_s=0.05)
     await server.start()
@@ -91,7 +82,7 @@ async def test_an_edit_during_a_stream_keeps_the_stream_on_the_old_route(
                              json={**BODY, "stream": True}) as streaming:
             first = await streaming.content.readuntil(b"\n\n")
             assert first.startswith(b"data:")
-            write(path, two_route_config(upstream.url, second.url, "m2"))
+            write_config(path, two_route_config(upstream.url, second.url, "m2"))
 
             async def switched() -> bool:
                 return await model_of(http, server) == "m2"
@@ -119,7 +110,7 @@ async def test_an_invalid_edit_changes_nothing_and_is_counted(
     before = await errors()
     bad = two_route_config(upstream.url, second.url, "m2")
     bad["tiers"]["fast"] = ["m2", "no-such-model"]
-    write(path, bad)
+    write_config(path, bad)
 
     async def counted() -> bool:
         return await errors() == before + 1
@@ -127,7 +118,7 @@ async def test_an_invalid_edit_changes_nothing_and_is_counted(
     await wait_for(counted)
     assert any("tiers.fast[1]: unknown model 'no-such-model'" in str(r.__dict__.get("problems"))
                for r in caplog.records)
-    write(path, "server: {port: [unclosed\n")
+    write_config(path, "server: {port: [unclosed\n")
     await wait_for(lambda: _at_least(errors, before + 2))
     async with aiohttp.ClientSession() as http:
         assert await model_of(http, server) == "m1"
@@ -150,7 +141,7 @@ async def test_admin_reload_endpoint(
         async with http.post(server.url + "/admin/reload") as response:
             assert response.status == 200, await response.text()
         assert await model_of(http, server) == "m2"
-        write(path, "tiers: {fast: [ghost]}\n")
+        write_config(path, "tiers: {fast: [ghost]}\n")
         async with http.post(server.url + "/admin/reload") as response:
             assert response.status == 400
             error = (await response.json())["error"]
@@ -165,7 +156,7 @@ async def test_admin_reload_needs_an_admin_key(
     raw = two_route_config(upstream.url, second.url, "m1")
     raw["keys"] = [{"name": "app", "key": "k-app"}, {"name": "ops", "key": "k-ops", "admin": True}]
     path = tmp_path / "config.yaml"
-    write(path, raw)
+    write_config(path, raw)
     server = GatewayServer(to_config(raw), "127.0.0.1", 0, config_path=str(path))
     await server.start()
     try:
@@ -191,7 +182,7 @@ async def test_a_removed_providers_session_closes_after_its_last_request(
             raw = two_route_config(upstream.url, second.url, "m2")
             del raw["providers"]["one"]
             del raw["models"]["m1"]
-            write(path, raw)
+            write_config(path, raw)
 
             async def swapped() -> bool:
                 return "one" not in server.process.current.providers
@@ -213,7 +204,7 @@ async def test_providers_that_did_not_change_keep_their_pool(
     server, path = watched
     before = server.process.current.providers["two"]
     raw = two_route_config(upstream.url, second.url, "m2")
-    write(path, raw)
+    write_config(path, raw)
 
     async def swapped() -> bool:
         return server.process.current.config.tiers["fast"] == ["m2"]
@@ -225,36 +216,17 @@ async def test_providers_that_did_not_change_keep_their_pool(
 # --- the real command: SIGHUP and SIGTERM ---------------------------------------------------
 
 
-async def start_process(config_path: Path, port: int) -> asyncio.subprocess.Process:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "gateway", "serve", "--config", str(config_path),
-        "--port", str(port), stderr=subprocess.PIPE, cwd=ROOT,
-    )
-    url = f"http://127.0.0.1:{port}"
-    async with aiohttp.ClientSession() as http:
-        deadline = time.perf_counter() + 10
-        while time.perf_counter() < deadline:
-            try:
-                async with http.get(url + "/healthz") as response:
-                    if response.status == 200:
-                        return process
-            except aiohttp.ClientConnectionError:
-                await asyncio.sleep(0.05)
-    process.kill()
-    raise AssertionError("gateway did not start")
-
-
 async def test_sighup_reloads(tmp_path: Path, upstream: FakeOpenAI, second: FakeOpenAI) -> None:
     path = tmp_path / "config.yaml"
     raw = two_route_config(upstream.url, second.url, "m1")
-    write(path, raw)
+    write_config(path, raw)
     port = free_port()
-    process = await start_process(path, port)
+    process = await start_gateway_process(path, port)
     url = f"http://127.0.0.1:{port}"
     try:
         # Written in place with the same size and mtime second would still be seen by the
         # watcher; SIGHUP makes it immediate.
-        write(path, two_route_config(upstream.url, second.url, "m2"))
+        write_config(path, two_route_config(upstream.url, second.url, "m2"))
         process.send_signal(signal.SIGHUP)
         async with aiohttp.ClientSession() as http:
 
@@ -272,9 +244,9 @@ async def test_sigterm_lets_a_running_stream_finish_refuses_new_ones_and_exits_0
     tmp_path: Path, upstream: FakeOpenAI, second: FakeOpenAI
 ) -> None:
     path = tmp_path / "config.yaml"
-    write(path, two_route_config(upstream.url, second.url, "m1"))
+    write_config(path, two_route_config(upstream.url, second.url, "m1"))
     port = free_port()
-    process = await start_process(path, port)
+    process = await start_gateway_process(path, port)
     url = f"http://127.0.0.1:{port}"
     upstream.next(Behaviour(pace_s=0.15, words=["w"] * 10))
     async with aiohttp.ClientSession() as http:
@@ -298,9 +270,9 @@ async def test_sigterm_ends_streams_still_running_after_the_grace_period_in_band
     path = tmp_path / "config.yaml"
     raw = two_route_config(upstream.url, second.url, "m1")
     raw["server"]["shutdown_grace_s"] = 0.5
-    write(path, raw)
+    write_config(path, raw)
     port = free_port()
-    process = await start_process(path, port)
+    process = await start_gateway_process(path, port)
     url = f"http://127.0.0.1:{port}"
     upstream.next(Behaviour(pace_s=0.5, words=["w"] * 40))
     async with aiohttp.ClientSession() as http, http.post(

@@ -1,0 +1,49 @@
+"""The gateway as a real process (`python -m gateway serve`), for tests of signals, crashes
+and several replicas."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def write_config(path: Path, raw: dict[str, Any] | str) -> None:
+    """Replace the file whole, as editors and ConfigMaps do."""
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(raw if isinstance(raw, str) else yaml.safe_dump(raw))
+    os.replace(tmp, path)
+
+
+async def start_gateway_process(
+    config_path: Path, port: int, *, within_s: float = 10
+) -> asyncio.subprocess.Process:
+    """Start `gateway serve` and wait until /healthz answers."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "gateway", "serve", "--config", str(config_path),
+        "--port", str(port), stderr=subprocess.PIPE, cwd=ROOT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    async with aiohttp.ClientSession() as http:
+        deadline = time.perf_counter() + within_s
+        while time.perf_counter() < deadline:
+            if process.returncode is not None:
+                break
+            try:
+                async with http.get(url + "/healthz") as response:
+                    if response.status == 200:
+                        return process
+            except aiohttp.ClientConnectionError:
+                await asyncio.sleep(0.05)
+    process.kill()
+    _, stderr = await process.communicate()
+    raise AssertionError(f"gateway did not start: {stderr.decode()[-2000:]}")
