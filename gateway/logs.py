@@ -1,16 +1,70 @@
-"""Logging: one JSON object per line on stderr."""
+"""Logging: one JSON object per line on stderr, with secrets redacted.
+
+Redaction runs on the whole rendered line, tracebacks included, so a secret that reaches a log
+by any path (an exception message, a repr of a header dict) is still hidden: every secret the
+config holds (provider keys, gateway keys) is replaced, and so is anything that looks like a
+bearer token, an API key or an auth header value.
+"""
 
 from __future__ import annotations
 
 import logging
+import re
 import sys
 import time
+from collections.abc import Iterable
 from typing import Any
 
 import orjson
 
+from gateway.config import GatewayConfig
+
+REDACTED = "[REDACTED]"
+
 # Attributes every LogRecord has; anything else passed via `extra=` is a field of the line.
 _STANDARD = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime"}
+
+_PATTERNS = [
+    re.compile(r"(?i)(bearer\s+)[A-Za-z0-9._~+/=-]{6,}"),
+    re.compile(r"\b(sk-(?:ant-)?)[A-Za-z0-9_-]{8,}"),
+    re.compile(
+        r"""(?i)((?:x-api-key|api[_-]?key|authorization|password|secret)["']?\s*[:=]\s*["']?)"""
+        r"""(?!\[REDACTED\])[^"',\s}\]]{4,}"""
+    ),
+]
+
+
+class Redactor:
+    def __init__(self) -> None:
+        self._secrets: tuple[str, ...] = ()
+
+    def set_secrets(self, secrets: Iterable[str]) -> None:
+        # Longest first, so a secret containing another is hidden whole.
+        unique = {s for s in secrets if s and len(s) >= 6}
+        self._secrets = tuple(sorted(unique, key=len, reverse=True))
+
+    def __call__(self, text: str) -> str:
+        for secret in self._secrets:
+            if secret in text:
+                text = text.replace(secret, REDACTED)
+        for pattern in _PATTERNS:
+            text = pattern.sub(lambda m: m.group(1) + REDACTED, text)
+        return text
+
+
+REDACT = Redactor()
+
+
+def config_secrets(config: GatewayConfig) -> list[str]:
+    secrets: list[str] = []
+    for provider in config.providers.values():
+        api_key = getattr(provider, "api_key", None)
+        if api_key:
+            secrets.append(api_key)
+        # Extra headers often carry credentials (Azure's api-key, gateways' tokens).
+        secrets.extend(getattr(provider, "headers", {}).values())
+    secrets += [key.key for key in config.keys or [] if key.key]
+    return secrets
 
 
 class JsonFormatter(logging.Formatter):
@@ -27,7 +81,7 @@ class JsonFormatter(logging.Formatter):
                 line[key] = value
         if record.exc_info:
             line["exc"] = self.formatException(record.exc_info)
-        return orjson.dumps(line, default=str).decode()
+        return REDACT(orjson.dumps(line, default=str).decode())
 
 
 def setup_logging(level: str = "info") -> None:

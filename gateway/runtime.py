@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from gateway.auth import Authenticator
 from gateway.config import GatewayConfig
 from gateway.errors import ServiceUnavailable
+from gateway.logs import REDACT, config_secrets
 from gateway.providers import Provider, build_provider
 from gateway.routing import Router
 
@@ -84,6 +85,11 @@ def build_runtime(config: GatewayConfig, previous: Runtime | None = None) -> Run
         else:
             providers[name] = build_provider(name, provider_config)
     auth = Authenticator(config)
+    # The previous config's secrets stay hidden too: requests on it may still log.
+    secrets = config_secrets(config)
+    if previous is not None:
+        secrets += config_secrets(previous.config)
+    REDACT.set_secrets(secrets)
     if not auth.enabled:
         log.warning("no keys: section in the config; authentication is OFF and every caller is "
                     "served as 'anonymous'")
