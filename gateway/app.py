@@ -27,7 +27,8 @@ def create_app(process: GatewayProcess, reloader: Reloader | None = None) -> web
     app.router.add_get("/v1/models/{model}", models.get_model)
     app.router.add_get("/healthz", health.healthz)
     app.router.add_get("/readyz", health.readyz)
-    app.router.add_get("/metrics", metrics.metrics)
+    if process.current.config.server.metrics_port is None:
+        app.router.add_get("/metrics", metrics.metrics)
     app.router.add_post("/admin/reload", admin.reload_config)
     app.cleanup_ctx.append(_process_lifecycle)
     return app
@@ -43,3 +44,11 @@ async def _process_lifecycle(app: web.Application) -> AsyncIterator[None]:
     if reloader is not None:
         await reloader.stop()
     await process.aclose()
+
+
+def create_metrics_app(process: GatewayProcess) -> web.Application:
+    """`/metrics` alone, for `server.metrics_port`: scraping stays off the public port."""
+    app = web.Application()
+    app[PROCESS] = process
+    app.router.add_get("/metrics", metrics.metrics)
+    return app

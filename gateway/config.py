@@ -350,7 +350,8 @@ def check_references(config: GatewayConfig) -> list[str]:
         seen_names.add(key.name)
         seen_digests.add(digest)
 
-    if config.server.metrics_port is not None and config.server.metrics_port == config.server.port:
+    server = config.server
+    if server.metrics_port is not None and server.metrics_port == server.port != 0:
         problems.append("server.metrics_port: must differ from server.port")
     return problems
 

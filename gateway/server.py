@@ -8,7 +8,7 @@ import signal
 
 from aiohttp import web
 
-from gateway.app import create_app
+from gateway.app import create_app, create_metrics_app
 from gateway.config import GatewayConfig
 from gateway.limits.factory import build_cooldowns, build_limiter
 from gateway.process import GatewayProcess
@@ -47,15 +47,21 @@ class GatewayServer:
         self._runner = web.AppRunner(
             self.app, handler_cancellation=True, access_log=None, shutdown_timeout=2.0
         )
+        self.metrics_port = config.server.metrics_port
+        self._metrics_runner = (
+            web.AppRunner(create_metrics_app(self.process), access_log=None)
+            if self.metrics_port is not None
+            else None
+        )
 
     async def start(self) -> None:
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, self.port, backlog=1024)
-        await site.start()
-        server = site._server
-        if self.port == 0 and server is not None and server.sockets:  # type: ignore[attr-defined]
-            self.port = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
-        log.info("gateway listening", extra={"host": self.host, "port": self.port})
+        self.port = await _listen(self._runner, self.host, self.port)
+        if self._metrics_runner is not None and self.metrics_port is not None:
+            self.metrics_port = await _listen(self._metrics_runner, self.host, self.metrics_port)
+        log.info(
+            "gateway listening",
+            extra={"host": self.host, "port": self.port, "metrics_port": self.metrics_port},
+        )
 
     @property
     def url(self) -> str:
@@ -76,6 +82,19 @@ class GatewayServer:
                         extra={"requests": ended, "grace_s": grace})
             await self.process.wait_idle(2.0)
         await self._runner.cleanup()
+        if self._metrics_runner is not None:
+            await self._metrics_runner.cleanup()
+
+
+async def _listen(runner: web.AppRunner, host: str, port: int) -> int:
+    """Start listening; the port actually bound (port 0 asks the OS for a free one)."""
+    await runner.setup()
+    site = web.TCPSite(runner, host, port, backlog=1024)
+    await site.start()
+    for address in runner.addresses:
+        if isinstance(address, tuple):
+            return int(address[1])
+    return port
 
 
 async def serve_until_signalled(server: GatewayServer) -> None:

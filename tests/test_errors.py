@@ -326,3 +326,16 @@ async def test_health_and_readiness(gateway: GatewayServer) -> None:
         async with http.get(gateway.url + "/readyz") as response:
             assert response.status == 200
             assert (await response.json())["status"] == "ready"
+
+
+async def test_metrics_on_their_own_port_when_configured(
+    upstream: FakeOpenAI, start_gateway: StartGateway
+) -> None:
+    gateway = await start_gateway(merged(base_config(upstream.url), server={"metrics_port": 0}))
+    assert gateway.metrics_port not in (None, 0, gateway.port)
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"http://127.0.0.1:{gateway.metrics_port}/metrics") as response:
+            assert response.status == 200
+            assert "gateway_requests_total" in await response.text()
+        async with http.get(gateway.url + "/metrics") as response:
+            assert response.status == 404
