@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from gateway.handlers import admin, chat, embeddings, health, metrics, models
+from gateway.handlers import admin, chat, embeddings, health, metrics, models, usage
 from gateway.handlers.common import PROCESS, RELOADER
 from gateway.middleware import add_gateway_headers, gateway_middleware
 from gateway.process import GatewayProcess
@@ -25,6 +25,7 @@ def create_app(process: GatewayProcess, reloader: Reloader | None = None) -> web
     app.router.add_post("/v1/embeddings", embeddings.embeddings)
     app.router.add_get("/v1/models", models.list_models)
     app.router.add_get("/v1/models/{model}", models.get_model)
+    app.router.add_get("/v1/usage", usage.usage)
     app.router.add_get("/healthz", health.healthz)
     app.router.add_get("/readyz", health.readyz)
     if process.current.config.server.metrics_port is None:

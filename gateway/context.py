@@ -38,6 +38,7 @@ class RequestState:
 
     request_id: str
     started: float = field(default_factory=time.perf_counter)
+    started_wall: float = field(default_factory=time.time)
     principal: Principal | None = None
     feature: str = "unknown"
     user: str | None = None
@@ -83,16 +84,6 @@ class RequestState:
             yield
         finally:
             self.upstream_wait_s += time.perf_counter() - started
-
-    def actual_tokens(self) -> int:
-        """What the request really cost in tokens, for settling its tpm reservation: the
-        upstream's count, else (a stream cut before its usage) the estimate of what was
-        streamed, else nothing (no upstream answered)."""
-        if self.usage is not None:
-            return self.usage.prompt_tokens + self.usage.completion_tokens
-        if self.first_token_at is not None:
-            return self.prompt_estimate + self.streamed_events
-        return 0
 
 
 def apply_request_context(

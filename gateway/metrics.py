@@ -103,6 +103,13 @@ LIMITER_ERRORS = Counter(
     registry=REGISTRY,
 )
 
+USAGE_DROPPED = Counter(
+    "gateway_usage_records_dropped_total",
+    "Usage records lost: the queue was full, or a sink's backlog overflowed while it failed.",
+    ["sink"],
+    registry=REGISTRY,
+)
+
 NO_MODEL = "none"  # the model label of a request that never reached one
 
 

@@ -17,8 +17,11 @@ from gateway.drain import Drain
 from gateway.limits.base import Limiter
 from gateway.limits.keeper import LeaseKeeper
 from gateway.runtime import Runtime
+from gateway.usage.service import UsageService
 
 log = logging.getLogger("gateway.process")
+
+USAGE_FLUSH_S = 10.0  # at shutdown, how long the sinks may take to take every record
 
 
 class GatewayProcess:
@@ -27,12 +30,15 @@ class GatewayProcess:
         runtime: Runtime,
         limiter: Limiter,
         cooldowns: CooldownStore | None = None,
+        usage: UsageService | None = None,
     ) -> None:
         self.current = runtime
         self.draining = False
         self.limiter = limiter
         self.cooldowns: CooldownStore = cooldowns or MemoryCooldowns()
         self.leases = LeaseKeeper(limiter, runtime.config.limits.lease_ttl_s)
+        config = runtime.config
+        self.usage = usage or UsageService(config.usage, config.limits.redis_url)
         self.in_flight = 0
         self.drain = Drain()
         self._background: set[asyncio.Task[None]] = set()
@@ -69,11 +75,13 @@ class GatewayProcess:
         return True
 
     async def start(self) -> None:
+        await self.usage.start()
         self.leases.start()
 
     async def aclose(self) -> None:
         if self._background:
             await asyncio.gather(*list(self._background), return_exceptions=True)
+        await self.usage.aclose(USAGE_FLUSH_S)
         await self.leases.stop()
         await self.limiter.aclose()
         await self.cooldowns.aclose()

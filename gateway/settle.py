@@ -1,13 +1,15 @@
 """Settling a request, however it ended: success, error, refusal, cancellation, disconnect.
 
 Called once from the middleware's `finally`. Everything here is synchronous bookkeeping
-(metrics, counters); what needs I/O (giving leases back, correcting token reservations) runs in
-the background so the answer is never held up by it, and is awaited at shutdown.
+(metrics, the usage record handed to a non-blocking recorder); what needs I/O (giving leases
+back, correcting token reservations) runs in the background so the answer is never held up by
+it, and is awaited at shutdown.
 """
 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
 from gateway.admission import Hold, release
 from gateway.config import GatewayConfig
@@ -23,6 +25,30 @@ from gateway.metrics import (
     TTFT,
 )
 from gateway.process import GatewayProcess
+from gateway.usage.record import UsageRecord, ts_from_epoch
+
+
+@dataclass(frozen=True, slots=True)
+class Tokens:
+    prompt: int = 0
+    completion: int = 0
+    cached: int = 0
+    estimated: bool = False
+
+    @property
+    def total(self) -> int:
+        return self.prompt + self.completion
+
+
+def tokens_of(state: RequestState) -> Tokens:
+    """The upstream's own count; for a stream cut before its usage arrived, the estimate of
+    what was sent so far (and says so); nothing when no upstream answered."""
+    if state.usage is not None:
+        usage = state.usage
+        return Tokens(usage.prompt_tokens, usage.completion_tokens, usage.cached_tokens)
+    if state.first_token_at is not None:
+        return Tokens(state.prompt_estimate, state.streamed_events, 0, estimated=True)
+    return Tokens()
 
 
 def feature_label(config: GatewayConfig, feature: str) -> str:
@@ -30,17 +56,17 @@ def feature_label(config: GatewayConfig, feature: str) -> str:
     return feature if feature in config.usage.features else "other"
 
 
-def cost_usd(config: GatewayConfig, state: RequestState) -> float:
-    if state.usage is None or state.model not in config.models:
+def cost_usd(config: GatewayConfig, model: str, tokens: Tokens) -> float:
+    """USD from the model's price per million tokens; cached input at its own price."""
+    if model not in config.models:
         return 0.0
-    price = config.models[state.model].price
-    usage = state.usage
-    cached = min(usage.cached_tokens, usage.prompt_tokens)
+    price = config.models[model].price
+    cached = min(tokens.cached, tokens.prompt)
     cached_price = price.cached_input if price.cached_input is not None else price.input
     return (
-        (usage.prompt_tokens - cached) * price.input
+        (tokens.prompt - cached) * price.input
         + cached * cached_price
-        + usage.completion_tokens * price.output
+        + tokens.completion * price.output
     ) / 1_000_000
 
 
@@ -53,18 +79,23 @@ def finish(process: GatewayProcess, state: RequestState, status: int) -> None:
     if state.in_flight_tier is not None:
         IN_FLIGHT.labels(state.in_flight_tier).dec()
         state.in_flight_tier = None
+    tokens = tokens_of(state)
     runtime = state.runtime
     if runtime is not None:
         state.runtime = None
         if state.api_call:
-            _observe(runtime.config, state, status)
+            cost = cost_usd(runtime.config, state.model, tokens)
+            _observe(runtime.config, state, status, tokens, cost)
+            process.usage.record(_record(state, status, tokens, cost))
         process.request_done(runtime)
     if state.holds:
         holds, state.holds = state.holds, []
-        process.in_background(_release_all(process, holds, state.actual_tokens()))
+        process.in_background(_release_all(process, holds, tokens.total))
 
 
-def _observe(config: GatewayConfig, state: RequestState, status: int) -> None:
+def _observe(
+    config: GatewayConfig, state: RequestState, status: int, tokens: Tokens, cost: float
+) -> None:
     elapsed = time.perf_counter() - state.started
     model = state.model or NO_MODEL
     feature = feature_label(config, state.feature)
@@ -73,11 +104,39 @@ def _observe(config: GatewayConfig, state: RequestState, status: int) -> None:
     if state.first_token_at is not None:
         TTFT.labels(state.tier, model).observe(state.first_token_at - state.started)
     OVERHEAD.labels(str(state.stream).lower()).observe(max(0.0, elapsed - state.upstream_wait_s))
-    if state.usage is not None and state.model:
-        TOKENS.labels(feature, model, "prompt").inc(state.usage.prompt_tokens)
-        TOKENS.labels(feature, model, "completion").inc(state.usage.completion_tokens)
-        TOKENS.labels(feature, model, "cached").inc(state.usage.cached_tokens)
-        COST.labels(feature, model).inc(cost_usd(config, state))
+    if state.model and tokens.total:
+        TOKENS.labels(feature, model, "prompt").inc(tokens.prompt)
+        TOKENS.labels(feature, model, "completion").inc(tokens.completion)
+        TOKENS.labels(feature, model, "cached").inc(tokens.cached)
+        COST.labels(feature, model).inc(cost)
+
+
+def _record(state: RequestState, status: int, tokens: Tokens, cost: float) -> UsageRecord:
+    now = time.perf_counter()
+    ttft = state.first_token_at
+    return UsageRecord(
+        ts=ts_from_epoch(state.started_wall),
+        request_id=state.request_id,
+        key=state.principal.name if state.principal else None,
+        user=state.user,
+        feature=state.feature,
+        conversation=state.conversation,
+        tier=state.tier,
+        model=state.model or None,
+        provider=state.provider or None,
+        stream=state.stream,
+        status=status,
+        prompt_tokens=tokens.prompt,
+        completion_tokens=tokens.completion,
+        cached_tokens=tokens.cached,
+        cost_usd=round(cost, 10),
+        latency_ms=round((now - state.started) * 1000, 3),
+        ttft_ms=round((ttft - state.started) * 1000, 3) if ttft is not None else None,
+        attempts=state.attempts,
+        error=state.error,
+        cut=state.stream_cut,
+        estimated=tokens.estimated,
+    )
 
 
 async def _release_all(process: GatewayProcess, holds: list[Hold], tokens: int) -> None:

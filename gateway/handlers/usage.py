@@ -1,0 +1,26 @@
+"""GET /v1/usage: usage aggregated by feature, model, tier, key, user and day.
+
+A key sees only its own usage; an admin key sees everyone's.
+"""
+
+from __future__ import annotations
+
+import orjson
+from aiohttp import web
+
+from gateway.errors import InvalidRequest
+from gateway.handlers.common import PROCESS, begin
+from gateway.relay import json_response
+from gateway.usage.query import UsageQuery, UsageQueryError
+
+
+async def usage(request: web.Request) -> web.StreamResponse:
+    _, state = begin(request)
+    assert state.principal is not None
+    try:
+        query = UsageQuery.from_params(request.query)
+    except UsageQueryError as exc:
+        raise InvalidRequest(exc.message, param=exc.param, code="invalid_value") from exc
+    key_filter = None if state.principal.admin else state.principal.name
+    answer = await request.app[PROCESS].usage.query(query, key_filter)
+    return json_response(orjson.dumps(answer))
