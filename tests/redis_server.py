@@ -97,6 +97,15 @@ class RedisServer:
             process.wait()
         self._close(process)
 
+    def pause(self) -> None:
+        """SIGSTOP: the server keeps its connections but answers nothing (a hung Redis)."""
+        assert self._process is not None
+        self._process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self._process is not None
+        self._process.send_signal(signal.SIGCONT)
+
     def restart(self) -> None:
         self.stop()
         self.start()
