@@ -1,0 +1,175 @@
+"""The two servers the benchmark measures the gateway against, each run in its own process:
+
+    python bench/_servers.py upstream --port P
+    python bench/_servers.py relay --port P --upstream-port U
+
+`upstream` is a fast fake OpenAI API: fixed answers, no sleeps, so that what is measured is the
+relay in front of it. `relay` is the floor for any Python proxy: one pooled aiohttp session, the
+body forwarded untouched, the answer copied back (streams chunk by chunk).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import time
+from collections.abc import AsyncIterator
+
+import aiohttp
+import orjson
+from _common import HOST, run
+from aiohttp import web
+
+SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+SESSION = web.AppKey("session", aiohttp.ClientSession)
+UPSTREAM_URL = web.AppKey("upstream_url", str)
+
+
+# --- the fake upstream -------------------------------------------------------------------------
+
+_CREATED = int(time.time())
+_USAGE = {"prompt_tokens": 9, "completion_tokens": 5, "total_tokens": 14}
+
+CHAT_COMPLETION = orjson.dumps(
+    {
+        "id": "chatcmpl-bench",
+        "object": "chat.completion",
+        "created": _CREATED,
+        "model": "bench-model",
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": "Hello there, how can I help?"},
+                "finish_reason": "stop",
+                "logprobs": None,
+            }
+        ],
+        "usage": _USAGE,
+    }
+)
+
+
+def _chunk(delta: dict[str, str], finish: str | None = None, usage: bool = False) -> bytes:
+    event: dict[str, object] = {
+        "id": "chatcmpl-bench",
+        "object": "chat.completion.chunk",
+        "created": _CREATED,
+        "model": "bench-model",
+        "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+    }
+    if usage:
+        event["usage"] = _USAGE
+    return b"data: " + orjson.dumps(event) + b"\n\n"
+
+
+# Five chunks then [DONE]. The last chunk carries usage (as several compatible servers send it),
+# so the gateway does its real usage-reading work while every target receives the same bytes.
+STREAM_EVENTS = (
+    _chunk({"role": "assistant", "content": ""}),
+    _chunk({"content": "Hello"}),
+    _chunk({"content": " there,"}),
+    _chunk({"content": " how can I help?"}),
+    _chunk({}, finish="stop", usage=True),
+    b"data: [DONE]\n\n",
+)
+
+
+async def fake_chat(request: web.Request) -> web.StreamResponse:
+    """A fixed chat.completion, or for `stream: true` a fixed SSE stream written at once."""
+    body = orjson.loads(await request.read())
+    if not (isinstance(body, dict) and body.get("stream") is True):
+        return web.Response(body=CHAT_COMPLETION, content_type="application/json")
+    response = web.StreamResponse(headers=SSE_HEADERS)
+    await response.prepare(request)
+    for event in STREAM_EVENTS:
+        # One write per event, like a real server producing tokens, just without the waiting.
+        await response.write(event)
+    await response.write_eof()
+    return response
+
+
+def upstream_app() -> web.Application:
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", fake_chat)
+    return app
+
+
+# --- the bare relay ----------------------------------------------------------------------------
+
+
+async def relay_chat(request: web.Request) -> web.StreamResponse:
+    """Forward the body untouched; copy the answer back. The content type of the upstream's
+    answer, not the request body, decides whether to stream, so the relay never parses JSON."""
+    body = await request.read()
+    session = request.app[SESSION]
+    async with session.post(
+        request.app[UPSTREAM_URL], data=body, headers={"Content-Type": "application/json"}
+    ) as upstream:
+        if upstream.content_type != "text/event-stream":
+            return web.Response(
+                body=await upstream.read(),
+                status=upstream.status,
+                content_type=upstream.content_type,
+            )
+        response = web.StreamResponse(status=upstream.status, headers=SSE_HEADERS)
+        await response.prepare(request)
+        async for chunk in upstream.content.iter_any():
+            await response.write(chunk)
+        await response.write_eof()
+        return response
+
+
+def relay_app(upstream_port: int) -> web.Application:
+    app = web.Application()
+    app[UPSTREAM_URL] = f"http://{HOST}:{upstream_port}/v1/chat/completions"
+
+    async def session_ctx(app: web.Application) -> AsyncIterator[None]:
+        # Pool settings like the gateway's provider session, so only the work per request differs.
+        connector = aiohttp.TCPConnector(limit=1000, limit_per_host=1000, keepalive_timeout=30)
+        async with aiohttp.ClientSession(
+            connector=connector, timeout=aiohttp.ClientTimeout(total=None)
+        ) as session:
+            app[SESSION] = session
+            yield
+
+    app.cleanup_ctx.append(session_ctx)
+    app.router.add_post("/v1/chat/completions", relay_chat)
+    return app
+
+
+# --- running either ------------------------------------------------------------------------------
+
+
+async def serve(app: web.Application, port: int) -> None:
+    """Serve until SIGTERM or SIGINT, then close cleanly (the relay's session included)."""
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, HOST, port, backlog=1024).start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        await runner.cleanup()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("role", choices=["upstream", "relay"])
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--upstream-port", type=int)
+    args = parser.parse_args()
+    if args.role == "upstream":
+        app = upstream_app()
+    elif args.upstream_port is None:
+        parser.error("relay needs --upstream-port")
+    else:
+        app = relay_app(args.upstream_port)
+    run(serve(app, args.port))
+
+
+if __name__ == "__main__":
+    main()

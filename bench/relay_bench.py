@@ -1,0 +1,215 @@
+"""The gateway against a bare aiohttp relay and against calling the upstream directly.
+
+    .venv/bin/python bench/relay_bench.py [--quick] [--out PATH]
+
+Starts a fast fake OpenAI upstream, a bare relay in front of it and the gateway in front of it,
+each in its own process, then measures the three targets in turns with the same load generator
+(also its own process): non-streaming latency at concurrency 1, throughput and latency at
+concurrency 64, and streaming time to first event at concurrency 1. Prints the raw numbers,
+what the relay and the gateway add over direct calls, the gateway/relay ratios, the gateway's
+memory, and the project's targets as PASS/MISS. Writes everything to bench/results/latest.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import orjson
+from _analysis import build_report, summarize
+from _common import HOST, free_port, proc_status_kb
+from _launch import BENCH_DIR, BenchFailed, Children, run_to_end
+from _report import print_report
+
+TARGETS = ("direct", "relay", "gateway")
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How much load each measurement gets. Every measurement is split into rounds that take
+    turns between the targets (direct, relay, gateway, direct, ...), and the rounds are pooled:
+    a shared VM's speed drifts by tens of percent over a minute, and taking turns spreads that
+    drift over all targets instead of charging it to whichever ran last."""
+
+    rounds: int = 3
+    c1_requests: int = 700  # per round
+    c1_warmup: int = 100
+    ttft_requests: int = 350
+    ttft_warmup: int = 50
+    concurrency: int = 64
+    c64_seconds: float = 3.0
+    c64_warmup_s: float = 0.5
+
+
+QUICK = Plan(1, 300, 50, 200, 20, 64, 2.0, 0.5)
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where the load generator sends requests, and which processes' CPU use to report."""
+
+    name: str
+    port: int
+    model: str
+    watch_pids: dict[str, int]
+
+    @property
+    def url(self) -> str:
+        return f"http://{HOST}:{self.port}/v1/chat/completions"
+
+
+GATEWAY_CONFIG = """\
+server: {{host: {host}, port: 0, log_level: warning, shutdown_grace_s: 1}}
+providers:
+  up: {{type: openai, base_url: "http://{host}:{upstream_port}/v1"}}
+models:
+  bench-model: {{provider: up, model: bench-model}}
+tiers:
+  fast: [bench-model]
+"""
+
+
+def write_gateway_config(directory: Path, upstream_port: int) -> Path:
+    """A config whose only provider is the fake upstream; no keys, so auth is off."""
+    path = directory / "gateway.yaml"
+    path.write_text(GATEWAY_CONFIG.format(host=HOST, upstream_port=upstream_port))
+    code, out, err = run_to_end(
+        [sys.executable, "-m", "gateway", "check-config", "--config", str(path)], 60
+    )
+    if code != 0:
+        raise BenchFailed(
+            f"gateway check-config refused the bench config:\n{out.decode()}{err.decode()}"
+        )
+    return path
+
+
+def load(target: Target, spec: dict[str, Any]) -> dict[str, Any]:
+    """One measurement by a fresh load-generator process; its JSON result."""
+    spec = {"url": target.url, "model": target.model, "watch_pids": target.watch_pids, **spec}
+    argv = [sys.executable, str(BENCH_DIR / "_loadgen.py"), orjson.dumps(spec).decode()]
+    code, out, err = run_to_end(argv, timeout_s=300)
+    if code != 0:
+        raise BenchFailed(f"load generator failed on {target.name}:\n{err.decode()[-2000:]}")
+    result: dict[str, Any] = orjson.loads(out)
+    return result
+
+
+def scenarios(plan: Plan) -> dict[str, dict[str, Any]]:
+    """The load-generator spec of each measurement, by the name results are filed under."""
+    return {
+        "c1": {"mode": "latency", "requests": plan.c1_requests, "warmup": plan.c1_warmup},
+        "ttft": {"mode": "ttft", "requests": plan.ttft_requests, "warmup": plan.ttft_warmup},
+        "c64": {
+            "mode": "throughput",
+            "concurrency": plan.concurrency,
+            "duration_s": plan.c64_seconds,
+            "warmup_s": plan.c64_warmup_s,
+        },
+    }
+
+
+def measure_all(targets: tuple[Target, ...], plan: Plan) -> dict[str, dict[str, Any]]:
+    """Every measurement against every target, in rounds that take turns; the rounds pooled."""
+    raw: dict[str, dict[str, list[dict[str, Any]]]] = {t.name: {} for t in targets}
+    specs = scenarios(plan)
+    for round_no in range(1, plan.rounds + 1):
+        print(f"  round {round_no}/{plan.rounds}:", end="", flush=True)
+        for scenario, spec in specs.items():
+            print(f" {scenario}", end="", flush=True)
+            for target in targets:
+                raw[target.name].setdefault(scenario, []).append(load(target, spec))
+        print(flush=True)
+    return {
+        name: {scenario: summarize(rounds) for scenario, rounds in by_scenario.items()}
+        for name, by_scenario in raw.items()
+    }
+
+
+def memory_kb(pid: int) -> dict[str, int | None]:
+    return {"rss_kb": proc_status_kb(pid, "VmRSS"), "hwm_kb": proc_status_kb(pid, "VmHWM")}
+
+
+def run_bench(plan: Plan, workdir: Path) -> dict[str, Any]:
+    """Start the servers, measure every target, stop the servers (also on any error)."""
+    python = sys.executable
+    servers = str(BENCH_DIR / "_servers.py")
+    up_port, relay_port, gw_port = free_port(), free_port(), free_port()
+    with Children() as children:
+        upstream = children.start(
+            "upstream",
+            [python, servers, "upstream", "--port", str(up_port)],
+            log=workdir / "upstream.stderr",
+        )
+        children.wait_ready(upstream, up_port)
+        relay = children.start(
+            "relay",
+            [python, servers, "relay", "--port", str(relay_port), "--upstream-port", str(up_port)],
+            log=workdir / "relay.stderr",
+        )
+        children.wait_ready(relay, relay_port)
+        config = write_gateway_config(workdir, up_port)
+        gateway = children.start(
+            "gateway",
+            [python, "-m", "gateway", "serve", "--config", str(config), "--port", str(gw_port)],
+            log=workdir / "gateway.stderr",
+        )
+        children.wait_ready(gateway, gw_port, health_path="/healthz")
+        time.sleep(0.5)  # let start-up allocations settle before calling it "idle"
+        memory = {"gateway_idle": memory_kb(gateway.pid), "relay_idle": memory_kb(relay.pid)}
+
+        up = {"upstream": upstream.pid}
+        targets = (
+            Target("direct", up_port, "bench-model", up),
+            Target("relay", relay_port, "bench-model", {**up, "relay": relay.pid}),
+            Target("gateway", gw_port, "fast", {**up, "gateway": gateway.pid}),
+        )
+        print(f"measuring {', '.join(TARGETS)}, taking turns:", flush=True)
+        results = measure_all(targets, plan)
+        children.check_alive()  # a server that died mid-run makes every later number wrong
+        memory["gateway_after"] = memory_kb(gateway.pid)
+        memory["relay_after"] = memory_kb(relay.pid)
+    return {"results": results, "memory": memory}
+
+
+def _sigterm(signum: int, frame: FrameType | None) -> None:
+    # SIGTERM ends the run like Ctrl-C: as an exception, so that Children.__exit__ stops the
+    # servers and the temporary directory is removed.
+    raise KeyboardInterrupt
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="a short smoke run (numbers noisy)")
+    parser.add_argument(
+        "--out", type=Path, default=BENCH_DIR / "results" / "latest.json", help="results JSON"
+    )
+    args = parser.parse_args()
+    signal.signal(signal.SIGTERM, _sigterm)
+    plan = QUICK if args.quick else Plan()
+    started = time.monotonic()
+    try:
+        with tempfile.TemporaryDirectory(prefix="relay-bench-") as tmp:
+            measured = run_bench(plan, Path(tmp))
+    except BenchFailed as exc:
+        print(f"\nbenchmark aborted: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("\ninterrupted; servers stopped", file=sys.stderr)
+        return 130
+    report = build_report(measured, asdict(plan), time.monotonic() - started)
+    print_report(report)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2) + b"\n")
+    print(f"\nresults written to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
