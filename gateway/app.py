@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from gateway.handlers import admin, chat, embeddings, health, metrics, models, usage
+from gateway.handlers import admin, chat, dashboard, embeddings, health, metrics, models, usage
 from gateway.handlers.common import PROCESS, RELOADER
 from gateway.middleware import add_gateway_headers, gateway_middleware
 from gateway.process import GatewayProcess
@@ -26,6 +26,9 @@ def create_app(process: GatewayProcess, reloader: Reloader | None = None) -> web
     app.router.add_get("/v1/models", models.list_models)
     app.router.add_get("/v1/models/{model}", models.get_model)
     app.router.add_get("/v1/usage", usage.usage)
+    app.router.add_get("/dashboard", dashboard.page)
+    app.router.add_get("/dashboard/usage", dashboard.usage)
+    app.router.add_get("/dashboard/{name}", dashboard.asset)
     app.router.add_get("/healthz", health.healthz)
     app.router.add_get("/readyz", health.readyz)
     if process.current.config.server.metrics_port is None:

@@ -7,6 +7,9 @@ user, a key or a conversation.
 
 from __future__ import annotations
 
+from functools import lru_cache
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
@@ -111,6 +114,14 @@ USAGE_DROPPED = Counter(
 )
 
 NO_MODEL = "none"  # the model label of a request that never reached one
+
+
+@lru_cache(maxsize=65536)
+def child(metric: Any, *labels: str) -> Any:
+    """`metric.labels(*labels)`, looked up once: prometheus_client's own lookup validates and
+    locks on every call, which costs more than the increment itself on the request path.
+    Label values are bounded (see above), so the cache is too."""
+    return metric.labels(*labels)
 
 
 def render() -> tuple[bytes, str]:

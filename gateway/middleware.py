@@ -74,7 +74,7 @@ async def gateway_middleware(request: web.Request, handler: Handler) -> web.Stre
 
 
 def _access_log(request: web.Request, state: RequestState, status: int) -> None:
-    if request.path in ("/healthz", "/readyz", "/metrics"):
+    if not log.isEnabledFor(logging.INFO) or request.path in ("/healthz", "/readyz", "/metrics"):
         return
     fields = {
         "request_id": state.request_id,

@@ -23,6 +23,7 @@ from gateway.metrics import (
     REQUESTS,
     TOKENS,
     TTFT,
+    child,
 )
 from gateway.process import GatewayProcess
 from gateway.usage.record import UsageRecord, ts_from_epoch
@@ -77,7 +78,7 @@ def finish(process: GatewayProcess, state: RequestState, status: int) -> None:
         process.in_flight -= 1
         state.holds_process_slot = False
     if state.in_flight_tier is not None:
-        IN_FLIGHT.labels(state.in_flight_tier).dec()
+        child(IN_FLIGHT, state.in_flight_tier).dec()
         state.in_flight_tier = None
     tokens = tokens_of(state)
     runtime = state.runtime
@@ -86,7 +87,7 @@ def finish(process: GatewayProcess, state: RequestState, status: int) -> None:
         if state.api_call:
             cost = cost_usd(runtime.config, state.model, tokens)
             _observe(runtime.config, state, status, tokens, cost)
-            process.usage.record(_record(state, status, tokens, cost))
+            process.usage.record(_record(state, status, tokens, cost), state.started_wall)
         process.request_done(runtime)
     if state.holds:
         holds, state.holds = state.holds, []
@@ -99,16 +100,18 @@ def _observe(
     elapsed = time.perf_counter() - state.started
     model = state.model or NO_MODEL
     feature = feature_label(config, state.feature)
-    REQUESTS.labels(state.tier, model, feature, str(status)).inc()
-    DURATION.labels(state.tier, model, str(state.stream).lower()).observe(elapsed)
+    stream = "true" if state.stream else "false"
+    child(REQUESTS, state.tier, model, feature, str(status)).inc()
+    child(DURATION, state.tier, model, stream).observe(elapsed)
     if state.first_token_at is not None:
-        TTFT.labels(state.tier, model).observe(state.first_token_at - state.started)
-    OVERHEAD.labels(str(state.stream).lower()).observe(max(0.0, elapsed - state.upstream_wait_s))
+        child(TTFT, state.tier, model).observe(state.first_token_at - state.started)
+    child(OVERHEAD, stream).observe(max(0.0, elapsed - state.upstream_wait_s))
     if state.model and tokens.total:
-        TOKENS.labels(feature, model, "prompt").inc(tokens.prompt)
-        TOKENS.labels(feature, model, "completion").inc(tokens.completion)
-        TOKENS.labels(feature, model, "cached").inc(tokens.cached)
-        COST.labels(feature, model).inc(cost)
+        child(TOKENS, feature, model, "prompt").inc(tokens.prompt)
+        child(TOKENS, feature, model, "completion").inc(tokens.completion)
+        if tokens.cached:
+            child(TOKENS, feature, model, "cached").inc(tokens.cached)
+        child(COST, feature, model).inc(cost)
 
 
 def _record(state: RequestState, status: int, tokens: Tokens, cost: float) -> UsageRecord:

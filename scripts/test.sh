@@ -17,6 +17,12 @@ if ! command -v redis-server >/dev/null 2>&1; then
   SUDO=$([ "$(id -u)" = 0 ] && echo "" || echo "sudo")
   $SUDO apt-get update -qq && $SUDO apt-get install -y -qq redis-server
 fi
+# The dashboard test drives the page in headless Chromium.
+if ! command -v chromium >/dev/null 2>&1; then
+  echo "chromium not found; installing it" >&2
+  SUDO=$([ "$(id -u)" = 0 ] && echo "" || echo "sudo")
+  $SUDO apt-get update -qq && $SUDO apt-get install -y -qq chromium
+fi
 
 echo "== ruff"
 .venv/bin/ruff check gateway tests bench

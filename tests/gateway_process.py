@@ -24,14 +24,21 @@ def write_config(path: Path, raw: dict[str, Any] | str) -> None:
     os.replace(tmp, path)
 
 
+def log_path(config_path: Path, port: int) -> Path:
+    """Where the process started for `config_path` on `port` writes its log."""
+    return config_path.parent / f"gateway-{port}.log"
+
+
 async def start_gateway_process(
     config_path: Path, port: int, *, within_s: float = 10
 ) -> asyncio.subprocess.Process:
-    """Start `gateway serve` and wait until /healthz answers."""
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "gateway", "serve", "--config", str(config_path),
-        "--port", str(port), stderr=subprocess.PIPE, cwd=ROOT,
-    )
+    """Start `gateway serve` and wait until /healthz answers. Its log goes to a file
+    (`log_path`): a pipe nobody reads would fill under load and block the gateway."""
+    with log_path(config_path, port).open("ab") as log:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "gateway", "serve", "--config", str(config_path),
+            "--port", str(port), stdout=subprocess.DEVNULL, stderr=log, cwd=ROOT,
+        )
     url = f"http://127.0.0.1:{port}"
     async with aiohttp.ClientSession() as http:
         deadline = time.perf_counter() + within_s
@@ -45,5 +52,6 @@ async def start_gateway_process(
             except aiohttp.ClientConnectionError:
                 await asyncio.sleep(0.05)
     process.kill()
-    _, stderr = await process.communicate()
-    raise AssertionError(f"gateway did not start: {stderr.decode()[-2000:]}")
+    await process.wait()
+    log = log_path(config_path, port).read_text()
+    raise AssertionError(f"gateway did not start: {log[-2000:]}")

@@ -12,7 +12,7 @@ import aiohttp
 from gateway.logs import REDACT, JsonFormatter
 from tests.conftest import free_port
 from tests.fakes.openai_upstream import Behaviour, FakeOpenAI
-from tests.gateway_process import start_gateway_process, write_config
+from tests.gateway_process import log_path, start_gateway_process, write_config
 
 PROVIDER_KEY = "sk-provider-secret-123456"
 GATEWAY_KEY = "gw-client-secret-abcdef"
@@ -72,8 +72,8 @@ async def test_a_real_process_logs_json_lines_with_request_facts_and_no_secrets(
         async with http.post(url, json=body, headers={"Authorization": "Bearer wrong-key-77"}):
             pass
     process.send_signal(signal.SIGTERM)
-    _, stderr = await asyncio.wait_for(process.communicate(), 10)
-    text = stderr.decode()
+    await asyncio.wait_for(process.wait(), 10)
+    text = log_path(path, port).read_text()
     assert PROVIDER_KEY not in text and GATEWAY_KEY not in text and "wrong-key-77" not in text
     lines = [json.loads(line) for line in text.splitlines()]
     requests = [line for line in lines if line.get("msg") == "request"]

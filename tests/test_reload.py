@@ -17,7 +17,7 @@ import yaml
 from gateway.server import GatewayServer
 from tests.conftest import free_port, to_config
 from tests.fakes.openai_upstream import Behaviour, FakeOpenAI
-from tests.gateway_process import start_gateway_process, write_config
+from tests.gateway_process import log_path, start_gateway_process, write_config
 
 ROOT = Path(__file__).resolve().parent.parent
 BODY = {"messages": [{"role": "user", "content": "hi"}]}
@@ -260,8 +260,8 @@ async def test_sigterm_lets_a_running_stream_finish_refuses_new_ones_and_exits_0
                     pass
             rest = await streaming.read()
         assert rest.endswith(b"data: [DONE]\n\n")
-    _, stderr = await asyncio.wait_for(process.communicate(), 10)
-    assert process.returncode == 0, stderr.decode()[-2000:]
+    await asyncio.wait_for(process.wait(), 10)
+    assert process.returncode == 0, log_path(path, port).read_text()[-2000:]
 
 
 async def test_sigterm_ends_streams_still_running_after_the_grace_period_in_band(

@@ -378,3 +378,23 @@ async def test_a_stream_whose_chain_fails_behind_keep_alives_ends_in_band(
     status, _, body = await stream_text(gateway)
     assert status == 200
     assert b"all_models_failed" in body and b"[DONE]" not in body
+
+
+async def test_replicas_sharing_redis_share_cooldowns(
+    upstream: FakeOpenAI, second: FakeOpenAI, start_gateway: StartGateway, sdk_for: Any,
+    redis_server: Any,
+) -> None:
+    raw = chain_config(upstream.url, second.url, cooldown={"failures": 2, "seconds": 30})
+    raw["limits"] = {"backend": "redis", "redis_url": redis_server.url}
+    one = await start_gateway(raw)
+    two = await start_gateway(raw)
+    upstream.next(Behaviour(status=500), Behaviour(status=500))
+    for gateway in (one, two):  # one failure seen by each replica: two in a row in all
+        assert (await ask(sdk_for(gateway))).headers["x-gateway-model"] == "model-b"
+    assert len(upstream.requests) == 2
+    for gateway in (one, two):
+        raw_answer = await ask(sdk_for(gateway))
+        assert raw_answer.headers["x-gateway-model"] == "model-b"
+        assert raw_answer.headers["x-gateway-attempts"] == "1"
+    assert len(upstream.requests) == 2
+    assert metric(await scrape(two), "gateway_model_available", {"model": "model-a"}) == 0

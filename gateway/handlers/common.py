@@ -12,7 +12,7 @@ from gateway.admission import ModelGate, admit_key, take_process_slot
 from gateway.attempts import AttemptLoop
 from gateway.context import RequestState
 from gateway.errors import InvalidRequest, RequestTooLarge
-from gateway.metrics import IN_FLIGHT
+from gateway.metrics import IN_FLIGHT, child
 from gateway.process import GatewayProcess
 from gateway.reload import Reloader
 from gateway.routing import Route
@@ -60,7 +60,7 @@ async def admit(
     model's own limits."""
     process = request.app[PROCESS]
     state.tier = route.tier
-    IN_FLIGHT.labels(route.tier).inc()
+    child(IN_FLIGHT, route.tier).inc()
     state.in_flight_tier = route.tier
     state.prompt_estimate = tokens.prompt_tokens(body)
     reserve = state.prompt_estimate + (tokens.completion_reserve(body) if completion else 0)
@@ -78,12 +78,9 @@ async def admit(
 
 async def read_body(request: web.Request, limit: int) -> bytes:
     """The body, refused as soon as it passes `limit` bytes: nothing past it is read."""
-    too_large = RequestTooLarge(
-        f"The request body is larger than the gateway's limit of {limit} bytes.",
-    )
     declared = request.content_length
     if declared is not None and declared > limit:
-        raise too_large
+        raise _too_large(limit)
     chunks: list[bytes] = []
     size = 0
     while True:
@@ -92,9 +89,13 @@ async def read_body(request: web.Request, limit: int) -> bytes:
             break
         size += len(chunk)
         if size > limit:
-            raise too_large
+            raise _too_large(limit)
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+def _too_large(limit: int) -> RequestTooLarge:
+    return RequestTooLarge(f"The request body is larger than the gateway's limit of {limit} bytes.")
 
 
 async def read_json_object(request: web.Request, limit: int) -> dict[str, Any]:

@@ -17,10 +17,14 @@ from gateway.usage.query import UsageQuery, UsageQueryError
 async def usage(request: web.Request) -> web.StreamResponse:
     _, state = begin(request)
     assert state.principal is not None
+    return await answer_usage(request, None if state.principal.admin else state.principal.name)
+
+
+async def answer_usage(request: web.Request, key_filter: str | None) -> web.Response:
+    """The aggregates the query parameters ask for; `key_filter`: only that key's usage."""
     try:
         query = UsageQuery.from_params(request.query)
     except UsageQueryError as exc:
         raise InvalidRequest(exc.message, param=exc.param, code="invalid_value") from exc
-    key_filter = None if state.principal.admin else state.principal.name
     answer = await request.app[PROCESS].usage.query(query, key_filter)
     return json_response(orjson.dumps(answer))

@@ -69,9 +69,9 @@ class AnthropicProvider(HTTPProvider):
         self.config = config
 
     async def _post(
-        self, call: UpstreamCall, body: dict[str, Any], accept: str
+        self, call: UpstreamCall, body: dict[str, Any], *, stream: bool
     ) -> aiohttp.ClientResponse:
-        return await self.post(call, self.config.base_url + "/v1/messages", body, accept)
+        return await self.post(call, self.config.base_url + "/v1/messages", body, stream=stream)
 
     def _translate(self, call: UpstreamCall, *, stream: bool) -> dict[str, Any]:
         body = translate_request(call.body, default_max_tokens=self.config.default_max_tokens)
@@ -83,7 +83,7 @@ class AnthropicProvider(HTTPProvider):
 
     async def chat(self, call: UpstreamCall) -> JsonAnswer:
         what = self.what(call)
-        response = await self._post(call, self._translate(call, stream=False), "application/json")
+        response = await self._post(call, self._translate(call, stream=False), stream=False)
         body = await self.read_all(response, what)
         try:
             message = orjson.loads(body)
@@ -102,7 +102,7 @@ class AnthropicProvider(HTTPProvider):
 
     async def chat_stream(self, call: UpstreamCall) -> EventStream:
         what = self.what(call)
-        response = await self._post(call, self._translate(call, stream=True), "text/event-stream")
+        response = await self._post(call, self._translate(call, stream=True), stream=True)
         if not is_event_stream(response):
             content_type = response.headers.get("Content-Type", "")
             body = await self.read_all(response, what)

@@ -4,10 +4,9 @@ upstream's error answer."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
+import functools
 import re
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import aiohttp
@@ -45,29 +44,54 @@ def new_session(max_connections: int) -> aiohttp.ClientSession:
     )
 
 
-def client_timeout(connect: float, total: float) -> aiohttp.ClientTimeout:
-    return aiohttp.ClientTimeout(total=total, sock_connect=connect)
+@functools.lru_cache(maxsize=256)
+def client_timeout(
+    connect: float, total: float, first_answer: float | None = None
+) -> aiohttp.ClientTimeout:
+    """aiohttp's timeout for one call, built once per distinct model timeout. `first_answer`
+    bounds each wait for the upstream's bytes: for a whole answer, that is the first-token
+    timeout (the headers arrive with the answer); streams bound their first event themselves."""
+    return aiohttp.ClientTimeout(total=total, sock_connect=connect, sock_read=first_answer)
 
 
-@contextlib.asynccontextmanager
-async def upstream_errors(what: str) -> AsyncIterator[None]:
-    """Translate transport failures into classified `UpstreamFailure`s."""
-    try:
-        yield
-    except UpstreamFailure:
-        raise
-    except aiohttp.ConnectionTimeoutError as exc:
-        raise UpstreamFailure("connect", f"{what}: connect timed out") from exc
-    except (aiohttp.ServerTimeoutError, TimeoutError) as exc:
-        raise UpstreamFailure("timeout", f"{what}: timed out") from exc
-    except aiohttp.ClientConnectorError as exc:
-        raise UpstreamFailure("connect", f"{what}: cannot connect ({exc.os_error})") from exc
-    except (aiohttp.ServerDisconnectedError, aiohttp.ClientPayloadError) as exc:
-        raise UpstreamFailure("reset", f"{what}: connection reset by the upstream") from exc
-    except (aiohttp.ClientConnectionError, ConnectionError) as exc:
-        raise UpstreamFailure("reset", f"{what}: connection error ({exc})") from exc
-    except aiohttp.ClientError as exc:
-        raise UpstreamFailure("bad_response", f"{what}: {type(exc).__name__}: {exc}") from exc
+def _classify(exc: BaseException, what: str) -> UpstreamFailure | None:
+    if isinstance(exc, UpstreamFailure):
+        return None
+    if isinstance(exc, aiohttp.ConnectionTimeoutError):
+        return UpstreamFailure("connect", f"{what}: connect timed out")
+    if isinstance(exc, aiohttp.ServerTimeoutError | TimeoutError):
+        return UpstreamFailure("timeout", f"{what}: timed out")
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return UpstreamFailure("connect", f"{what}: cannot connect ({exc.os_error})")
+    if isinstance(exc, aiohttp.ServerDisconnectedError | aiohttp.ClientPayloadError):
+        return UpstreamFailure("reset", f"{what}: connection reset by the upstream")
+    if isinstance(exc, aiohttp.ClientConnectionError | ConnectionError):
+        return UpstreamFailure("reset", f"{what}: connection error ({exc})")
+    if isinstance(exc, aiohttp.ClientError):
+        return UpstreamFailure("bad_response", f"{what}: {type(exc).__name__}: {exc}")
+    return None
+
+
+class upstream_errors:
+    """Translate transport failures into classified `UpstreamFailure`s. A class rather than
+    a generator-based context manager: it wraps every upstream call, so it should be cheap."""
+
+    __slots__ = ("what",)
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+
+    async def __aenter__(self) -> None:
+        return None
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: object
+    ) -> None:
+        # Returns None: never swallows an exception, only replaces transport ones.
+        if exc is not None:
+            failure = _classify(exc, self.what)
+            if failure is not None:
+                raise failure from exc
 
 
 def retry_after_seconds(headers: Mapping[str, str]) -> float | None:
@@ -170,15 +194,6 @@ async def read_error_and_raise(response: aiohttp.ClientResponse, what: str) -> N
     raise failure_from_status(response.status, body, response.headers, what)
 
 
-async def wait_first(coro: Any, seconds: float, what: str) -> Any:
-    """Await `coro` for at most `seconds`; a timeout becomes a `timeout` failure."""
-    try:
-        async with asyncio.timeout(seconds):
-            return await coro
-    except TimeoutError as exc:
-        raise UpstreamFailure("timeout", f"{what}: no answer within {seconds:g}s") from exc
-
-
 class HTTPProvider(Provider):
     """A provider reached over HTTP: one pooled session (created on first use, inside the
     running loop), a POST with the model's timeouts, and error answers classified."""
@@ -186,7 +201,9 @@ class HTTPProvider(Provider):
     def __init__(self, name: str, max_connections: int, headers: dict[str, str]) -> None:
         super().__init__(name)
         self._max_connections = max_connections
-        self._headers = {"Content-Type": "application/json", **headers}
+        base = {"Content-Type": "application/json", **headers}
+        self._json_headers = {**base, "Accept": "application/json"}
+        self._stream_headers = {**base, "Accept": "text/event-stream"}
         self._session: aiohttp.ClientSession | None = None
 
     @property
@@ -200,25 +217,25 @@ class HTTPProvider(Provider):
         return f"{self.name}/{call.model_name}"
 
     async def post(
-        self, call: UpstreamCall, url: str, body: dict[str, Any], accept: str
+        self, call: UpstreamCall, url: str, body: dict[str, Any], *, stream: bool
     ) -> aiohttp.ClientResponse:
-        """POST `body`; returns a 2xx response (to be released by the caller) within the
-        model's first-token timeout, or raises the classified failure."""
+        """POST `body`; returns a 2xx response (to be released by the caller), or raises the
+        classified failure. A whole answer must start within the model's first-token timeout;
+        a stream's first event is bounded by the caller, around this call and the first read."""
         timeout = call.timeout
-        what = self.what(call)
-        request = self.session.post(
-            url,
-            data=orjson.dumps(body),
-            headers={**self._headers, "Accept": accept, "X-Request-Id": call.request_id},
-            timeout=client_timeout(timeout.connect, timeout.total),
-        )
-        async with upstream_errors(what):
-            response: aiohttp.ClientResponse = await wait_first(
-                request, timeout.first_token, what
+        headers = self._stream_headers if stream else self._json_headers
+        async with upstream_errors(self.what(call)):
+            response = await self.session.post(
+                url,
+                data=orjson.dumps(body),
+                headers={**headers, "X-Request-Id": call.request_id},
+                timeout=client_timeout(
+                    timeout.connect, timeout.total, None if stream else timeout.first_token
+                ),
             )
         if response.status >= 400:
             try:
-                await read_error_and_raise(response, what)
+                await read_error_and_raise(response, self.what(call))
             finally:
                 response.release()
         return response

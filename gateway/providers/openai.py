@@ -45,12 +45,12 @@ class OpenAIProvider(HTTPProvider):
         super().__init__(name, config.max_connections, headers)
         self.config = config
 
-    async def _post(self, call: UpstreamCall, path: str, accept: str) -> aiohttp.ClientResponse:
-        return await self.post(call, self.config.base_url + path, call.body, accept)
+    async def _post(self, call: UpstreamCall, path: str, *, stream: bool) -> aiohttp.ClientResponse:
+        return await self.post(call, self.config.base_url + path, call.body, stream=stream)
 
     async def _json(self, call: UpstreamCall, path: str) -> tuple[bytes, dict[str, Any]]:
         what = self.what(call)
-        response = await self._post(call, path, "application/json")
+        response = await self._post(call, path, stream=False)
         body = await self.read_all(response, what)
         try:
             parsed = orjson.loads(body)
@@ -73,7 +73,7 @@ class OpenAIProvider(HTTPProvider):
 
     async def chat_stream(self, call: UpstreamCall) -> EventStream:
         what = self.what(call)
-        response = await self._post(call, "/chat/completions", "text/event-stream")
+        response = await self._post(call, "/chat/completions", stream=True)
         if not is_event_stream(response):
             content_type = response.headers.get("Content-Type", "")
             body = await self.read_all(response, what)

@@ -1,36 +1,44 @@
 """Usage records: one per request, queued without blocking, written to JSONL and Redis, and
-aggregated for `GET /v1/usage`."""
+aggregated for `GET /v1/usage`.
 
-from gateway.usage.build import build_sinks
-from gateway.usage.jsonl import JsonlSink, ReadStats, read_records, read_usage, usage_files
-from gateway.usage.memory_store import MemoryUsageStore
-from gateway.usage.query import UsageQuery, UsageQueryError, UsageStore
-from gateway.usage.record import UsageRecord, format_ts, parse_ts, ts_from_epoch
-from gateway.usage.recorder import RecorderStats, SinkStats, UsageRecorder
-from gateway.usage.redis_sink import RedisUsageSink
-from gateway.usage.redis_store import RedisUsageStore, UsageUnavailable
-from gateway.usage.sinks import UsageSink
+The names below are imported on first use (PEP 562), so that importing any part of the
+package does not load the Redis client (7 MB) in a gateway that never uses it.
+"""
 
-__all__ = [
-    "JsonlSink",
-    "MemoryUsageStore",
-    "ReadStats",
-    "RecorderStats",
-    "RedisUsageSink",
-    "RedisUsageStore",
-    "SinkStats",
-    "UsageQuery",
-    "UsageQueryError",
-    "UsageRecord",
-    "UsageRecorder",
-    "UsageSink",
-    "UsageStore",
-    "UsageUnavailable",
-    "build_sinks",
-    "format_ts",
-    "parse_ts",
-    "read_records",
-    "read_usage",
-    "ts_from_epoch",
-    "usage_files",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_WHERE = {
+    "build_sinks": "build",
+    "JsonlSink": "jsonl",
+    "ReadStats": "jsonl",
+    "read_records": "jsonl",
+    "read_usage": "jsonl",
+    "usage_files": "jsonl",
+    "MemoryUsageStore": "memory_store",
+    "UsageQuery": "query",
+    "UsageQueryError": "query",
+    "UsageStore": "query",
+    "UsageUnavailable": "query",
+    "UsageRecord": "record",
+    "format_ts": "record",
+    "parse_ts": "record",
+    "ts_from_epoch": "record",
+    "RecorderStats": "recorder",
+    "SinkStats": "recorder",
+    "UsageRecorder": "recorder",
+    "RedisUsageSink": "redis_sink",
+    "RedisUsageStore": "redis_store",
+    "UsageSink": "sinks",
+}
+
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str) -> Any:
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module 'gateway.usage' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"gateway.usage.{module}"), name)

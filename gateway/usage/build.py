@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from redis.asyncio import Redis
+from typing import TYPE_CHECKING
 
 from gateway.config import UsageConfig
 from gateway.usage.jsonl import JsonlSink, MiB
-from gateway.usage.redis_sink import RedisUsageSink
 from gateway.usage.sinks import UsageSink
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
 
 
 def build_sinks(usage: UsageConfig, redis: Redis | None = None) -> list[UsageSink]:
@@ -26,5 +28,7 @@ def build_sinks(usage: UsageConfig, redis: Redis | None = None) -> list[UsageSin
     if config.redis:
         if redis is None:
             raise ValueError("usage.sinks.redis is on but no Redis client was given")
+        from gateway.usage.redis_sink import RedisUsageSink  # only when on: see __init__
+
         sinks.append(RedisUsageSink(redis, stream_maxlen=config.redis_stream_maxlen))
     return sinks

@@ -56,12 +56,17 @@ class MemoryUsageStore:
         self._buckets: dict[int, dict[DimTuple, Agg]] = {}
         self._next_prune = 0.0
 
-    def add(self, rec: UsageRecord) -> None:
-        """Count one record. Synchronous and cheap: call it where the record is made."""
-        try:
-            moment = parse_ts(rec.ts).timestamp()
-        except ValueError:
-            return
+    def add(self, rec: UsageRecord, at: float | None = None) -> None:
+        """Count one record. Synchronous and cheap: call it where the record is made.
+        `at`: the record's time as epoch seconds, when the caller has it (saves parsing
+        `rec.ts` again)."""
+        if at is not None:
+            moment = at
+        else:
+            try:
+                moment = parse_ts(rec.ts).timestamp()
+            except ValueError:
+                return
         now = self.clock()
         if now >= self._next_prune:
             self._prune(now)

@@ -34,6 +34,10 @@ assert frozenset(GROUP_BY_CHOICES) == GROUP_DIMS
 _SPACE_OFFSET = re.compile(r"(T\d{2}(?::?\d{2}(?::?\d{2}(?:[.,]\d+)?)?)?) (\d{2}(?::?\d{2})?)$")
 
 
+class UsageUnavailable(Exception):
+    """The usage backend could not be read."""
+
+
 class UsageQueryError(ValueError):
     """A bad query parameter: `param` names it, the message says what is wrong."""
 

@@ -9,6 +9,7 @@ be read by an older one.
 from __future__ import annotations
 
 import dataclasses
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -22,9 +23,17 @@ def format_ts(moment: datetime) -> str:
     return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
 
 
+_second_cache: tuple[int, str] = (-1, "")
+
+
 def ts_from_epoch(seconds: float) -> str:
-    """`format_ts` of a `time.time()` value."""
-    return format_ts(datetime.fromtimestamp(seconds, UTC))
+    """`format_ts` of a `time.time()` value. Called once per request: the formatted second
+    is reused while it lasts, only the milliseconds change."""
+    global _second_cache
+    whole = int(seconds)
+    if _second_cache[0] != whole:
+        _second_cache = (whole, time.strftime("%Y-%m-%dT%H:%M:%S.", time.gmtime(whole)))
+    return f"{_second_cache[1]}{int((seconds - whole) * 1000):03d}Z"
 
 
 def parse_ts(ts: str) -> datetime:

@@ -15,11 +15,7 @@ from redis.exceptions import RedisError
 
 from gateway.usage.aggregate import KEY_INDEX, Agg, DimTuple, group
 from gateway.usage.layout import STREAM_KEY, agg_key, parse_field
-from gateway.usage.query import UsageQuery
-
-
-class UsageUnavailable(Exception):
-    """The usage backend could not be read."""
+from gateway.usage.query import UsageQuery, UsageUnavailable
 
 
 def _text(value: bytes | str) -> str:

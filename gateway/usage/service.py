@@ -9,16 +9,13 @@ import asyncio
 import logging
 from typing import Any
 
-from redis.asyncio import Redis
-
 from gateway.config import UsageConfig
 from gateway.metrics import USAGE_DROPPED
 from gateway.usage.build import build_sinks
 from gateway.usage.memory_store import MemoryUsageStore
-from gateway.usage.query import UsageQuery
+from gateway.usage.query import UsageQuery, UsageStore, UsageUnavailable
 from gateway.usage.record import UsageRecord
 from gateway.usage.recorder import UsageRecorder
-from gateway.usage.redis_store import RedisUsageStore, UsageUnavailable
 
 log = logging.getLogger("gateway.usage")
 
@@ -27,12 +24,16 @@ class UsageService:
     def __init__(self, config: UsageConfig, redis_url: str) -> None:
         self.config = config
         self.memory = MemoryUsageStore()
-        self._redis = (
-            Redis.from_url(redis_url, socket_timeout=2, socket_connect_timeout=1)
-            if config.sinks.redis
-            else None
-        )
-        self.redis_store = RedisUsageStore(self._redis) if self._redis is not None else None
+        self._redis: Any = None
+        self.redis_store: UsageStore | None = None
+        if config.sinks.redis:
+            # Imported only here: a gateway without the Redis sink never loads the client.
+            from redis.asyncio import Redis
+
+            from gateway.usage.redis_store import RedisUsageStore
+
+            self._redis = Redis.from_url(redis_url, socket_timeout=2, socket_connect_timeout=1)
+            self.redis_store = RedisUsageStore(self._redis)
         self.recorder = UsageRecorder(
             build_sinks(config, self._redis),
             config.queue_size,
@@ -48,9 +49,10 @@ class UsageService:
                                                         "malformed": stats.malformed})
         self.recorder.start()
 
-    def record(self, record: UsageRecord) -> None:
-        """Never blocks: the sinks are written in the background."""
-        self.memory.add(record)
+    def record(self, record: UsageRecord, at: float | None = None) -> None:
+        """Never blocks: the sinks are written in the background. `at`: the record's `ts` as
+        epoch seconds, when the caller has it."""
+        self.memory.add(record, at)
         self.recorder.record(record)
 
     async def query(self, query: UsageQuery, key_filter: str | None) -> dict[str, Any]:
