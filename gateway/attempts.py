@@ -151,7 +151,8 @@ class AttemptLoop:
                     delay = backoff_delay(retry, failure.retry_after)
                     if delay is None:
                         break
-                    await self.sleep(delay)
+                    with self.state.waiting_upstream():  # not the gateway's own time
+                        await self.sleep(delay)
                     continue
                 if health.get(model, HEALTHY).failures or retry:
                     # Only a model with a failure streak has anything to reset: the common
