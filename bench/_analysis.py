@@ -9,6 +9,7 @@ import os
 import platform
 import subprocess
 import time
+from collections.abc import Iterable
 from typing import Any
 
 import aiohttp
@@ -42,6 +43,9 @@ def summarize(rounds: list[dict[str, Any]]) -> dict[str, Any]:
     }
     if streams:
         summary["stream_p50_ms"] = percentile(streams, 0.50)
+    summary["sent"] = sum(r.get("sent", 0) for r in rounds)  # warm-ups included
+    if any("redis_commands" in r for r in rounds):
+        summary["redis_commands"] = merge_commands(r.get("redis_commands", {}) for r in rounds)
     used = {name: sum(r["cpu_s"].get(name, 0.0) for r in rounds) for name in rounds[0]["cpu_s"]}
     if "machine" in used:
         # Whatever the machine did beyond the benchmark's own processes: other people's work.
@@ -52,6 +56,17 @@ def summarize(rounds: list[dict[str, Any]]) -> dict[str, Any]:
         if done and elapsed > 0
     }
     return summary
+
+
+def merge_commands(deltas: Iterable[dict[str, dict[str, int]]]) -> dict[str, dict[str, int]]:
+    """Redis commandstats deltas added up: {command: {"calls": n, "usec": n}}."""
+    total: dict[str, dict[str, int]] = {}
+    for delta in deltas:
+        for name, stat in delta.items():
+            into = total.setdefault(name, {"calls": 0, "usec": 0})
+            into["calls"] += stat["calls"]
+            into["usec"] += stat["usec"]
+    return dict(sorted(total.items(), key=lambda item: -item[1]["calls"]))
 
 
 def _get(results: dict[str, Any], target: str, scenario: str, key: str) -> float:

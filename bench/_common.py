@@ -1,5 +1,5 @@
-"""Small helpers shared by the benchmark's processes: ports, /proc readings, percentiles and
-running a coroutine on uvloop."""
+"""Small helpers shared by the benchmark's processes: ports, /proc readings, percentiles, a
+minimal Redis client for INFO, and running a coroutine on uvloop."""
 
 from __future__ import annotations
 
@@ -71,6 +71,49 @@ def percentile(ordered: Sequence[float], q: float) -> float:
         return float("nan")
     rank = max(1, min(len(ordered), math.ceil(q * len(ordered))))
     return ordered[rank - 1]
+
+
+def redis_call(port: int, *args: str, timeout_s: float = 2.0) -> str:
+    """One command to the benchmark's own Redis on 127.0.0.1 and its reply (simple or bulk
+    string). Blocking and tiny on purpose: it is only used between measurements, for PING and
+    INFO, so the benchmark needs no Redis client of its own."""
+    command = f"*{len(args)}\r\n" + "".join(f"${len(a.encode())}\r\n{a}\r\n" for a in args)
+    with socket.create_connection((HOST, port), timeout=timeout_s) as sock:
+        sock.sendall(command.encode())
+        reader = sock.makefile("rb")
+        line = reader.readline().rstrip(b"\r\n")
+        if line[:1] == b"$":
+            length = int(line[1:])
+            return "" if length < 0 else reader.read(length + 2)[:length].decode()
+        if line[:1] == b"-" or not line:
+            raise OSError(f"redis replied {line.decode(errors='replace')!r} to {args[0]}")
+        return line[1:].decode()
+
+
+def redis_commandstats(port: int) -> dict[str, dict[str, int]]:
+    """INFO commandstats: {command: {"calls": n, "usec": n}}. Commands run inside a Lua script
+    are counted too, under their own names, beside the EVALSHA that ran them."""
+    stats: dict[str, dict[str, int]] = {}
+    for line in redis_call(port, "INFO", "commandstats").splitlines():
+        if not line.startswith("cmdstat_"):
+            continue
+        name, _, fields = line[len("cmdstat_") :].partition(":")
+        values = dict(field.split("=", 1) for field in fields.split(","))
+        stats[name] = {"calls": int(values["calls"]), "usec": int(values["usec"])}
+    return stats
+
+
+def commandstats_delta(
+    before: dict[str, dict[str, int]], after: dict[str, dict[str, int]]
+) -> dict[str, dict[str, int]]:
+    """What ran between two snapshots, without the INFO calls that took them."""
+    delta: dict[str, dict[str, int]] = {}
+    for name, now in after.items():
+        then = before.get(name, {"calls": 0, "usec": 0})
+        calls = now["calls"] - then["calls"]
+        if calls > 0 and name != "info":
+            delta[name] = {"calls": calls, "usec": now["usec"] - then["usec"]}
+    return delta
 
 
 def run(coro: Coroutine[Any, Any, T]) -> T:

@@ -69,16 +69,34 @@ class Children:
     def __init__(self) -> None:
         self._procs: list[tuple[str, Popen[bytes], Path | None]] = []
 
-    def start(self, name: str, argv: list[str], log: Path | None = None) -> Popen[bytes]:
-        """Start one server; its stderr goes to `log` (kept for error messages) or nowhere."""
+    def start(
+        self, name: str, argv: list[str], log: Path | None = None, stdout: Path | None = None
+    ) -> Popen[bytes]:
+        """Start one server; its stderr goes to `log` (kept for error messages) or nowhere,
+        its stdout to the file `stdout` (which may be `log` too) or nowhere."""
         stderr: IO[bytes] | int = open(log, "wb") if log else subprocess.DEVNULL  # noqa: SIM115
+        out: IO[bytes] | int = subprocess.DEVNULL
+        if stdout is not None:
+            out = stderr if stdout == log else open(stdout, "wb")  # noqa: SIM115
         try:
-            proc = spawn(argv, subprocess.DEVNULL, stderr)
+            proc = spawn(argv, out, stderr)
         finally:
-            if not isinstance(stderr, int):
-                stderr.close()  # the child holds its own copy of the descriptor
+            for stream in (stderr, out):
+                if not isinstance(stream, int):
+                    stream.close()  # the child holds its own copy of the descriptor
         self._procs.append((name, proc, log))
         return proc
+
+    def stop(self, proc: Popen[bytes]) -> None:
+        """Stop one child before the others (SIGTERM, then SIGKILL after 5 s)."""
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=5.0)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        self._procs = [entry for entry in self._procs if entry[1] is not proc]
 
     def wait_ready(
         self,

@@ -10,6 +10,9 @@ It prints one JSON object on stdout: the raw latencies, wall time and CPU used. 
   concurrency           throughput: workers, each with its own keep-alive connection
   duration_s, warmup_s  throughput: measured window, and an unmeasured one before it
   watch_pids            {name: pid}: processes whose CPU use over the measured window is reported
+  headers               optional {name: value} sent with every request (e.g. Authorization)
+  redis_port            optional: a Redis whose INFO commandstats are read as the measured
+                        window opens and closes; what ran in between is reported
 """
 
 from __future__ import annotations
@@ -24,7 +27,13 @@ from typing import Any
 
 import aiohttp
 import orjson
-from _common import cpu_seconds, machine_busy_seconds, run
+from _common import (
+    commandstats_delta,
+    cpu_seconds,
+    machine_busy_seconds,
+    redis_commandstats,
+    run,
+)
 
 HEADERS = {"Content-Type": "application/json"}
 Sender = Callable[[aiohttp.ClientSession], Awaitable[float | None]]
@@ -38,6 +47,7 @@ class Samples:
     extra: list[float] = field(default_factory=list)  # ttft mode: whole-stream times
     errors: int = 0
     first_error: str | None = None
+    sent: int = 0  # every request sent, warm-ups included; never reset
 
     def fail(self, why: str) -> None:
         self.errors += 1
@@ -59,14 +69,15 @@ def request_body(model: str, stream: bool) -> bytes:
     return orjson.dumps(body)
 
 
-def chat_sender(url: str, model: str, samples: Samples) -> Sender:
+def chat_sender(url: str, model: str, samples: Samples, headers: dict[str, str]) -> Sender:
     """One non-streaming request: latency from send to the whole body read."""
     body = request_body(model, stream=False)
 
     async def send(session: aiohttp.ClientSession) -> float | None:
+        samples.sent += 1
         started = time.perf_counter()
         try:
-            async with session.post(url, data=body, headers=HEADERS) as response:
+            async with session.post(url, data=body, headers=headers) as response:
                 data = await response.read()
                 status = response.status
         except (aiohttp.ClientError, OSError) as exc:
@@ -81,17 +92,18 @@ def chat_sender(url: str, model: str, samples: Samples) -> Sender:
     return send
 
 
-def stream_sender(url: str, model: str, samples: Samples) -> Sender:
+def stream_sender(url: str, model: str, samples: Samples, headers: dict[str, str]) -> Sender:
     """One streaming request: time to the first byte of the first `data:` event (TTFT); the
     whole stream's time goes to `samples.extra`."""
     body = request_body(model, stream=True)
 
     async def send(session: aiohttp.ClientSession) -> float | None:
+        samples.sent += 1
         started = time.perf_counter()
         first: float | None = None
         received = b""
         try:
-            async with session.post(url, data=body, headers=HEADERS) as response:
+            async with session.post(url, data=body, headers=headers) as response:
                 status = response.status
                 async for chunk in response.content.iter_any():
                     received += chunk
@@ -115,11 +127,14 @@ class Window:
     """The measured part of a run: its wall time and the CPU the watched processes used in it.
     Warm-ups happen before `open()`, so neither their time nor their CPU is counted."""
 
-    def __init__(self, pids: dict[str, int]) -> None:
+    def __init__(self, pids: dict[str, int], redis_port: int | None = None) -> None:
         self.pids = pids
+        self.redis_port = redis_port
         self.started = self.ended = 0.0
         self.cpu_before: dict[str, float | None] = {}
         self.cpu_after: dict[str, float | None] = {}
+        self.redis_before: dict[str, dict[str, int]] = {}
+        self.redis_after: dict[str, dict[str, int]] = {}
 
     def _cpu(self) -> dict[str, float | None]:
         snapshot = {name: cpu_seconds(pid) for name, pid in self.pids.items()}
@@ -128,12 +143,17 @@ class Window:
         return snapshot
 
     def open(self) -> None:
+        # Blocking, but nothing is in flight here: the warm-up has ended, the window not begun.
+        if self.redis_port is not None:
+            self.redis_before = redis_commandstats(self.redis_port)
         self.cpu_before = self._cpu()
         self.started = time.perf_counter()
 
     def close(self) -> None:
         self.ended = time.perf_counter()
         self.cpu_after = self._cpu()
+        if self.redis_port is not None:
+            self.redis_after = redis_commandstats(self.redis_port)
 
     @property
     def elapsed(self) -> float:
@@ -197,22 +217,27 @@ def raw_result(samples: Samples, window: Window) -> dict[str, Any]:
         after = window.cpu_after.get(name)
         if before is not None and after is not None:
             cpu[name] = after - before
-    return {
+    result: dict[str, Any] = {
         "latencies_ms": [round(x * 1000, 4) for x in samples.latencies],
         "stream_ms": [round(x * 1000, 4) for x in samples.extra],
         "errors": samples.errors,
         "first_error": samples.first_error,
+        "sent": samples.sent,
         "elapsed_s": window.elapsed,
         "cpu_s": cpu,
     }
+    if window.redis_port is not None:
+        result["redis_commands"] = commandstats_delta(window.redis_before, window.redis_after)
+    return result
 
 
 async def measure(spec: dict[str, Any]) -> dict[str, Any]:
     samples = Samples()
-    window = Window(spec.get("watch_pids") or {})
+    window = Window(spec.get("watch_pids") or {}, spec.get("redis_port"))
     mode = spec["mode"]
     make = stream_sender if mode == "ttft" else chat_sender
-    send = make(spec["url"], spec["model"], samples)
+    headers = {**HEADERS, **(spec.get("headers") or {})}
+    send = make(spec["url"], spec["model"], samples, headers)
     if mode == "throughput":
         await workers(
             send, spec["concurrency"], spec["warmup_s"], spec["duration_s"], samples, window

@@ -13,19 +13,26 @@ memory, and the project's targets as PASS/MISS. Writes everything to bench/resul
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
-import orjson
-from _analysis import build_report, summarize
-from _common import HOST, free_port, proc_status_kb
-from _launch import BENCH_DIR, BenchFailed, Children, run_to_end
+from _analysis import build_report
+from _common import HOST, free_port
+from _harness import (
+    Target,
+    check_config,
+    measure_rounds,
+    memory_kb,
+    pooled,
+    start_gateway,
+    stop_on_sigterm,
+    write_results,
+)
+from _launch import BENCH_DIR, BenchFailed, Children
 from _report import print_report
 
 TARGETS = ("direct", "relay", "gateway")
@@ -51,20 +58,6 @@ class Plan:
 QUICK = Plan(1, 300, 50, 200, 20, 64, 2.0, 0.5)
 
 
-@dataclass(frozen=True)
-class Target:
-    """Where the load generator sends requests, and which processes' CPU use to report."""
-
-    name: str
-    port: int
-    model: str
-    watch_pids: dict[str, int]
-
-    @property
-    def url(self) -> str:
-        return f"http://{HOST}:{self.port}/v1/chat/completions"
-
-
 GATEWAY_CONFIG = """\
 server: {{host: {host}, port: 0, log_level: warning, shutdown_grace_s: 1}}
 providers:
@@ -80,25 +73,8 @@ def write_gateway_config(directory: Path, upstream_port: int) -> Path:
     """A config whose only provider is the fake upstream; no keys, so auth is off."""
     path = directory / "gateway.yaml"
     path.write_text(GATEWAY_CONFIG.format(host=HOST, upstream_port=upstream_port))
-    code, out, err = run_to_end(
-        [sys.executable, "-m", "gateway", "check-config", "--config", str(path)], 60
-    )
-    if code != 0:
-        raise BenchFailed(
-            f"gateway check-config refused the bench config:\n{out.decode()}{err.decode()}"
-        )
+    check_config(path)
     return path
-
-
-def load(target: Target, spec: dict[str, Any]) -> dict[str, Any]:
-    """One measurement by a fresh load-generator process; its JSON result."""
-    spec = {"url": target.url, "model": target.model, "watch_pids": target.watch_pids, **spec}
-    argv = [sys.executable, str(BENCH_DIR / "_loadgen.py"), orjson.dumps(spec).decode()]
-    code, out, err = run_to_end(argv, timeout_s=300)
-    if code != 0:
-        raise BenchFailed(f"load generator failed on {target.name}:\n{err.decode()[-2000:]}")
-    result: dict[str, Any] = orjson.loads(out)
-    return result
 
 
 def scenarios(plan: Plan) -> dict[str, dict[str, Any]]:
@@ -117,23 +93,7 @@ def scenarios(plan: Plan) -> dict[str, dict[str, Any]]:
 
 def measure_all(targets: tuple[Target, ...], plan: Plan) -> dict[str, dict[str, Any]]:
     """Every measurement against every target, in rounds that take turns; the rounds pooled."""
-    raw: dict[str, dict[str, list[dict[str, Any]]]] = {t.name: {} for t in targets}
-    specs = scenarios(plan)
-    for round_no in range(1, plan.rounds + 1):
-        print(f"  round {round_no}/{plan.rounds}:", end="", flush=True)
-        for scenario, spec in specs.items():
-            print(f" {scenario}", end="", flush=True)
-            for target in targets:
-                raw[target.name].setdefault(scenario, []).append(load(target, spec))
-        print(flush=True)
-    return {
-        name: {scenario: summarize(rounds) for scenario, rounds in by_scenario.items()}
-        for name, by_scenario in raw.items()
-    }
-
-
-def memory_kb(pid: int) -> dict[str, int | None]:
-    return {"rss_kb": proc_status_kb(pid, "VmRSS"), "hwm_kb": proc_status_kb(pid, "VmHWM")}
+    return pooled(measure_rounds(targets, scenarios(plan), plan.rounds))
 
 
 def run_bench(plan: Plan, workdir: Path) -> dict[str, Any]:
@@ -155,12 +115,7 @@ def run_bench(plan: Plan, workdir: Path) -> dict[str, Any]:
         )
         children.wait_ready(relay, relay_port)
         config = write_gateway_config(workdir, up_port)
-        gateway = children.start(
-            "gateway",
-            [python, "-m", "gateway", "serve", "--config", str(config), "--port", str(gw_port)],
-            log=workdir / "gateway.stderr",
-        )
-        children.wait_ready(gateway, gw_port, health_path="/healthz")
+        gateway = start_gateway(children, "gateway", config, gw_port, workdir)
         time.sleep(0.5)  # let start-up allocations settle before calling it "idle"
         memory = {"gateway_idle": memory_kb(gateway.pid), "relay_idle": memory_kb(relay.pid)}
 
@@ -178,12 +133,6 @@ def run_bench(plan: Plan, workdir: Path) -> dict[str, Any]:
     return {"results": results, "memory": memory}
 
 
-def _sigterm(signum: int, frame: FrameType | None) -> None:
-    # SIGTERM ends the run like Ctrl-C: as an exception, so that Children.__exit__ stops the
-    # servers and the temporary directory is removed.
-    raise KeyboardInterrupt
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="a short smoke run (numbers noisy)")
@@ -191,7 +140,7 @@ def main() -> int:
         "--out", type=Path, default=BENCH_DIR / "results" / "latest.json", help="results JSON"
     )
     args = parser.parse_args()
-    signal.signal(signal.SIGTERM, _sigterm)
+    stop_on_sigterm()
     plan = QUICK if args.quick else Plan()
     started = time.monotonic()
     try:
@@ -205,9 +154,7 @@ def main() -> int:
         return 130
     report = build_report(measured, asdict(plan), time.monotonic() - started)
     print_report(report)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2) + b"\n")
-    print(f"\nresults written to {args.out}")
+    write_results(args.out, report)
     return 0
 
 

@@ -1,0 +1,137 @@
+"""What every benchmark script does the same way: describe a target, start the gateway with a
+config it has checked, run one load-generator process per measurement, take turns between the
+targets in rounds, pool the rounds, and write the results file."""
+
+from __future__ import annotations
+
+import signal
+import sys
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from subprocess import Popen
+from types import FrameType
+from typing import Any
+
+import orjson
+from _analysis import summarize
+from _common import HOST, proc_status_kb
+from _launch import BENCH_DIR, BenchFailed, Children, run_to_end
+
+Raw = dict[str, dict[str, list[dict[str, Any]]]]  # target -> scenario -> one result per round
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where the load generator sends requests, what it sends with them, and which processes'
+    CPU use (and which Redis's commands) to report."""
+
+    name: str
+    port: int
+    model: str
+    watch_pids: dict[str, int]
+    headers: dict[str, str] = field(default_factory=dict)
+    redis_port: int | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{HOST}:{self.port}/v1/chat/completions"
+
+
+def check_config(path: Path) -> None:
+    """`gateway check-config`: a config the gateway refuses stops the benchmark at once, with
+    the gateway's own explanation."""
+    code, out, err = run_to_end(
+        [sys.executable, "-m", "gateway", "check-config", "--config", str(path)], 60
+    )
+    if code != 0:
+        raise BenchFailed(
+            f"gateway check-config refused {path.name}:\n{out.decode()}{err.decode()}"
+        )
+
+
+def start_gateway(
+    children: Children,
+    name: str,
+    config: Path,
+    port: int,
+    workdir: Path,
+    health_path: str = "/healthz",
+) -> Popen[bytes]:
+    """`python -m gateway serve` on `port`, waited for until `health_path` answers 200."""
+    gateway = children.start(
+        name,
+        [sys.executable, "-m", "gateway", "serve", "--config", str(config), "--port", str(port)],
+        log=workdir / f"{name}.stderr",
+    )
+    children.wait_ready(gateway, port, health_path=health_path)
+    return gateway
+
+
+def load(target: Target, spec: dict[str, Any]) -> dict[str, Any]:
+    """One measurement by a fresh load-generator process; its JSON result."""
+    spec = {
+        "url": target.url,
+        "model": target.model,
+        "watch_pids": target.watch_pids,
+        "headers": target.headers,
+        "redis_port": target.redis_port,
+        **spec,
+    }
+    argv = [sys.executable, str(BENCH_DIR / "_loadgen.py"), orjson.dumps(spec).decode()]
+    code, out, err = run_to_end(argv, timeout_s=300)
+    if code != 0:
+        raise BenchFailed(f"load generator failed on {target.name}:\n{err.decode()[-2000:]}")
+    result: dict[str, Any] = orjson.loads(out)
+    return result
+
+
+def measure_rounds(
+    targets: tuple[Target, ...],
+    specs: Mapping[str, dict[str, Any]],
+    rounds: int,
+    only: Mapping[str, Collection[str]] | None = None,
+) -> Raw:
+    """Every measurement against every target, in rounds that take turns between the targets
+    (a shared VM's speed drifts by tens of percent over a minute; taking turns spreads that
+    drift over all targets instead of charging it to whichever ran last). `only` limits a
+    scenario to some targets by name. Returns each round's raw result."""
+    raw: Raw = {t.name: {} for t in targets}
+    for round_no in range(1, rounds + 1):
+        print(f"  round {round_no}/{rounds}:", end="", flush=True)
+        for scenario, spec in specs.items():
+            print(f" {scenario}", end="", flush=True)
+            for target in targets:
+                if only is not None and scenario in only and target.name not in only[scenario]:
+                    continue
+                raw[target.name].setdefault(scenario, []).append(load(target, spec))
+        print(flush=True)
+    return raw
+
+
+def pooled(raw: Raw) -> dict[str, dict[str, Any]]:
+    """The rounds of every measurement pooled (see `_analysis.summarize`)."""
+    return {
+        name: {scenario: summarize(rounds) for scenario, rounds in by_scenario.items()}
+        for name, by_scenario in raw.items()
+    }
+
+
+def memory_kb(pid: int) -> dict[str, int | None]:
+    return {"rss_kb": proc_status_kb(pid, "VmRSS"), "hwm_kb": proc_status_kb(pid, "VmHWM")}
+
+
+def _sigterm(signum: int, frame: FrameType | None) -> None:
+    # SIGTERM ends the run like Ctrl-C: as an exception, so that Children.__exit__ stops the
+    # servers and the temporary directory is removed.
+    raise KeyboardInterrupt
+
+
+def stop_on_sigterm() -> None:
+    signal.signal(signal.SIGTERM, _sigterm)
+
+
+def write_results(path: Path, report: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2) + b"\n")
+    print(f"\nresults written to {path}")
