@@ -10,6 +10,7 @@ Errors propagate: callers treat an unreadable store as "every model healthy".
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Sequence
 
 from gateway.cooldown import CooldownStore, ModelHealth
@@ -66,6 +67,10 @@ return 1
 DAY_S = 86_400.0
 
 
+# Redis TIME at the fetch, and each failing model's (failures, cooling_until, last_failure).
+_Snapshot = tuple[float, dict[str, tuple[int, float, float]]]
+
+
 class RedisCooldowns(CooldownStore):
     """Failure streaks and cooldowns every replica shares."""
 
@@ -77,6 +82,7 @@ class RedisCooldowns(CooldownStore):
         socket_timeout: float = 0.5,
         connect_timeout: float = 0.5,
         max_connections: int = 16,
+        cache_s: float = 1.0,
     ) -> None:
         self._redis = connect(
             url,
@@ -86,29 +92,53 @@ class RedisCooldowns(CooldownStore):
         )
         self._base = f"{prefix}:{{cooldown}}"
         self.index_key = f"{self._base}:models"
+        # Every request reads its chain's health; a snapshot reused for `cache_s` saves that
+        # round trip on nearly all of them. Another replica's cooldown is seen at most that
+        # late; this replica's own failures and successes drop the snapshot at once.
+        self.cache_s = cache_s
+        self._cache: dict[tuple[str, ...], tuple[float, _Snapshot]] = {}
 
     def key(self, model: str) -> str:
         return f"{self._base}:model:{model}"
 
     async def health(self, models: Sequence[str]) -> dict[str, ModelHealth]:
-        """One round trip for every model, judged against Redis TIME."""
+        """The chain's health, from a snapshot at most `cache_s` old. Whether a model is
+        cooling is judged now, on Redis's clock as of the snapshot plus the time since, so
+        a cooldown still ends on time when read from the snapshot."""
+        chain = tuple(models)
+        local_now = time.monotonic()
+        cached = self._cache.get(chain)
+        if cached is None or local_now - cached[0] >= self.cache_s:
+            if len(self._cache) > 1024:  # chains come from config: a handful; bound it anyway
+                self._cache.clear()
+            cached = (local_now, await self._fetch(chain))
+            self._cache[chain] = cached
+        fetched_at, (redis_then, streaks) = cached
+        redis_now = redis_then + (local_now - fetched_at)
+        return {
+            model: ModelHealth(failures, redis_now < cooling_until, last_failure)
+            for model, (failures, cooling_until, last_failure) in streaks.items()
+        }
+
+    async def _fetch(self, models: Sequence[str]) -> _Snapshot:
+        """One round trip for every model: Redis TIME and each model's streak."""
         if not models:
-            return {}
+            return (0.0, {})
         reply = await _HEALTH.run(self._redis, [self.key(m) for m in models], ())
-        now = float(reply[0])
-        out: dict[str, ModelHealth] = {}
+        streaks: dict[str, tuple[int, float, float]] = {}
         for i, model in enumerate(models):
             failures, last_failure, cooling_until = reply[1 + 3 * i : 4 + 3 * i]
             if failures == "":
                 continue  # never failed, or reset: healthy
-            out[model] = ModelHealth(
+            streaks[model] = (
                 int(failures),
-                cooling_until != "" and now < float(cooling_until),
+                float(cooling_until) if cooling_until != "" else 0.0,
                 float(last_failure) if last_failure != "" else 0.0,
             )
-        return out
+        return float(reply[0]), streaks
 
     async def record_failure(self, model: str, threshold: int, seconds: float) -> bool:
+        self._cache.clear()
         lifetime_ms = math.ceil((2 * seconds + DAY_S) * 1000)
         args = (threshold, seconds, model, lifetime_ms)
         started = await _RECORD_FAILURE.run(
@@ -117,6 +147,7 @@ class RedisCooldowns(CooldownStore):
         return bool(int(started))
 
     async def record_success(self, model: str) -> None:
+        self._cache.clear()
         async with self._redis.pipeline(transaction=True) as pipe:
             pipe.delete(self.key(model))
             pipe.srem(self.index_key, model)
@@ -125,12 +156,12 @@ class RedisCooldowns(CooldownStore):
     async def cooling(self) -> set[str]:
         members = await self._redis.smembers(self.index_key)
         models = sorted(m if isinstance(m, str) else m.decode() for m in members)
-        health = await self.health(models)
-        stale = [m for m in models if m not in health]  # their streak expired
+        redis_now, streaks = await self._fetch(models)
+        stale = [m for m in models if m not in streaks]  # their streak expired
         if stale:
             keys = [self.index_key, *(self.key(m) for m in stale)]
             await _FORGET.run(self._redis, keys, stale)
-        return {m for m, h in health.items() if h.cooling}
+        return {m for m, (_, cooling_until, _) in streaks.items() if redis_now < cooling_until}
 
     async def aclose(self) -> None:
         await self._redis.aclose()

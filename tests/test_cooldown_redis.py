@@ -183,3 +183,31 @@ async def test_factory_builds_the_configured_backend(redis_server: RedisServer) 
     finally:
         await limiter.aclose()
         await cooldowns.aclose()
+
+
+async def test_health_reads_redis_at_most_once_per_cache_interval(
+    redis_server: RedisServer,
+) -> None:
+    """Every request reads its chain's health: a snapshot saves that round trip, while a
+    cooldown still ends on time and another replica's is seen within the interval."""
+    a = RedisCooldowns(redis_server.url, cache_s=0.5)
+    b = RedisCooldowns(redis_server.url, cache_s=0.5)
+    try:
+        await a.record_failure("m1", 1, 0.3)
+        assert (await a.health(["m1", "m2"]))["m1"].cooling
+        async with Redis.from_url(redis_server.url, decode_responses=True) as redis:
+            before = (await redis.info("commandstats")).get("cmdstat_evalsha", {"calls": 0})
+            for _ in range(50):
+                await a.health(["m1", "m2"])
+            after = (await redis.info("commandstats"))["cmdstat_evalsha"]
+        assert after["calls"] - before["calls"] == 0
+        await asyncio.sleep(0.32)
+        assert not (await a.health(["m1", "m2"]))["m1"].cooling  # ended on time, from cache
+        # Another replica's new cooldown: seen once the snapshot is older than the interval.
+        await a.health(["m2"])
+        await b.record_failure("m2", 1, 30)
+        await asyncio.sleep(0.55)
+        assert (await a.health(["m2"]))["m2"].cooling
+    finally:
+        await a.aclose()
+        await b.aclose()
