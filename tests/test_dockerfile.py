@@ -7,6 +7,8 @@ import json
 import re
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -57,38 +59,78 @@ def test_the_configs_the_image_ships_are_the_repos_valid_ones() -> None:
     assert "GATEWAY_CONFIG=/etc/gateway/config.yaml" in dockerfile
 
 
-async def test_the_installed_command_serves_with_the_images_config_path(tmp_path: Path) -> None:
-    """What the image runs: `gateway serve` with no arguments, GATEWAY_CONFIG pointing at
-    /etc/gateway/config.yaml (here under a temporary root), secrets from the environment."""
-    import asyncio
-    import os
-    import shutil
-    import signal
+@pytest.fixture
+def fresh_install(tmp_path: Path) -> Path:
+    """The project built as a wheel and installed into a fresh venv; its dependencies come
+    from the test environment (no download), the project itself only from the wheel (a path
+    in a .pth adds no editable-install finder)."""
     import subprocess
     import sys
+    import sysconfig
+
+    dist = tmp_path / "dist"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "-w", str(dist), str(ROOT)],
+        check=True, timeout=300,
+    )
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    python = venv / "bin" / "python"
+    site = subprocess.run(
+        [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        check=True, capture_output=True, text=True,
+    ).stdout.strip()
+    Path(site, "deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    subprocess.run(
+        [sys.executable, "-m", "pip", "--python", str(python), "install", "--quiet",
+         "--no-deps", str(next(dist.glob("*.whl")))],
+        check=True, timeout=300,
+    )
+    where = subprocess.run([str(python), "-c", "import gateway; print(gateway.__file__)"],
+                           check=True, capture_output=True, text=True, cwd=tmp_path).stdout
+    assert where.startswith(str(venv)), where
+    return venv
+
+
+@pytest.fixture
+def image_root(tmp_path: Path) -> Path:
+    """/etc/gateway/config.yaml as the image has it, under a temporary root."""
+    import shutil
+
+    etc = tmp_path / "etc" / "gateway"
+    etc.mkdir(parents=True)
+    shutil.copy(ROOT / "config.yaml", etc / "config.yaml")
+    (tmp_path / "work").mkdir()
+    return tmp_path
+
+
+async def test_a_fresh_venv_install_serves_with_the_images_config_path(
+    fresh_install: Path, image_root: Path
+) -> None:
+    """What the image does, without an engine: the installed `gateway serve` with no
+    arguments, GATEWAY_CONFIG pointing at /etc/gateway/config.yaml, secrets from the
+    environment."""
+    import asyncio
+    import os
+    import signal
+    import subprocess
 
     import aiohttp
 
     from tests.conftest import free_port
 
-    etc = tmp_path / "etc" / "gateway"
-    etc.mkdir(parents=True)
-    shutil.copy(ROOT / "config.yaml", etc / "config.yaml")
-    workdir = tmp_path / "work"
-    workdir.mkdir()
     port = free_port()
-    script = Path(sys.executable).parent / "gateway"
     env = {
         **os.environ,
-        "GATEWAY_CONFIG": str(etc / "config.yaml"),
+        "GATEWAY_CONFIG": str(image_root / "etc" / "gateway" / "config.yaml"),
         "OPENAI_API_KEY": "sk-test", "ANTHROPIC_API_KEY": "sk-ant-test",
         "WEB_APP_KEY": "web-key", "TRIAGE_BOT_KEY": "triage-key",
         # No Redis here: the config's on_backend_error: allow keeps serving.
         "REDIS_URL": f"redis://127.0.0.1:{free_port()}/0",
     }
     process = await asyncio.create_subprocess_exec(
-        str(script), "serve", "--port", str(port), cwd=workdir, env=env,
-        stderr=subprocess.PIPE,
+        str(fresh_install / "bin" / "gateway"), "serve", "--port", str(port),
+        cwd=image_root / "work", env=env, stderr=subprocess.DEVNULL,
     )
     try:
         async with aiohttp.ClientSession() as http:
@@ -108,5 +150,5 @@ async def test_the_installed_command_serves_with_the_images_config_path(tmp_path
                 assert {"fast", "standard"} <= ids
     finally:
         process.send_signal(signal.SIGTERM)
-        await asyncio.wait_for(process.communicate(), 10)
+        await asyncio.wait_for(process.wait(), 10)
     assert process.returncode == 0

@@ -4,6 +4,7 @@ replicas without dropping streams."""
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
 import time
 from collections.abc import AsyncIterator
@@ -244,7 +245,10 @@ async def test_sigterm_lets_a_running_stream_finish_refuses_new_ones_and_exits_0
     tmp_path: Path, upstream: FakeOpenAI, second: FakeOpenAI
 ) -> None:
     path = tmp_path / "config.yaml"
-    write_config(path, two_route_config(upstream.url, second.url, "m1"))
+    usage_file = tmp_path / "usage.jsonl"
+    raw = two_route_config(upstream.url, second.url, "m1")
+    raw["usage"] = {"sinks": {"jsonl": str(usage_file)}}
+    write_config(path, raw)
     port = free_port()
     process = await start_gateway_process(path, port)
     url = f"http://127.0.0.1:{port}"
@@ -262,6 +266,9 @@ async def test_sigterm_lets_a_running_stream_finish_refuses_new_ones_and_exits_0
         assert rest.endswith(b"data: [DONE]\n\n")
     await asyncio.wait_for(process.wait(), 10)
     assert process.returncode == 0, log_path(path, port).read_text()[-2000:]
+    # The stream's usage record was flushed before the process exited.
+    records = [json.loads(line) for line in usage_file.read_text().splitlines()]
+    assert [(r["stream"], r["status"], r["cut"]) for r in records] == [(True, 200, False)]
 
 
 async def test_sigterm_ends_streams_still_running_after_the_grace_period_in_band(
@@ -307,3 +314,26 @@ async def test_readyz_turns_503_as_soon_as_draining_starts(
                 assert "draining" in str(await response.json())
             await streaming.read()
         await stopping
+
+
+async def test_limits_survive_a_reload(
+    watched: tuple[GatewayServer, Path], upstream: FakeOpenAI, second: FakeOpenAI
+) -> None:
+    server, path = watched
+    raw = two_route_config(upstream.url, second.url, "m1")
+    raw["plans"] = {"tiny": {"rpm": 2}}
+    raw["keys"] = [{"name": "app", "key": "k-app", "plan": "tiny"}]
+    write_config(path, raw)
+    await server.reloader.reload("test")  # type: ignore[union-attr]
+    auth = {"Authorization": "Bearer k-app"}
+    async with aiohttp.ClientSession() as http:
+        for expected in (200, 200, 429):
+            async with http.post(server.url + "/v1/chat/completions", json=BODY,
+                                 headers=auth) as response:
+                assert response.status == expected
+        raw["tiers"]["fast"] = ["m2"]  # a routing change, same plan
+        write_config(path, raw)
+        assert (await server.reloader.reload("test")).ok  # type: ignore[union-attr]
+        async with http.post(server.url + "/v1/chat/completions", json=BODY,
+                             headers=auth) as response:
+            assert response.status == 429  # the minute's count survived the swap
