@@ -11,7 +11,6 @@ process, not the runtime, so they survive.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import logging
 import os
@@ -20,6 +19,7 @@ from pathlib import Path
 
 from gateway.config import ConfigError, GatewayConfig, load_config
 from gateway.metrics import CONFIG_RELOADS
+from gateway.periodic import Periodic
 from gateway.process import GatewayProcess
 from gateway.runtime import build_runtime
 
@@ -62,11 +62,10 @@ class Reloader:
                  poll_s: float = POLL_S) -> None:
         self.process = process
         self.path = Path(path)
-        self.poll_s = poll_s
         self._lock = asyncio.Lock()
         self._signature = _signature(self.path)
         self._digest = _digest(self.path)
-        self._task: asyncio.Task[None] | None = None
+        self._watcher = Periodic("config-watch", poll_s, self._check_file)
 
     async def reload(self, trigger: str) -> ReloadResult:
         async with self._lock:
@@ -106,27 +105,25 @@ class Reloader:
                     extra={"setting": f"{section}.{name}"},
                 )
 
+    @property
+    def poll_s(self) -> float:
+        return self._watcher.interval_s
+
+    @poll_s.setter
+    def poll_s(self, seconds: float) -> None:
+        self._watcher.interval_s = seconds  # read at each tick: takes effect at once
+
     def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.create_task(self._watch(), name="config-watch")
+        self._watcher.start()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await self._watcher.stop()
 
-    async def _watch(self) -> None:
-        while True:
-            await asyncio.sleep(self.poll_s)
-            signature = _signature(self.path)
-            if signature == self._signature:
-                continue
-            if signature is not None and _digest(self.path) == self._digest:
-                self._signature = signature  # touched, not changed
-                continue
-            try:
-                await self.reload("file changed")
-            except Exception:  # the watcher must outlive any one bad reload
-                log.exception("config reload failed")
+    async def _check_file(self) -> None:
+        signature = _signature(self.path)
+        if signature == self._signature:
+            return
+        if signature is not None and _digest(self.path) == self._digest:
+            self._signature = signature  # touched, not changed
+            return
+        await self.reload("file changed")

@@ -7,13 +7,8 @@ within one TTL and nobody has to flush anything.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import logging
-
 from gateway.limits.base import Limiter
-
-log = logging.getLogger("gateway.limits")
+from gateway.periodic import Periodic
 
 
 class LeaseKeeper:
@@ -21,7 +16,7 @@ class LeaseKeeper:
         self.limiter = limiter
         self.interval_s = max(0.05, lease_ttl_s / 3)
         self._live: dict[tuple[str, str], None] = {}
-        self._task: asyncio.Task[None] | None = None
+        self._renewer = Periodic("lease-keeper", self.interval_s, self._renew)
 
     def hold(self, subject: str, lease_id: str) -> None:
         self._live[(subject, lease_id)] = None
@@ -33,21 +28,11 @@ class LeaseKeeper:
         return len(self._live)
 
     def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.create_task(self._run(), name="lease-keeper")
+        self._renewer.start()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await self._renewer.stop()
 
-    async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(self.interval_s)
-            if self._live:
-                try:
-                    await self.limiter.renew(list(self._live))
-                except Exception:  # renew() should not raise; a keeper must never die
-                    log.warning("renewing leases failed", exc_info=True)
+    async def _renew(self) -> None:
+        if self._live:
+            await self.limiter.renew(list(self._live))

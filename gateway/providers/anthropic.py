@@ -29,6 +29,7 @@ from gateway.providers.http import (
     HTTPProvider,
     failure_from_status,
     is_event_stream,
+    json_object,
 )
 
 
@@ -85,12 +86,7 @@ class AnthropicProvider(HTTPProvider):
         what = self.what(call)
         response = await self._post(call, self._translate(call, stream=False), stream=False)
         body = await self.read_all(response, what)
-        try:
-            message = orjson.loads(body)
-        except orjson.JSONDecodeError as exc:
-            raise UpstreamFailure("bad_response", f"{what}: answer is not JSON") from exc
-        if not isinstance(message, dict):
-            raise UpstreamFailure("bad_response", f"{what}: answer is not a JSON object")
+        message = json_object(body, what)
         if message.get("type") == "error":
             raise failure_from_error_object(body, message.get("error"), what)
         if message.get("type") != "message" or not isinstance(message.get("content"), list):

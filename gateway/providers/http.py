@@ -94,6 +94,17 @@ class upstream_errors:
                 raise failure from exc
 
 
+def json_object(body: bytes, what: str) -> dict[str, Any]:
+    """An upstream's answer as a JSON object, or a `bad_response` failure."""
+    try:
+        parsed = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise UpstreamFailure("bad_response", f"{what}: answer is not JSON") from exc
+    if not isinstance(parsed, dict):
+        raise UpstreamFailure("bad_response", f"{what}: answer is not a JSON object")
+    return parsed
+
+
 def retry_after_seconds(headers: Mapping[str, str]) -> float | None:
     """`retry-after-ms`, else `retry-after` in seconds; None when absent or not a number."""
     for name, scale in (("retry-after-ms", 0.001), ("retry-after", 1.0)):

@@ -21,6 +21,7 @@ from gateway.providers.http import (
     HTTPProvider,
     failure_from_status,
     is_event_stream,
+    json_object,
 )
 
 
@@ -52,12 +53,7 @@ class OpenAIProvider(HTTPProvider):
         what = self.what(call)
         response = await self._post(call, path, stream=False)
         body = await self.read_all(response, what)
-        try:
-            parsed = orjson.loads(body)
-        except orjson.JSONDecodeError as exc:
-            raise UpstreamFailure("bad_response", f"{what}: answer is not JSON") from exc
-        if not isinstance(parsed, dict):
-            raise UpstreamFailure("bad_response", f"{what}: answer is not a JSON object")
+        parsed = json_object(body, what)
         if parsed.get("error"):
             # Some compatible servers answer errors with status 200.
             raise failure_from_status(500, body, response.headers, what)
