@@ -83,15 +83,13 @@ class AttemptLoop:
         state: RequestState,
         route: Route,
         provider_of: Callable[[str], str],
-        gate: ModelGate | None = None,
-        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        gate: ModelGate,
     ) -> None:
         self.config = config
         self.cooldowns = cooldowns
         self.state = state
         self.route = route
         self.provider_of = provider_of
-        self.sleep = sleep
         self.gate = gate
         self.attempts: list[Attempt] = []
         self.last_unsupported: UpstreamFailure | None = None
@@ -124,7 +122,7 @@ class AttemptLoop:
             if index:
                 previous = self.attempts[-1]
                 FALLBACKS.labels(self.route.tier, previous.model, model, previous.reason).inc()
-            if self.gate is not None and not await self.gate.take(model):
+            if not await self.gate.take(model):
                 self.attempts.append(Attempt(model, "saturated",
                                              retry_after=self.gate.waits.get(model)))
                 continue
@@ -152,15 +150,14 @@ class AttemptLoop:
                     if delay is None:
                         break
                     with self.state.waiting_upstream():  # not the gateway's own time
-                        await self.sleep(delay)
+                        await asyncio.sleep(delay)
                     continue
                 if health.get(model, HEALTHY).failures or retry:
                     # Only a model with a failure streak has anything to reset: the common
                     # case costs the store nothing.
                     await self._record_success(model)
                 return result
-            if self.gate is not None:
-                await self.gate.give_back(model)
+            await self.gate.give_back(model)
         raise self._chain_error()
 
     async def _record_success(self, model: str) -> None:
@@ -212,7 +209,7 @@ class AttemptLoop:
         if self.last_unsupported is not None and all(a.reason == "unsupported" for a in tried):
             # No model of the chain can serve this request as asked: the client must change it.
             return self.last_unsupported.to_client_error()
-        if self.gate is not None and tried and all(a.reason == "saturated" for a in tried):
+        if tried and all(a.reason == "saturated" for a in tried):
             return self.gate.capacity_error()
         if tried and all(a.reason == "429" for a in tried):
             waits = [a.retry_after for a in tried if a.retry_after is not None]

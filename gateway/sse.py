@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import re
 
-import orjson
-
 DONE = b"data: [DONE]\n\n"
 KEEPALIVE = b": keep-alive\n\n"
 
@@ -68,6 +66,3 @@ def encode_data(payload: bytes) -> bytes:
     """One `data:` event around JSON bytes (which never contain a raw newline)."""
     return b"data: " + payload + b"\n\n"
 
-
-def encode_json(obj: object) -> bytes:
-    return encode_data(orjson.dumps(obj))

@@ -24,9 +24,6 @@ class LeaseKeeper:
     def drop(self, subject: str, lease_id: str) -> None:
         self._live.pop((subject, lease_id), None)
 
-    def __len__(self) -> int:
-        return len(self._live)
-
     def start(self) -> None:
         self._renewer.start()
 
