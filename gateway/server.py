@@ -40,6 +40,7 @@ class GatewayServer:
             Reloader(self.process, config_path, reload_poll_s) if config_path else None
         )
         self.app = create_app(self.process, self.reloader)
+        self._stopped = False
         # handler_cancellation: a client that disconnects cancels its handler at once, which
         # cancels the upstream request, also while the gateway waits for a first token.
         # The grace period is managed by stop(); by the time the runner cleans up, what is
@@ -71,7 +72,10 @@ class GatewayServer:
     async def stop(self) -> None:
         """Stop accepting (and report not ready), let requests in flight finish within
         `server.shutdown_grace_s`, end the streams still running with an in-band error,
-        then flush and close everything."""
+        then flush and close everything. Stopping a stopped server does nothing."""
+        if self._stopped:
+            return
+        self._stopped = True
         self.process.draining = True
         for site in list(self._runner.sites):
             await site.stop()

@@ -16,7 +16,7 @@ import pytest
 
 from gateway.limits.redis import RedisLimiter
 from gateway.server import GatewayServer
-from tests.conftest import free_port, to_config
+from tests.conftest import StartGateway, free_port
 from tests.fakes.openai_upstream import Behaviour, FakeOpenAI
 from tests.gateway_process import start_gateway_process, write_config
 from tests.redis_server import RedisServer
@@ -56,21 +56,6 @@ def backend(request: pytest.FixtureRequest) -> tuple[str, str]:
     return "redis", server.url
 
 
-@pytest.fixture
-async def started() -> AsyncIterator[list[GatewayServer]]:
-    servers: list[GatewayServer] = []
-    yield servers
-    for server in servers:
-        await server.stop()
-
-
-async def start(servers: list[GatewayServer], raw: dict[str, Any]) -> GatewayServer:
-    server = GatewayServer(to_config(raw), "127.0.0.1", 0)
-    await server.start()
-    servers.append(server)
-    return server
-
-
 async def in_flight(server: GatewayServer) -> int:
     return await server.process.limiter.in_flight("key:app")
 
@@ -87,9 +72,9 @@ async def settled(server: GatewayServer, within: float = 3.0) -> None:
 
 
 async def test_rpm_refusal_is_openai_shaped_with_true_headers(
-    upstream: FakeOpenAI, backend: tuple[str, str], started: list[GatewayServer]
+    upstream: FakeOpenAI, backend: tuple[str, str], start_gateway: StartGateway
 ) -> None:
-    server = await start(started, limited_config(upstream.url, *backend, rpm=2))
+    server = await start_gateway(limited_config(upstream.url, *backend, rpm=2))
     async with openai.AsyncOpenAI(base_url=server.url + "/v1", api_key=KEY,
                                   max_retries=0) as client:
         raw = await client.chat.completions.with_raw_response.create(**CHAT)
@@ -110,9 +95,9 @@ async def test_rpm_refusal_is_openai_shaped_with_true_headers(
 
 
 async def test_tpm_reservation_settles_to_the_upstreams_real_count(
-    upstream: FakeOpenAI, backend: tuple[str, str], started: list[GatewayServer]
+    upstream: FakeOpenAI, backend: tuple[str, str], start_gateway: StartGateway
 ) -> None:
-    server = await start(started, limited_config(upstream.url, *backend, tpm=1000))
+    server = await start_gateway(limited_config(upstream.url, *backend, tpm=1000))
     body = {**CHAT, "max_tokens": 900}  # reserves ~910 of 1000
     upstream.default = Behaviour(prompt_tokens=10, completion_tokens=20)
     async with aiohttp.ClientSession() as http:
@@ -133,9 +118,9 @@ async def test_tpm_reservation_settles_to_the_upstreams_real_count(
 
 
 async def test_streamed_usage_settles_tpm_too(
-    upstream: FakeOpenAI, backend: tuple[str, str], started: list[GatewayServer]
+    upstream: FakeOpenAI, backend: tuple[str, str], start_gateway: StartGateway
 ) -> None:
-    server = await start(started, limited_config(upstream.url, *backend, tpm=1000))
+    server = await start_gateway(limited_config(upstream.url, *backend, tpm=1000))
     upstream.default = Behaviour(prompt_tokens=10, completion_tokens=20)
     body = {**STREAM, "max_tokens": 900}
     async with aiohttp.ClientSession() as http:
@@ -149,9 +134,9 @@ async def test_streamed_usage_settles_tpm_too(
 
 
 async def test_a_request_bigger_than_tpm_is_refused_for_good(
-    upstream: FakeOpenAI, backend: tuple[str, str], started: list[GatewayServer]
+    upstream: FakeOpenAI, backend: tuple[str, str], start_gateway: StartGateway
 ) -> None:
-    server = await start(started, limited_config(upstream.url, *backend, tpm=100))
+    server = await start_gateway(limited_config(upstream.url, *backend, tpm=100))
     async with aiohttp.ClientSession() as http, http.post(
         server.url + "/v1/chat/completions", json={**CHAT, "max_tokens": 500}, headers=AUTH
     ) as response:
@@ -161,9 +146,9 @@ async def test_a_request_bigger_than_tpm_is_refused_for_good(
 
 
 async def test_concurrency_limit_and_its_lease(
-    upstream: FakeOpenAI, backend: tuple[str, str], started: list[GatewayServer]
+    upstream: FakeOpenAI, backend: tuple[str, str], start_gateway: StartGateway
 ) -> None:
-    server = await start(started, limited_config(upstream.url, *backend, max_concurrent=1))
+    server = await start_gateway(limited_config(upstream.url, *backend, max_concurrent=1))
     upstream.next(Behaviour(pace_s=0.2))
     async with aiohttp.ClientSession() as http:
         async with http.post(server.url + "/v1/chat/completions", json=STREAM,
@@ -183,9 +168,9 @@ async def test_concurrency_limit_and_its_lease(
 
 
 async def test_a_long_stream_keeps_its_lease_past_the_ttl(
-    upstream: FakeOpenAI, backend: tuple[str, str], started: list[GatewayServer]
+    upstream: FakeOpenAI, backend: tuple[str, str], start_gateway: StartGateway
 ) -> None:
-    server = await start(started, limited_config(upstream.url, *backend, max_concurrent=1))
+    server = await start_gateway(limited_config(upstream.url, *backend, max_concurrent=1))
     upstream.next(Behaviour(pace_s=0.4, words=["w"] * 8))  # ~3.2 s; lease_ttl_s is 1.5
     async with aiohttp.ClientSession() as http, http.post(
         server.url + "/v1/chat/completions", json=STREAM, headers=AUTH
@@ -212,10 +197,10 @@ async def test_a_long_stream_keeps_its_lease_past_the_ttl(
     ],
 )
 async def test_leases_come_back_to_zero(
-    upstream: FakeOpenAI, backend: tuple[str, str], started: list[GatewayServer],
+    upstream: FakeOpenAI, backend: tuple[str, str], start_gateway: StartGateway,
     behaviour: Behaviour, how: str,
 ) -> None:
-    server = await start(started, limited_config(upstream.url, *backend, max_concurrent=3))
+    server = await start_gateway(limited_config(upstream.url, *backend, max_concurrent=3))
     upstream.next(behaviour)
     async with aiohttp.ClientSession() as http:
         if how.startswith("client disconnect"):
@@ -239,14 +224,14 @@ async def _read_some(http: aiohttp.ClientSession, server: GatewayServer) -> None
 
 
 async def test_model_limits_skip_a_saturated_model_then_answer_capacity(
-    upstream: FakeOpenAI, backend: tuple[str, str], started: list[GatewayServer]
+    upstream: FakeOpenAI, backend: tuple[str, str], start_gateway: StartGateway
 ) -> None:
     raw = limited_config(upstream.url, *backend)
     raw["models"]["gpt"]["limits"] = {"max_concurrent": 1}
     raw["models"]["mock-model"]["limits"] = {"max_concurrent": 1}
     raw["providers"]["mock"] = {"type": "mock", "pace_ms": 100}
     raw["tiers"]["fast"] = ["gpt", "mock-model"]
-    server = await start(started, raw)
+    server = await start_gateway(raw)
     upstream.next(Behaviour(pace_s=0.3))
     async with aiohttp.ClientSession() as http, http.post(
         server.url + "/v1/chat/completions", json=STREAM, headers=AUTH
@@ -267,11 +252,11 @@ async def test_model_limits_skip_a_saturated_model_then_answer_capacity(
 
 
 async def test_process_max_concurrent_answers_capacity(
-    upstream: FakeOpenAI, started: list[GatewayServer]
+    upstream: FakeOpenAI, start_gateway: StartGateway
 ) -> None:
     raw = limited_config(upstream.url, "memory")
     raw["server"]["max_concurrent"] = 1
-    server = await start(started, raw)
+    server = await start_gateway(raw)
     upstream.next(Behaviour(pace_s=0.2))
     async with aiohttp.ClientSession() as http:
         async with http.post(server.url + "/v1/chat/completions", json=STREAM,
@@ -289,9 +274,9 @@ async def test_process_max_concurrent_answers_capacity(
 
 
 async def test_rejections_are_counted(
-    upstream: FakeOpenAI, started: list[GatewayServer]
+    upstream: FakeOpenAI, start_gateway: StartGateway
 ) -> None:
-    server = await start(started, limited_config(upstream.url, "memory", rpm=1))
+    server = await start_gateway(limited_config(upstream.url, "memory", rpm=1))
     async with aiohttp.ClientSession() as http:
         for _ in range(3):
             async with http.post(server.url + "/v1/chat/completions", json=CHAT, headers=AUTH):
@@ -413,12 +398,12 @@ async def test_a_killed_replicas_lease_expires(
 
 @pytest.mark.parametrize("on_error", ["allow", "deny"])
 async def test_redis_down_then_back(
-    redis_server: RedisServer, upstream: FakeOpenAI, started: list[GatewayServer],
+    redis_server: RedisServer, upstream: FakeOpenAI, start_gateway: StartGateway,
     on_error: str,
 ) -> None:
     raw = limited_config(upstream.url, "redis", redis_server.url, rpm=3)
     raw["limits"]["on_backend_error"] = on_error
-    server = await start(started, raw)
+    server = await start_gateway(raw)
     async with aiohttp.ClientSession() as http:
 
         async def status() -> int:

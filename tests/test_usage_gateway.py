@@ -8,7 +8,6 @@ import asyncio
 import json
 import signal
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +17,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.server import GatewayServer
-from tests.conftest import free_port, to_config
+from tests.conftest import StartGateway, free_port
 from tests.fakes.openai_upstream import Behaviour, FakeOpenAI
 from tests.gateway_process import start_gateway_process, write_config
 from tests.redis_server import RedisServer
@@ -48,21 +47,6 @@ def usage_config(upstream_url: str, **usage: Any) -> dict[str, Any]:
     }
 
 
-@pytest.fixture
-async def servers() -> AsyncIterator[list[GatewayServer]]:
-    started: list[GatewayServer] = []
-    yield started
-    for server in started:
-        await server.stop()
-
-
-async def start(started: list[GatewayServer], raw: dict[str, Any]) -> GatewayServer:
-    server = GatewayServer(to_config(raw), "127.0.0.1", 0)
-    await server.start()
-    started.append(server)
-    return server
-
-
 def sdk(server: GatewayServer, key: str = APP) -> openai.AsyncOpenAI:
     return openai.AsyncOpenAI(base_url=server.url + "/v1", api_key=key, max_retries=0)
 
@@ -81,9 +65,9 @@ def rows_by(answer: dict[str, Any], dimension: str) -> dict[str, dict[str, Any]]
 
 
 async def test_features_by_header_metadata_and_key_default(
-    upstream: FakeOpenAI, servers: list[GatewayServer]
+    upstream: FakeOpenAI, start_gateway: StartGateway
 ) -> None:
-    server = await start(servers, usage_config(upstream.url))
+    server = await start_gateway(usage_config(upstream.url))
     async with sdk(server) as client:
         await client.chat.completions.create(
             model="fast", messages=MESSAGES, extra_headers={"X-Gateway-Feature": "support-triage"})
@@ -102,9 +86,9 @@ async def test_features_by_header_metadata_and_key_default(
 
 @pytest.mark.parametrize("stream", [False, True])
 async def test_usage_sums_equal_what_the_upstream_reported(
-    upstream: FakeOpenAI, servers: list[GatewayServer], stream: bool
+    upstream: FakeOpenAI, start_gateway: StartGateway, stream: bool
 ) -> None:
-    server = await start(servers, usage_config(upstream.url))
+    server = await start_gateway(usage_config(upstream.url))
     upstream.default = Behaviour(prompt_tokens=100, completion_tokens=40, cached_tokens=30)
     async with sdk(server) as client:
         for _ in range(3):
@@ -126,10 +110,10 @@ async def test_usage_sums_equal_what_the_upstream_reported(
 
 
 async def test_a_client_disconnect_mid_stream_still_yields_a_cut_record(
-    upstream: FakeOpenAI, servers: list[GatewayServer], tmp_path: Path
+    upstream: FakeOpenAI, start_gateway: StartGateway, tmp_path: Path
 ) -> None:
     path = tmp_path / "usage.jsonl"
-    server = await start(servers, usage_config(upstream.url, sinks={"jsonl": str(path)}))
+    server = await start_gateway(usage_config(upstream.url, sinks={"jsonl": str(path)}))
     upstream.next(Behaviour(pace_s=0.2, words=["w"] * 30))
     async with aiohttp.ClientSession() as http:
         response = await http.post(
@@ -143,7 +127,6 @@ async def test_a_client_disconnect_mid_stream_still_yields_a_cut_record(
     row = rows_by(await usage(server, group_by="model"), "model")["gpt"]
     assert row["requests"] == 1 and row["completion_tokens"] >= 2
     await server.stop()
-    servers.remove(server)
     records = [json.loads(line) for line in path.read_text().splitlines()]
     assert len(records) == 1
     record = records[0]
@@ -154,10 +137,10 @@ async def test_a_client_disconnect_mid_stream_still_yields_a_cut_record(
 
 
 async def test_every_request_yields_a_record_rejected_and_failed_ones_too(
-    upstream: FakeOpenAI, servers: list[GatewayServer], tmp_path: Path
+    upstream: FakeOpenAI, start_gateway: StartGateway, tmp_path: Path
 ) -> None:
     path = tmp_path / "usage.jsonl"
-    server = await start(servers, usage_config(upstream.url, sinks={"jsonl": str(path)}))
+    server = await start_gateway(usage_config(upstream.url, sinks={"jsonl": str(path)}))
     upstream.next(Behaviour(status=500))
     async with sdk(server, OTHER) as client:
         with pytest.raises(openai.InternalServerError):
@@ -167,7 +150,6 @@ async def test_every_request_yields_a_record_rejected_and_failed_ones_too(
         with pytest.raises(openai.NotFoundError):
             await client.chat.completions.create(model="nope", messages=MESSAGES)
     await server.stop()
-    servers.remove(server)
     records = [json.loads(line) for line in path.read_text().splitlines()]
     assert [r["status"] for r in records] == [502, 429, 404]
     fields = (
@@ -183,16 +165,15 @@ async def test_every_request_yields_a_record_rejected_and_failed_ones_too(
 
 
 async def test_context_fields_reach_the_record(
-    upstream: FakeOpenAI, servers: list[GatewayServer], tmp_path: Path
+    upstream: FakeOpenAI, start_gateway: StartGateway, tmp_path: Path
 ) -> None:
     path = tmp_path / "usage.jsonl"
-    server = await start(servers, usage_config(upstream.url, sinks={"jsonl": str(path)}))
+    server = await start_gateway(usage_config(upstream.url, sinks={"jsonl": str(path)}))
     async with sdk(server) as client:
         await client.chat.completions.create(
             model="fast", messages=MESSAGES, user="body-user",
             extra_headers={"X-Gateway-User": "end-user-9", "X-Gateway-Conversation": "conv-1"})
     await server.stop()
-    servers.remove(server)
     record = json.loads(path.read_text().splitlines()[0])
     assert (record["user"], record["conversation"]) == ("end-user-9", "conv-1")
     assert upstream.requests[-1].body["user"] == "body-user"
@@ -200,9 +181,9 @@ async def test_context_fields_reach_the_record(
 
 
 async def test_a_key_sees_only_its_own_usage_and_an_admin_sees_all(
-    upstream: FakeOpenAI, servers: list[GatewayServer]
+    upstream: FakeOpenAI, start_gateway: StartGateway
 ) -> None:
-    server = await start(servers, usage_config(upstream.url))
+    server = await start_gateway(usage_config(upstream.url))
     for key in (APP, APP, OTHER):
         async with sdk(server, key) as client:
             await client.chat.completions.create(model="fast", messages=MESSAGES)
@@ -218,9 +199,9 @@ async def test_a_key_sees_only_its_own_usage_and_an_admin_sees_all(
      ({"to": "2026-13-40"}, "to"), ({"from": "2026-11-20", "to": "2026-11-01"}, "from")],
 )
 async def test_bad_usage_parameters_are_400_naming_the_parameter(
-    upstream: FakeOpenAI, servers: list[GatewayServer], params: dict[str, str], param: str
+    upstream: FakeOpenAI, start_gateway: StartGateway, params: dict[str, str], param: str
 ) -> None:
-    server = await start(servers, usage_config(upstream.url))
+    server = await start_gateway(usage_config(upstream.url))
     async with aiohttp.ClientSession() as http, http.get(
         server.url + "/v1/usage", params=params, headers={"Authorization": f"Bearer {APP}"}
     ) as response:
@@ -230,15 +211,14 @@ async def test_bad_usage_parameters_are_400_naming_the_parameter(
 
 
 async def test_usage_survives_a_restart_through_the_jsonl_file(
-    upstream: FakeOpenAI, servers: list[GatewayServer], tmp_path: Path
+    upstream: FakeOpenAI, start_gateway: StartGateway, tmp_path: Path
 ) -> None:
     raw = usage_config(upstream.url, sinks={"jsonl": str(tmp_path / "usage.jsonl")})
-    first = await start(servers, raw)
+    first = await start_gateway(raw)
     async with sdk(first) as client:
         await client.chat.completions.create(model="fast", messages=MESSAGES)
     await first.stop()
-    servers.remove(first)
-    second = await start(servers, raw)
+    second = await start_gateway(raw)
     assert rows_by(await usage(second, group_by="key"), "key")["app"]["requests"] == 1
 
 
@@ -261,9 +241,9 @@ def value(samples: dict[Any, float], name: str, **labels: str) -> float:
 
 
 async def test_metrics_parse_and_carry_the_right_counts(
-    upstream: FakeOpenAI, servers: list[GatewayServer]
+    upstream: FakeOpenAI, start_gateway: StartGateway
 ) -> None:
-    server = await start(servers, usage_config(upstream.url))
+    server = await start_gateway(usage_config(upstream.url))
     before = await scrape(server)
     upstream.default = Behaviour(prompt_tokens=10, completion_tokens=4, cached_tokens=2)
     async with sdk(server) as client:
@@ -305,9 +285,9 @@ async def test_metrics_parse_and_carry_the_right_counts(
 
 
 async def test_an_unknown_feature_never_adds_a_label_value(
-    upstream: FakeOpenAI, servers: list[GatewayServer]
+    upstream: FakeOpenAI, start_gateway: StartGateway
 ) -> None:
-    server = await start(servers, usage_config(upstream.url))
+    server = await start_gateway(usage_config(upstream.url))
     async with sdk(server) as client:
         for i in range(5):
             await client.chat.completions.create(
@@ -328,11 +308,11 @@ async def test_an_unknown_feature_never_adds_a_label_value(
 
 
 async def test_a_hanging_sink_does_not_slow_requests(
-    upstream: FakeOpenAI, servers: list[GatewayServer], redis_server: RedisServer
+    upstream: FakeOpenAI, start_gateway: StartGateway, redis_server: RedisServer
 ) -> None:
     raw = usage_config(upstream.url, sinks={"redis": True})
     raw["limits"] = {"redis_url": redis_server.url}  # the usage sink's Redis; limits in memory
-    server = await start(servers, raw)
+    server = await start_gateway(raw)
     async with sdk(server) as client:
         await client.chat.completions.create(model="fast", messages=MESSAGES)
         redis_server.pause()  # Redis hangs: the sink's writes never answer
