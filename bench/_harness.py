@@ -38,6 +38,19 @@ class Target:
         return f"http://{HOST}:{self.port}/v1/chat/completions"
 
 
+# The gateway every benchmark runs: one OpenAI-compatible provider (the fake upstream), one
+# model, a tier `fast`; no access log. A str.format template (host, upstream_port).
+GATEWAY_CONFIG = """\
+server: {{host: {host}, port: 0, log_level: warning, shutdown_grace_s: 1}}
+providers:
+  up: {{type: openai, base_url: "http://{host}:{upstream_port}/v1"}}
+models:
+  bench-model: {{provider: up, model: bench-model}}
+tiers:
+  fast: [bench-model]
+"""
+
+
 def check_config(path: Path) -> None:
     """`gateway check-config`: a config the gateway refuses stops the benchmark at once, with
     the gateway's own explanation."""

@@ -35,6 +35,7 @@ from typing import Any
 from _analysis import environment, merge_commands
 from _common import HOST, commandstats_delta, free_port, redis_call, redis_commandstats
 from _harness import (
+    GATEWAY_CONFIG,
     Target,
     check_config,
     load,
@@ -74,14 +75,8 @@ BENCH_KEY = "sk-limits-bench-not-a-secret"
 # (check, reserve, lease) and settle, and none is cut short by a 429.
 NEVER_REFUSING = {"rpm": 10_000_000, "tpm": 10_000_000_000, "max_concurrent": 100_000}
 
-GATEWAY_CONFIG = """\
-server: {{host: {host}, port: 0, log_level: warning, shutdown_grace_s: 1}}
-providers:
-  up: {{type: openai, base_url: "http://{host}:{upstream_port}/v1"}}
-models:
-  bench-model: {{provider: up, model: bench-model}}
-tiers:
-  fast: [bench-model]
+# The common gateway, plus a keyed plan and the limits backend under test.
+LIMITED_GATEWAY_CONFIG = GATEWAY_CONFIG + """\
 plans:
   bench: {plan}
 keys:
@@ -106,7 +101,7 @@ def gateway_config(name: str, upstream_port: int, redis_port: int) -> str:
         )
     else:
         limits = "{backend: memory, on_backend_error: deny}"
-    return GATEWAY_CONFIG.format(
+    return LIMITED_GATEWAY_CONFIG.format(
         host=HOST, upstream_port=upstream_port, plan=plan, key=BENCH_KEY, limits=limits
     )
 

@@ -23,6 +23,7 @@ from typing import Any
 from _analysis import build_report
 from _common import HOST, free_port
 from _harness import (
+    GATEWAY_CONFIG,
     Target,
     check_config,
     measure_rounds,
@@ -58,15 +59,6 @@ class Plan:
 QUICK = Plan(1, 300, 50, 200, 20, 64, 2.0, 0.5)
 
 
-GATEWAY_CONFIG = """\
-server: {{host: {host}, port: 0, log_level: warning, shutdown_grace_s: 1}}
-providers:
-  up: {{type: openai, base_url: "http://{host}:{upstream_port}/v1"}}
-models:
-  bench-model: {{provider: up, model: bench-model}}
-tiers:
-  fast: [bench-model]
-"""
 
 
 def write_gateway_config(directory: Path, upstream_port: int) -> Path:
