@@ -13,7 +13,7 @@ import math
 from dataclasses import dataclass
 
 from gateway.context import RequestState
-from gateway.errors import GatewayError, RateLimited, ServiceUnavailable
+from gateway.errors import GatewayError, RateLimited, ServiceUnavailable, retry_headers
 from gateway.limits.base import Admission, LimiterUnavailable, LimitSpec
 from gateway.metrics import LIMITER_ERRORS, RATE_LIMITED
 from gateway.process import GatewayProcess
@@ -53,13 +53,6 @@ def ratelimit_headers(admission: Admission) -> dict[str, str]:
         headers[f"x-ratelimit-remaining-{kind}"] = str(max(0, remaining or 0))
         headers[f"x-ratelimit-reset-{kind}"] = format_reset(reset or 0.0)
     return headers
-
-
-def retry_headers(seconds: float) -> dict[str, str]:
-    return {
-        "retry-after": str(max(1, math.ceil(seconds))),
-        "retry-after-ms": str(max(1, math.ceil(seconds * 1000))),
-    }
 
 
 _MESSAGES = {

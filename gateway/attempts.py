@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -21,7 +20,13 @@ from typing import TYPE_CHECKING, TypeVar
 from gateway.config import GatewayConfig
 from gateway.context import RequestState
 from gateway.cooldown import HEALTHY, CooldownStore, ModelHealth
-from gateway.errors import AllModelsFailed, GatewayError, RateLimited, UpstreamFailure
+from gateway.errors import (
+    AllModelsFailed,
+    GatewayError,
+    RateLimited,
+    UpstreamFailure,
+    retry_headers,
+)
 from gateway.metrics import FALLBACKS, MODEL_AVAILABLE, UPSTREAM_ERRORS
 from gateway.routing import Route
 
@@ -216,8 +221,7 @@ class AttemptLoop:
             headers = {}
             if waits:
                 wait = min(waits)
-                headers = {"retry-after": str(max(1, math.ceil(wait))),
-                           "retry-after-ms": str(math.ceil(wait * 1000))}
+                headers = retry_headers(wait)
             return RateLimited(
                 f"Every model of '{self.route.name}' is rate limited upstream ({listing}).",
                 code="upstream_rate_limited",

@@ -14,6 +14,15 @@ from typing import Any
 import orjson
 
 
+def retry_headers(seconds: float) -> dict[str, str]:
+    """`retry-after` (whole seconds) and `retry-after-ms`, both rounded up: a client that
+    waits exactly this long must not be early."""
+    return {
+        "retry-after": str(max(1, math.ceil(seconds))),
+        "retry-after-ms": str(max(1, math.ceil(seconds * 1000))),
+    }
+
+
 class GatewayError(Exception):
     """An error the client sees as OpenAI-shaped JSON."""
 
@@ -170,11 +179,7 @@ class UpstreamFailure(Exception):
         if self.kind in ("client_error", "context_length", "unsupported") and self.status:
             return self._relayed_client_error()
         if self.kind == "429":
-            headers = {}
-            if self.retry_after is not None:
-                # Rounded up: a client that waits exactly this long must not be early.
-                headers["retry-after"] = str(max(1, math.ceil(self.retry_after)))
-                headers["retry-after-ms"] = str(math.ceil(self.retry_after * 1000))
+            headers = retry_headers(self.retry_after) if self.retry_after is not None else {}
             return RateLimited(
                 f"The upstream is rate limiting requests: {self.message}",
                 code="upstream_rate_limited",

@@ -24,6 +24,7 @@ from gateway.errors import UpstreamFailure
 from gateway.providers.base import EventStream, JsonAnswer, Provider, UpstreamCall, Usage
 from gateway.providers.openai import encode_base64_floats
 from gateway.sse import DONE, encode_data
+from gateway.tokens import text_tokens
 
 _WORDS = (
     "the", "gateway", "answers", "every", "request", "with", "words", "chosen", "from", "this",
@@ -60,8 +61,8 @@ def _last_user_text(body: dict[str, Any]) -> str:
 
 
 def estimate_tokens(text: str) -> int:
-    """About four characters a token, as OpenAI's rule of thumb."""
-    return max(1, math.ceil(len(text) / 4))
+    """The gateway's own estimate, at least one token: a mock answer always has a prompt."""
+    return max(1, text_tokens(text))
 
 
 class _Plan:
