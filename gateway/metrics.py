@@ -3,15 +3,185 @@
 Label values are bounded: tiers, models and providers come from config, features from
 `usage.features` (anything else counts as `other`), reasons and limits from fixed sets; never a
 user, a key or a conversation.
+
+The collectors are the gateway's own, not prometheus_client's `Counter` and `Histogram`: those
+take a lock and validate on every increment, and a request makes about a dozen of them, which
+cost more than the rest of its bookkeeping together. Here a value is a plain float that only the
+event loop's thread writes, and prometheus_client is used where its work is worth it: turning the
+values into the text format when /metrics is scraped.
 """
 
 from __future__ import annotations
 
-from functools import lru_cache
-from typing import Any
+import math
+from bisect import bisect_left
+from collections.abc import Iterator, Sequence
+from typing import Generic, TypeVar
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+
+class CounterValue:
+    """One labelled counter."""
+
+    __slots__ = ("value",)
+
+    def __init__(self) -> None:
+        self.value = 0.0
+
+    def inc(self, amount: float = 1.0) -> None:
+        if amount < 0:
+            raise ValueError("a counter only goes up")
+        self.value += amount
+
+
+class GaugeValue:
+    """One labelled gauge."""
+
+    __slots__ = ("value",)
+
+    def __init__(self) -> None:
+        self.value = 0.0
+
+    def inc(self, amount: float = 1.0) -> None:
+        self.value += amount
+
+    def dec(self, amount: float = 1.0) -> None:
+        self.value -= amount
+
+    def set(self, value: float) -> None:
+        self.value = float(value)
+
+
+class HistogramValue:
+    """One labelled histogram: a count per bucket (not cumulative; summed at scrape time)."""
+
+    __slots__ = ("bounds", "counts", "sum")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = bounds  # ends with +Inf, so every value finds its bucket
+        self.counts = [0] * len(bounds)
+        self.sum = 0.0
+
+    def observe(self, amount: float) -> None:
+        # The first bound >= amount: Prometheus buckets are "less than or equal".
+        self.counts[bisect_left(self.bounds, amount)] += 1
+        self.sum += amount
+
+
+V = TypeVar("V")
+
+
+class Collector(Generic[V]):
+    """A metric name with its label names, its values by label values, and what
+    prometheus_client needs to scrape it (`collect`, `describe`)."""
+
+    kind: str  # the Prometheus type
+
+    def __init__(
+        self, name: str, documentation: str, labelnames: Sequence[str], registry: CollectorRegistry
+    ) -> None:
+        self.name = name
+        self.documentation = documentation
+        self.labelnames = tuple(labelnames)
+        self._values: dict[tuple[str, ...], V] = {}
+        registry.register(self)
+
+    def labels(self, *values: str) -> V:
+        found = self._values.get(values)
+        if found is None:
+            if len(values) != len(self.labelnames):
+                raise ValueError(f"{self.name} takes labels {self.labelnames}, got {values}")
+            found = self._values[values] = self._new_value()
+        return found
+
+    def _new_value(self) -> V:
+        raise NotImplementedError
+
+    def _family(self) -> Metric:
+        raise NotImplementedError
+
+    def _add(self, family: Metric, labels: list[str], value: V) -> None:
+        raise NotImplementedError
+
+    def collect(self) -> Iterator[Metric]:
+        family = self._family()
+        for labels, value in self._values.items():
+            self._add(family, list(labels), value)
+        yield family
+
+    def describe(self) -> Iterator[Metric]:
+        yield self._family()
+
+
+class Counter(Collector[CounterValue]):
+    kind = "counter"
+
+    def _new_value(self) -> CounterValue:
+        return CounterValue()
+
+    def _family(self) -> Metric:
+        return CounterMetricFamily(self.name, self.documentation, labels=self.labelnames)
+
+    def _add(self, family: Metric, labels: list[str], value: CounterValue) -> None:
+        assert isinstance(family, CounterMetricFamily)
+        family.add_metric(labels, value.value)
+
+
+class Gauge(Collector[GaugeValue]):
+    kind = "gauge"
+
+    def _new_value(self) -> GaugeValue:
+        return GaugeValue()
+
+    def _family(self) -> Metric:
+        return GaugeMetricFamily(self.name, self.documentation, labels=self.labelnames)
+
+    def _add(self, family: Metric, labels: list[str], value: GaugeValue) -> None:
+        assert isinstance(family, GaugeMetricFamily)
+        family.add_metric(labels, value.value)
+
+
+class Histogram(Collector[HistogramValue]):
+    kind = "histogram"
+
+    def __init__(
+        self,
+        name: str,
+        documentation: str,
+        labelnames: Sequence[str],
+        *,
+        buckets: Sequence[float],
+        registry: CollectorRegistry,
+    ) -> None:
+        bounds = sorted(float(b) for b in buckets)
+        if not bounds or bounds[-1] != math.inf:
+            bounds.append(math.inf)
+        self.bounds = tuple(bounds)
+        self._le = ["+Inf" if b == math.inf else repr(b) for b in self.bounds]
+        super().__init__(name, documentation, labelnames, registry)
+
+    def _new_value(self) -> HistogramValue:
+        return HistogramValue(self.bounds)
+
+    def _family(self) -> Metric:
+        return HistogramMetricFamily(self.name, self.documentation, labels=self.labelnames)
+
+    def _add(self, family: Metric, labels: list[str], value: HistogramValue) -> None:
+        assert isinstance(family, HistogramMetricFamily)
+        cumulative, buckets = 0, []
+        for le, count in zip(self._le, value.counts, strict=True):
+            cumulative += count
+            buckets.append((le, float(cumulative)))
+        family.add_metric(labels, buckets, value.sum)
+
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
@@ -114,14 +284,6 @@ USAGE_DROPPED = Counter(
 )
 
 NO_MODEL = "none"  # the model label of a request that never reached one
-
-
-@lru_cache(maxsize=65536)
-def child(metric: Any, *labels: str) -> Any:
-    """`metric.labels(*labels)`, looked up once: prometheus_client's own lookup validates and
-    locks on every call, which costs more than the increment itself on the request path.
-    Label values are bounded (see above), so the cache is too."""
-    return metric.labels(*labels)
 
 
 def render() -> tuple[bytes, str]:

@@ -23,7 +23,6 @@ from gateway.metrics import (
     REQUESTS,
     TOKENS,
     TTFT,
-    child,
 )
 from gateway.process import GatewayProcess
 from gateway.usage.record import UsageRecord, ts_from_epoch
@@ -78,7 +77,7 @@ def finish(process: GatewayProcess, state: RequestState, status: int) -> None:
         process.in_flight -= 1
         state.holds_process_slot = False
     if state.in_flight_tier is not None:
-        child(IN_FLIGHT, state.in_flight_tier).dec()
+        IN_FLIGHT.labels(state.in_flight_tier).dec()
         state.in_flight_tier = None
     tokens = tokens_of(state)
     runtime = state.runtime
@@ -101,17 +100,17 @@ def _observe(
     model = state.model or NO_MODEL
     feature = feature_label(config, state.feature)
     stream = "true" if state.stream else "false"
-    child(REQUESTS, state.tier, model, feature, str(status)).inc()
-    child(DURATION, state.tier, model, stream).observe(elapsed)
+    REQUESTS.labels(state.tier, model, feature, str(status)).inc()
+    DURATION.labels(state.tier, model, stream).observe(elapsed)
     if state.first_token_at is not None:
-        child(TTFT, state.tier, model).observe(state.first_token_at - state.started)
-    child(OVERHEAD, stream).observe(max(0.0, elapsed - state.upstream_wait_s))
+        TTFT.labels(state.tier, model).observe(state.first_token_at - state.started)
+    OVERHEAD.labels(stream).observe(max(0.0, elapsed - state.upstream_wait_s))
     if state.model and tokens.total:
-        child(TOKENS, feature, model, "prompt").inc(tokens.prompt)
-        child(TOKENS, feature, model, "completion").inc(tokens.completion)
+        TOKENS.labels(feature, model, "prompt").inc(tokens.prompt)
+        TOKENS.labels(feature, model, "completion").inc(tokens.completion)
         if tokens.cached:
-            child(TOKENS, feature, model, "cached").inc(tokens.cached)
-        child(COST, feature, model).inc(cost)
+            TOKENS.labels(feature, model, "cached").inc(tokens.cached)
+        COST.labels(feature, model).inc(cost)
 
 
 def _record(state: RequestState, status: int, tokens: Tokens, cost: float) -> UsageRecord:

@@ -12,7 +12,7 @@ from gateway.admission import ModelGate, admit_key, take_process_slot
 from gateway.attempts import AttemptLoop
 from gateway.context import RequestState
 from gateway.errors import InvalidRequest, RequestTooLarge
-from gateway.metrics import IN_FLIGHT, child
+from gateway.metrics import IN_FLIGHT
 from gateway.process import GatewayProcess
 from gateway.reload import Reloader
 from gateway.routing import Route
@@ -60,7 +60,7 @@ async def admit(
     model's own limits."""
     process = request.app[PROCESS]
     state.tier = route.tier
-    child(IN_FLIGHT, route.tier).inc()
+    IN_FLIGHT.labels(route.tier).inc()
     state.in_flight_tier = route.tier
     state.prompt_estimate = tokens.prompt_tokens(body)
     reserve = state.prompt_estimate + (tokens.completion_reserve(body) if completion else 0)
