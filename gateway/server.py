@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 
@@ -101,8 +102,25 @@ async def _listen(runner: web.AppRunner, host: str, port: int) -> int:
     return port
 
 
+# Ten times CPython's default. Every request allocates a few hundred short-lived containers, and
+# with 64 requests in flight the default threshold (700) runs a young-generation collection
+# every few requests that walks all their live state: ~5% of the gateway's CPU on the benchmark.
+GC_YOUNG_THRESHOLD = 7000
+
+
+def tune_gc() -> None:
+    """Once the server is up: what startup built (config, app, imported modules) lives as long
+    as the process, so it is frozen out of every later collection; young collections run less
+    often. Cyclic garbage is still collected, only in bigger batches."""
+    gc.collect()
+    gc.freeze()
+    _, older, oldest = gc.get_threshold()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, older, oldest)
+
+
 async def serve_until_signalled(server: GatewayServer) -> None:
     await server.start()
+    tune_gc()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

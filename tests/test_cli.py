@@ -81,3 +81,23 @@ def test_serve_with_a_bad_config_exits_1_naming_the_problem(tmp_path: Path) -> N
     )
     assert result.returncode == 1
     assert "tiers.fast[0]: unknown model 'nothing'" in result.stderr
+
+
+def test_serving_freezes_startup_objects_and_collects_young_garbage_less_often() -> None:
+    import gc
+
+    from gateway.server import GC_YOUNG_THRESHOLD, tune_gc
+
+    before = gc.get_threshold()
+    try:
+        tune_gc()
+        assert gc.get_threshold() == (GC_YOUNG_THRESHOLD, before[1], before[2])
+        assert gc.get_freeze_count() > 0
+        # Cycles made after startup are still collected.
+        cycle: list[object] = []
+        cycle.append(cycle)
+        del cycle
+        assert gc.collect() >= 1
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)
