@@ -18,6 +18,7 @@ from gateway.limits.base import Admission, LimiterUnavailable, LimitSpec
 from gateway.metrics import LIMITER_ERRORS, RATE_LIMITED
 from gateway.process import GatewayProcess
 from gateway.runtime import Runtime
+from gateway.tokens import TokenEstimate
 
 log = logging.getLogger("gateway.admission")
 
@@ -118,9 +119,9 @@ def _plan_label(state: RequestState) -> str:
 
 
 async def admit_key(
-    process: GatewayProcess, runtime: Runtime, state: RequestState, tokens: int
+    process: GatewayProcess, runtime: Runtime, state: RequestState, estimate: TokenEstimate
 ) -> None:
-    """The key's plan: rpm, tpm (reserving `tokens`) and max_concurrent."""
+    """The key's plan: rpm, tpm (reserving the estimate) and max_concurrent."""
     principal = state.principal
     if principal is None or principal.plan is None:
         return
@@ -130,7 +131,7 @@ async def admit_key(
         return
     subject = f"key:{principal.name}"
     try:
-        admission = await process.limiter.admit(subject, spec, tokens)
+        admission = await process.limiter.admit(subject, spec, estimate.reserve)
     except LimiterUnavailable:
         _backend_down(runtime, subject)
         return
@@ -158,12 +159,16 @@ class ModelGate:
     """`models.X.limits` for one request: a saturated model is skipped for the next one."""
 
     def __init__(
-        self, process: GatewayProcess, runtime: Runtime, state: RequestState, tokens: int
+        self,
+        process: GatewayProcess,
+        runtime: Runtime,
+        state: RequestState,
+        estimate: TokenEstimate,
     ) -> None:
         self.process = process
         self.runtime = runtime
         self.state = state
-        self.tokens = tokens
+        self.estimate = estimate
         self._holds: dict[str, Hold] = {}
         self.waits: dict[str, float] = {}  # saturated model → its true wait
 
@@ -175,7 +180,7 @@ class ModelGate:
             return True
         subject = f"model:{model}"
         try:
-            admission = await self.process.limiter.admit(subject, spec, self.tokens)
+            admission = await self.process.limiter.admit(subject, spec, self.estimate.reserve)
         except LimiterUnavailable:
             _backend_down(self.runtime, subject)
             return True

@@ -8,7 +8,7 @@ from aiohttp import web
 
 from gateway.handlers import admin, chat, dashboard, embeddings, health, metrics, models, usage
 from gateway.handlers.common import PROCESS, RELOADER
-from gateway.middleware import add_gateway_headers, gateway_middleware
+from gateway.middleware import gateway_middleware
 from gateway.process import GatewayProcess
 from gateway.reload import Reloader
 
@@ -20,7 +20,6 @@ def create_app(process: GatewayProcess, reloader: Reloader | None = None) -> web
     app[PROCESS] = process
     if reloader is not None:
         app[RELOADER] = reloader
-    app.on_response_prepare.append(add_gateway_headers)
     app.router.add_post("/v1/chat/completions", chat.chat_completions)
     app.router.add_post("/v1/embeddings", embeddings.embeddings)
     app.router.add_get("/v1/models", models.list_models)

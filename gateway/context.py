@@ -7,12 +7,11 @@ read from it.
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import os
 import re
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -22,7 +21,9 @@ from gateway.providers.base import Usage
 if TYPE_CHECKING:
     from gateway.admission import Hold
     from gateway.runtime import Runtime
+    from gateway.tokens import TokenEstimate
 
+SERVER = "llm-gateway"  # replaces aiohttp's own Server header, and any upstream's
 _SAFE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 
 
@@ -62,7 +63,7 @@ class RequestState:
     # Keep-alives began before any model gave a first event: the headers went out before the
     # answering model was known.
     committed_before_answer: bool = False
-    prompt_estimate: int = 0
+    estimate: TokenEstimate | None = None  # set once the request is routed
     streamed_events: int = 0  # data events relayed: the completion count of a cut stream
     upstream_wait_s: float = 0.0  # time spent waiting on upstreams, for the overhead metric
     holds: list[Hold] = field(default_factory=list)
@@ -73,24 +74,38 @@ class RequestState:
     api_call: bool = False  # a /v1 call that counts in the request metrics
     in_flight_tier: str | None = None
 
-    def response_headers(self) -> dict[str, str]:
+    def stamp(self, headers: MutableMapping[str, str]) -> None:
+        """Write the headers every answer carries: the request id, where it went, the key's
+        rate-limit state. Called on each answer just before it is sent."""
         unknown = self.committed_before_answer
-        return {
-            "x-request-id": self.request_id,
-            "x-gateway-tier": self.tier,
-            "x-gateway-model": "" if unknown else self.model,
-            "x-gateway-attempts": "" if unknown else str(self.attempts),
-            **self.ratelimit_headers,
-        }
+        headers["x-request-id"] = self.request_id
+        headers["x-gateway-tier"] = self.tier
+        headers["x-gateway-model"] = "" if unknown else self.model
+        headers["x-gateway-attempts"] = "" if unknown else str(self.attempts)
+        if self.ratelimit_headers:
+            headers.update(self.ratelimit_headers)
+        headers["Server"] = SERVER
 
-    @contextlib.contextmanager
-    def waiting_upstream(self) -> Iterator[None]:
-        """Time spent inside is the upstream's, not the gateway's own overhead."""
-        started = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.upstream_wait_s += time.perf_counter() - started
+    def waiting_upstream(self) -> UpstreamWait:
+        """`with state.waiting_upstream():` time spent inside is the upstream's, not the
+        gateway's own overhead."""
+        return UpstreamWait(self)
+
+
+class UpstreamWait:
+    """A class, not a generator-based context manager: it wraps every upstream call."""
+
+    __slots__ = ("_started", "_state")
+
+    def __init__(self, state: RequestState) -> None:
+        self._state = state
+        self._started = 0.0
+
+    def __enter__(self) -> None:
+        self._started = time.perf_counter()
+
+    def __exit__(self, *exc: object) -> None:
+        self._state.upstream_wait_s += time.perf_counter() - self._started
 
 
 def apply_request_context(

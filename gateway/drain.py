@@ -5,8 +5,6 @@ connection, so clients know to retry."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import Iterator
 
 
 class Drain:
@@ -14,17 +12,13 @@ class Drain:
         self.grace_over = False
         self._tasks: set[asyncio.Task[object]] = set()
 
-    @contextlib.contextmanager
-    def tracking(self) -> Iterator[None]:
-        """Mark the current task as serving a request that shutdown may have to end."""
-        task = asyncio.current_task()
-        if task is None:
-            yield
-            return
-        self._tasks.add(task)
-        try:
-            yield
-        finally:
+    def serving(self, task: asyncio.Task[object] | None) -> None:
+        """`task` serves a request that shutdown may have to end (until `served`)."""
+        if task is not None:
+            self._tasks.add(task)
+
+    def served(self, task: asyncio.Task[object] | None) -> None:
+        if task is not None:
             self._tasks.discard(task)
 
     def end_remaining(self) -> int:

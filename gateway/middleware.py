@@ -20,11 +20,12 @@ log = logging.getLogger("gateway.access")
 errors_log = logging.getLogger("gateway.error")
 
 
-def error_response(error: GatewayError) -> web.Response:
+def error_response(error: GatewayError, state: RequestState) -> web.Response:
     response = web.Response(
         body=error.body_bytes(), status=error.status, content_type="application/json"
     )
     response.headers.update(error.headers)
+    state.stamp(response.headers)
     response.headers["x-should-retry"] = "true" if error.should_retry else "false"
     if error.status == 413:
         # The rest of the body is not read: the connection cannot be reused.
@@ -46,29 +47,33 @@ async def gateway_middleware(request: web.Request, handler: Handler) -> web.Stre
     request[STATE] = state
     status = 499  # stays so when the client went away first
     process = request.app[PROCESS]
+    task = asyncio.current_task()
+    process.drain.serving(task)
     try:
-        with process.drain.tracking():
-            response: web.StreamResponse = await handler(request)
+        response: web.StreamResponse = await handler(request)
         status = response.status
+        if not response.prepared:  # a stream stamped its headers before it began
+            state.stamp(response.headers)
         return response
     except GatewayError as error:
         state.error = state.error or error.message
         status = error.status
-        return error_response(error)
+        return error_response(error, state)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
         mapped = _from_aiohttp(request, exc)
         status = mapped.status
-        return error_response(mapped)
+        return error_response(mapped, state)
     except (asyncio.CancelledError, ConnectionResetError):
         state.error = state.error or "client disconnected"
         raise
     except Exception:
         errors_log.exception("unhandled error", extra={"request_id": state.request_id})
         status = 500
-        return error_response(GatewayError("The gateway failed to process the request."))
+        return error_response(GatewayError("The gateway failed to process the request."), state)
     finally:
+        process.drain.served(task)
         finish(process, state, status)
         _access_log(request, state, status)
 
@@ -92,12 +97,3 @@ def _access_log(request: web.Request, state: RequestState, status: int) -> None:
     if state.error:
         fields["error"] = state.error
     log.info("request", extra=fields)
-
-
-async def add_gateway_headers(request: web.BaseRequest, response: web.StreamResponse) -> None:
-    """on_response_prepare: every answer, streamed or not, carries the request id and
-    where it went."""
-    state = request.get(STATE)
-    if state is not None:
-        response.headers.update(state.response_headers())
-    response.headers["Server"] = "llm-gateway"

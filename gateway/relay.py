@@ -137,7 +137,7 @@ async def relay_stream(
                 break
             if not response.prepared:
                 state.committed_before_answer = True
-                await response.prepare(request)
+                await _begin(response, request, state)
             await response.write(KEEPALIVE)
         stream, first = opener.result()
         handed_over = True
@@ -156,9 +156,14 @@ async def relay_stream(
             await _close_opener(opener)
 
     if not response.prepared:
-        await response.prepare(request)
+        await _begin(response, request, state)
     await _pump(response, state, stream, first, strip_usage, drain)
     return response
+
+
+async def _begin(response: web.StreamResponse, request: web.Request, state: RequestState) -> None:
+    state.stamp(response.headers)
+    await response.prepare(request)
 
 
 async def _pump(

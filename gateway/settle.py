@@ -47,7 +47,8 @@ def tokens_of(state: RequestState) -> Tokens:
         usage = state.usage
         return Tokens(usage.prompt_tokens, usage.completion_tokens, usage.cached_tokens)
     if state.first_token_at is not None:
-        return Tokens(state.prompt_estimate, state.streamed_events, 0, estimated=True)
+        prompt = state.estimate.prompt if state.estimate is not None else 0
+        return Tokens(prompt, state.streamed_events, 0, estimated=True)
     return Tokens()
 
 

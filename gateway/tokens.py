@@ -67,3 +67,30 @@ def completion_reserve(body: dict[str, Any]) -> int:
         if isinstance(value, int) and not isinstance(value, bool) and value > 0:
             return value
     return DEFAULT_COMPLETION_RESERVE
+
+
+class TokenEstimate:
+    """A request's token estimate, worked out only when something needs it: a key or model
+    with a tokens-per-minute limit (to reserve room), or a stream cut before the upstream
+    counted its usage. Most requests need neither, and estimating walks the whole body."""
+
+    __slots__ = ("_body", "_completion", "_prompt")
+
+    def __init__(self, body: dict[str, Any], *, completion: bool) -> None:
+        self._body = body
+        self._completion = completion
+        self._prompt: int | None = None
+
+    @property
+    def prompt(self) -> int:
+        """Estimated prompt tokens."""
+        if self._prompt is None:
+            self._prompt = prompt_tokens(self._body)
+        return self._prompt
+
+    @property
+    def reserve(self) -> int:
+        """What to reserve under `tpm`: the prompt, and for a completion what it may write."""
+        if self._completion:
+            return self.prompt + completion_reserve(self._body)
+        return self.prompt

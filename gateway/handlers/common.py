@@ -7,7 +7,6 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from gateway import tokens
 from gateway.admission import ModelGate, admit_key, take_process_slot
 from gateway.attempts import AttemptLoop
 from gateway.context import RequestState
@@ -17,6 +16,7 @@ from gateway.process import GatewayProcess
 from gateway.reload import Reloader
 from gateway.routing import Route
 from gateway.runtime import Runtime
+from gateway.tokens import TokenEstimate
 
 PROCESS = web.AppKey("process", GatewayProcess)
 RELOADER = web.AppKey("reloader", Reloader)
@@ -56,15 +56,14 @@ async def admit(
     completion: bool,
 ) -> AttemptLoop:
     """The route is known: count the request in flight, admit it under the key's plan
-    (reserving its token estimate), and give back the attempt loop that will respect each
-    model's own limits."""
+    (reserving its token estimate when a tpm limit applies), and give back the attempt loop
+    that will respect each model's own limits."""
     process = request.app[PROCESS]
     state.tier = route.tier
     IN_FLIGHT.labels(route.tier).inc()
     state.in_flight_tier = route.tier
-    state.prompt_estimate = tokens.prompt_tokens(body)
-    reserve = state.prompt_estimate + (tokens.completion_reserve(body) if completion else 0)
-    await admit_key(process, runtime, state, reserve)
+    state.estimate = estimate = TokenEstimate(body, completion=completion)
+    await admit_key(process, runtime, state, estimate)
     models = runtime.config.models
     return AttemptLoop(
         runtime.config,
@@ -72,7 +71,7 @@ async def admit(
         state,
         route,
         lambda name: models[name].provider,
-        gate=ModelGate(process, runtime, state, reserve),
+        gate=ModelGate(process, runtime, state, estimate),
     )
 
 

@@ -12,6 +12,7 @@ from typing import Any
 import aiohttp
 import orjson
 from multidict import CIMultiDictProxy
+from yarl import URL
 
 from gateway.errors import UpstreamFailure
 from gateway.providers.base import Provider, UpstreamCall
@@ -216,6 +217,14 @@ class HTTPProvider(Provider):
         self._json_headers = {**base, "Accept": "application/json"}
         self._stream_headers = {**base, "Accept": "text/event-stream"}
         self._session: aiohttp.ClientSession | None = None
+        self._urls: dict[str, URL] = {}
+
+    def url(self, address: str) -> URL:
+        """`address` parsed once: aiohttp would parse a string again on every call."""
+        url = self._urls.get(address)
+        if url is None:
+            url = self._urls[address] = URL(address)
+        return url
 
     @property
     def session(self) -> aiohttp.ClientSession:
@@ -228,16 +237,17 @@ class HTTPProvider(Provider):
         return f"{self.name}/{call.model_name}"
 
     async def post(
-        self, call: UpstreamCall, url: str, body: dict[str, Any], *, stream: bool
+        self, call: UpstreamCall, address: str, body: dict[str, Any], *, stream: bool
     ) -> aiohttp.ClientResponse:
         """POST `body`; returns a 2xx response (to be released by the caller), or raises the
         classified failure. A whole answer must start within the model's first-token timeout;
         a stream's first event is bounded by the caller, around this call and the first read."""
         timeout = call.timeout
         headers = self._stream_headers if stream else self._json_headers
-        async with upstream_errors(self.what(call)):
+        what = self.what(call)
+        async with upstream_errors(what):
             response = await self.session.post(
-                url,
+                self.url(address),
                 data=orjson.dumps(body),
                 headers={**headers, "X-Request-Id": call.request_id},
                 timeout=client_timeout(
@@ -246,7 +256,7 @@ class HTTPProvider(Provider):
             )
         if response.status >= 400:
             try:
-                await read_error_and_raise(response, self.what(call))
+                await read_error_and_raise(response, what)
             finally:
                 response.release()
         return response
