@@ -49,6 +49,19 @@ async def test_clients_authorization_never_reaches_the_upstream(
     assert APP_KEY not in str(headers)
 
 
+async def test_upstream_calls_name_the_gateway_and_refuse_compression(
+    client: openai.AsyncOpenAI, upstream: FakeOpenAI
+) -> None:
+    """Answers are relayed as the upstream's own bytes, so they must come uncompressed."""
+    await client.chat.completions.create(model="fast", messages=MESSAGES)
+    await client.chat.completions.create(model="fast", messages=MESSAGES, stream=True)
+    for request in upstream.requests[-2:]:
+        headers = {k.lower(): v for k, v in request.headers.items()}
+        assert headers["accept-encoding"] == "identity"
+        assert headers["user-agent"].startswith("llm-gateway/")
+        assert headers["content-type"] == "application/json"
+
+
 async def test_gateway_only_fields_are_removed_and_others_pass_untouched(
     client: openai.AsyncOpenAI, upstream: FakeOpenAI
 ) -> None:
