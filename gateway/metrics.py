@@ -286,6 +286,51 @@ USAGE_DROPPED = Counter(
 NO_MODEL = "none"  # the model label of a request that never reached one
 
 
+class RequestSeries:
+    """The series every finished API request updates, found by one lookup per distinct
+    (tier, model, feature, status, stream) instead of one per metric."""
+
+    __slots__ = ("duration", "overhead", "requests")
+
+    def __init__(self, tier: str, model: str, feature: str, status: int, stream: bool) -> None:
+        streamed = "true" if stream else "false"
+        self.requests = REQUESTS.labels(tier, model, feature, str(status))
+        self.duration = DURATION.labels(tier, model, streamed)
+        self.overhead = OVERHEAD.labels(streamed)
+
+
+class SpendSeries:
+    """What a request that used tokens adds to, by (feature, model)."""
+
+    __slots__ = ("cached", "completion", "cost", "prompt")
+
+    def __init__(self, feature: str, model: str) -> None:
+        self.prompt = TOKENS.labels(feature, model, "prompt")
+        self.completion = TOKENS.labels(feature, model, "completion")
+        self.cached = TOKENS.labels(feature, model, "cached")
+        self.cost = COST.labels(feature, model)
+
+
+_request_series: dict[tuple[str, str, str, int, bool], RequestSeries] = {}
+_spend_series: dict[tuple[str, str], SpendSeries] = {}
+
+
+def request_series(tier: str, model: str, feature: str, status: int, stream: bool) -> RequestSeries:
+    key = (tier, model, feature, status, stream)
+    found = _request_series.get(key)
+    if found is None:
+        found = _request_series[key] = RequestSeries(tier, model, feature, status, stream)
+    return found
+
+
+def spend_series(feature: str, model: str) -> SpendSeries:
+    key = (feature, model)
+    found = _spend_series.get(key)
+    if found is None:
+        found = _spend_series[key] = SpendSeries(feature, model)
+    return found
+
+
 def render() -> tuple[bytes, str]:
     """The text exposition and its content type."""
     return generate_latest(REGISTRY), CONTENT_TYPE_LATEST

@@ -14,16 +14,7 @@ from dataclasses import dataclass
 from gateway.admission import Hold, release
 from gateway.config import GatewayConfig
 from gateway.context import RequestState
-from gateway.metrics import (
-    COST,
-    DURATION,
-    IN_FLIGHT,
-    NO_MODEL,
-    OVERHEAD,
-    REQUESTS,
-    TOKENS,
-    TTFT,
-)
+from gateway.metrics import IN_FLIGHT, NO_MODEL, TTFT, request_series, spend_series
 from gateway.process import GatewayProcess
 from gateway.usage.record import UsageRecord, ts_from_epoch
 
@@ -100,18 +91,19 @@ def _observe(
     elapsed = time.perf_counter() - state.started
     model = state.model or NO_MODEL
     feature = feature_label(config, state.feature)
-    stream = "true" if state.stream else "false"
-    REQUESTS.labels(state.tier, model, feature, str(status)).inc()
-    DURATION.labels(state.tier, model, stream).observe(elapsed)
+    series = request_series(state.tier, model, feature, status, state.stream)
+    series.requests.inc()
+    series.duration.observe(elapsed)
+    series.overhead.observe(max(0.0, elapsed - state.upstream_wait_s))
     if state.first_token_at is not None:
         TTFT.labels(state.tier, model).observe(state.first_token_at - state.started)
-    OVERHEAD.labels(stream).observe(max(0.0, elapsed - state.upstream_wait_s))
     if state.model and tokens.total:
-        TOKENS.labels(feature, model, "prompt").inc(tokens.prompt)
-        TOKENS.labels(feature, model, "completion").inc(tokens.completion)
+        spend = spend_series(feature, model)
+        spend.prompt.inc(tokens.prompt)
+        spend.completion.inc(tokens.completion)
         if tokens.cached:
-            TOKENS.labels(feature, model, "cached").inc(tokens.cached)
-        COST.labels(feature, model).inc(cost)
+            spend.cached.inc(tokens.cached)
+        spend.cost.inc(cost)
 
 
 def _record(state: RequestState, status: int, tokens: Tokens, cost: float) -> UsageRecord:
