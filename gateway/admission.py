@@ -126,9 +126,9 @@ async def admit_key(
     if principal is None or principal.plan is None:
         return
     plan = runtime.config.plans[principal.plan]
-    spec = LimitSpec(plan.rpm, plan.tpm, plan.max_concurrent)
-    if spec.empty:
+    if plan.rpm is None and plan.tpm is None and plan.max_concurrent is None:
         return
+    spec = LimitSpec(plan.rpm, plan.tpm, plan.max_concurrent)
     subject = f"key:{principal.name}"
     try:
         admission = await process.limiter.admit(subject, spec, estimate.reserve)
@@ -175,9 +175,9 @@ class ModelGate:
     async def take(self, model: str) -> bool:
         """Admit the request at `model`; False when the model is saturated."""
         limits = self.runtime.config.models[model].limits
+        if limits.rpm is None and limits.tpm is None and limits.max_concurrent is None:
+            return True  # the common case: no model limits, nothing to ask
         spec = LimitSpec(limits.rpm, limits.tpm, limits.max_concurrent)
-        if spec.empty:
-            return True
         subject = f"model:{model}"
         try:
             admission = await self.process.limiter.admit(subject, spec, self.estimate.reserve)

@@ -19,7 +19,7 @@ from gateway.process import GatewayProcess
 from gateway.usage.record import UsageRecord, ts_from_epoch
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: made for every request (see UsageRecord)
 class Tokens:
     prompt: int = 0
     completion: int = 0

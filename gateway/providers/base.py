@@ -37,7 +37,7 @@ def usage_from_openai(obj: Any) -> Usage | None:
     return Usage(prompt, completion, cached if isinstance(cached, int) else 0)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: made for every attempt (see usage.record.UsageRecord)
 class UpstreamCall:
     """One attempt at one model: the body to send (model id already the upstream's own)."""
 
