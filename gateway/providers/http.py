@@ -72,18 +72,19 @@ def _classify(exc: BaseException, what: str) -> UpstreamFailure | None:
 
 
 class upstream_errors:
-    """Translate transport failures into classified `UpstreamFailure`s. A class rather than
-    a generator-based context manager: it wraps every upstream call, so it should be cheap."""
+    """Translate transport failures into classified `UpstreamFailure`s. A plain (not async)
+    class-based context manager: it wraps every upstream call and read, so it should be
+    cheap, and translating an exception needs no awaiting."""
 
     __slots__ = ("what",)
 
     def __init__(self, what: str) -> None:
         self.what = what
 
-    async def __aenter__(self) -> None:
+    def __enter__(self) -> None:
         return None
 
-    async def __aexit__(
+    def __exit__(
         self, kind: type[BaseException] | None, exc: BaseException | None, tb: object
     ) -> None:
         # Returns None: never swallows an exception, only replaces transport ones.
@@ -174,7 +175,7 @@ class HTTPEventStream:
         self._what = what
 
     async def next_raw_events(self) -> list[bytes] | None:
-        async with upstream_errors(self._what):
+        with upstream_errors(self._what):
             while True:
                 chunk = await self._response.content.readany()
                 if not chunk:
@@ -197,7 +198,7 @@ class HTTPEventStream:
 async def read_error_and_raise(response: aiohttp.ClientResponse, what: str) -> None:
     """Read an error answer (bounded by the call's timeout) and raise it classified."""
     try:
-        async with upstream_errors(what):
+        with upstream_errors(what):
             body = await response.read()
     except UpstreamFailure:
         body = b""
@@ -249,7 +250,7 @@ class HTTPProvider(Provider):
         timeout = call.timeout
         headers = self._stream_headers if stream else self._json_headers
         what = self.what(call)
-        async with upstream_errors(what):
+        with upstream_errors(what):
             response = await self.session.post(
                 self.url(address),
                 data=orjson.dumps(body),
@@ -268,7 +269,7 @@ class HTTPProvider(Provider):
     async def read_all(self, response: aiohttp.ClientResponse, what: str) -> bytes:
         """The whole body, the response released."""
         try:
-            async with upstream_errors(what):
+            with upstream_errors(what):
                 return await response.read()
         finally:
             response.release()

@@ -51,7 +51,7 @@ class OpenAIProvider(HTTPProvider):
 
     async def _json(self, call: UpstreamCall, path: str) -> tuple[bytes, dict[str, Any]]:
         what = self.what(call)
-        response = await self._post(call, path, stream=False)
+        response = await self.post(call, self.config.base_url + path, call.body, stream=False)
         body = await self.read_all(response, what)
         parsed = json_object(body, what)
         if parsed.get("error"):
