@@ -104,13 +104,45 @@ async def _first_events(open_stream: StreamOpener, what: str) -> FirstEvents:
         raise
 
 
-async def _close_opener(opener: asyncio.Task[FirstEvents]) -> None:
-    """Cancel a pending opener; close a stream it opened that nobody will read."""
-    if not opener.done():
-        opener.cancel()
-    with contextlib.suppress(BaseException):
-        stream, _ = await opener
-        await stream.aclose(completed=False)
+class _KeepAlives:
+    """`: keep-alive` comments while the first event is slow. Nothing happens unless
+    `every_s` passes first: then the answer begins (its status can no longer change) and a
+    comment goes out every `every_s` until `stop`. A timer, not a task per request, so that
+    the common fast stream pays almost nothing for it."""
+
+    def __init__(
+        self, request: web.Request, response: web.StreamResponse, state: RequestState,
+        every_s: float,
+    ) -> None:
+        self._request = request
+        self._response = response
+        self._state = state
+        self._every_s = every_s
+        self._stopped = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._timer = asyncio.get_running_loop().call_later(every_s, self._start)
+
+    def _start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._send())
+
+    async def _send(self) -> None:
+        if self._stopped.is_set():  # the first event came as the timer fired
+            return
+        self._state.committed_before_answer = True
+        with contextlib.suppress(ConnectionResetError):
+            await _begin(self._response, self._request, self._state)
+            while not self._stopped.is_set():
+                await self._response.write(KEEPALIVE)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stopped.wait(), self._every_s)
+
+    async def stop(self) -> None:
+        """No more comments. Waits for a write in progress to finish (never cuts one), so
+        the answer's next bytes can follow at once."""
+        self._timer.cancel()
+        self._stopped.set()
+        if self._task is not None:
+            await asyncio.shield(self._task)
 
 
 async def relay_stream(
@@ -127,20 +159,14 @@ async def relay_stream(
     is sent unless it takes longer than `keepalive_s`: then the answer begins with keep-alive
     comments, and a failure after that can only be reported in-band."""
     response = web.StreamResponse(status=200, headers=SSE_HEADERS)
-    opener = asyncio.ensure_future(start())
-    handed_over = False
+    keepalives = _KeepAlives(request, response, state, keepalive_s)
+    opened: FirstEvents | None = None
     try:
-        while True:
+        try:
             with state.waiting_upstream():
-                done, _ = await asyncio.wait({opener}, timeout=keepalive_s)
-            if done:
-                break
-            if not response.prepared:
-                state.committed_before_answer = True
-                await _begin(response, request, state)
-            await response.write(KEEPALIVE)
-        stream, first = opener.result()
-        handed_over = True
+                opened = await start()
+        finally:
+            await keepalives.stop()
     except GatewayError as error:
         state.error = state.error or error.message
         if not response.prepared:
@@ -148,13 +174,14 @@ async def relay_stream(
         await _end_with_error(response, error)
         return response
     except asyncio.CancelledError:
+        if opened is not None:
+            # Cancelled while the keep-alives stopped: nobody will read this stream.
+            await opened[0].aclose(completed=False)
         if drain.grace_over and response.prepared:
             await _end_with_error(response, SHUTTING_DOWN)
         raise
-    finally:
-        if not handed_over:
-            await _close_opener(opener)
 
+    stream, first = opened
     if not response.prepared:
         await _begin(response, request, state)
     await _pump(response, state, stream, first, strip_usage, drain)

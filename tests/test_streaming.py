@@ -140,6 +140,49 @@ async def test_keep_alive_comments_while_the_first_token_is_slow(
     assert events[-1] == b"data: [DONE]"
 
 
+async def test_client_disconnect_during_keep_alives_closes_the_upstream_and_settles(
+    upstream: FakeOpenAI, start_gateway: StartGateway
+) -> None:
+    gateway = await start_gateway(merged(base_config(upstream.url), server={"keepalive_s": 0.1}))
+    upstream.next(Behaviour(first_event_delay_s=10))
+    async with aiohttp.ClientSession() as http:
+        response = await http.post(
+            gateway.url + "/v1/chat/completions", json=STREAM_BODY, headers=AUTH
+        )
+        assert response.status == 200
+        assert (await response.content.readuntil(b"\n\n")) == b": keep-alive\n\n"
+        left_at = time.perf_counter()
+        response.close()
+    seen = await upstream.wait_disconnect(within=2)
+    assert seen is not None, "the upstream request was not closed"
+    assert seen - left_at < 1.0
+    process = gateway.process
+    for _ in range(100):
+        if process.in_flight == 0 and not process.drain._tasks:
+            break
+        await asyncio.sleep(0.02)
+    assert process.in_flight == 0 and not process.drain._tasks
+
+
+async def test_a_first_event_just_after_the_keep_alive_timer_names_the_model(
+    upstream: FakeOpenAI, start_gateway: StartGateway
+) -> None:
+    """Keep-alives that never had to be sent do not blank the model headers, whatever the
+    timing around the first one."""
+    gateway = await start_gateway(merged(base_config(upstream.url), server={"keepalive_s": 0.05}))
+    for delay in (0.0, 0.03, 0.045, 0.05, 0.055, 0.08):
+        upstream.next(Behaviour(first_event_delay_s=delay))
+        async with aiohttp.ClientSession() as http, http.post(
+            gateway.url + "/v1/chat/completions", json=STREAM_BODY, headers=AUTH
+        ) as response:
+            events = await read_events(response)
+        assert events[-1] == b"data: [DONE]"
+        if events[0] == b": keep-alive":
+            assert response.headers["x-gateway-model"] == ""
+        else:
+            assert response.headers["x-gateway-model"] == "gpt-up"
+
+
 async def test_upstreams_own_leading_comments_do_not_count_as_the_first_event(
     client: openai.AsyncOpenAI, upstream: FakeOpenAI
 ) -> None:
