@@ -51,6 +51,24 @@ def json_response(body: bytes, status: int = 200) -> web.Response:
     return web.Response(body=body, status=status, content_type="application/json")
 
 
+def _may_matter(event: bytes) -> bool:
+    """Whether an event may carry usage, an error or the end of the stream. Only those are
+    read; the rest (nearly all: the content deltas) are relayed without even slicing out
+    their payload. Substring tests first, as they are several times cheaper than a regex;
+    a false match only costs the exact look. (OpenAI's chunks all carry `"usage":null` once
+    usage is asked for: only an object counts.)"""
+    return (
+        b"[DONE]" in event
+        or b'"error"' in event
+        or (b'"usage"' in event and _USAGE_OBJECT.search(event) is not None)
+    )
+
+
+def _is_data(event: bytes) -> bool:
+    """Whether an event has data (a comment or keep-alive has none)."""
+    return event.startswith(b"data:") or _payload(event) is not None
+
+
 def _payload(event: bytes) -> bytes | None:
     if event.startswith(b"data: ") and event.endswith(b"\n\n") and b"\n" not in event[6:-2]:
         return event[6:-2]
@@ -92,7 +110,7 @@ async def _first_events(open_stream: StreamOpener, what: str) -> FirstEvents:
             events = await stream.next_events()
             if events is None:
                 raise UpstreamFailure("bad_response", f"{what}: stream ended before any event")
-            data_events = [e for e in events if _payload(e) is not None]
+            data_events = [e for e in events if _is_data(e)]
             if not data_events:
                 continue
             first = _payload(data_events[0])
@@ -208,6 +226,9 @@ async def _pump(
         while events is not None:
             out: list[bytes] = []
             for event in events:
+                if not _may_matter(event):
+                    out.append(event)  # a content delta or a comment: relayed, unread
+                    continue
                 payload = _payload(event)
                 if payload is not None:
                     if payload == b"[DONE]":
