@@ -51,9 +51,13 @@ async def gateway_middleware(request: web.Request, handler: Handler) -> web.Stre
     process.drain.serving(task)
     try:
         response: web.StreamResponse = await handler(request)
-        status = response.status
-        if not response.prepared:  # a stream stamped its headers before it began
+        if not response.prepared:  # a stream stamped its headers and was sent already
             state.stamp(response.headers)
+            # Sent here rather than by aiohttp after this returns: the client has its answer
+            # before the bookkeeping below (metrics, usage record), not after it.
+            await response.prepare(request)
+            await response.write_eof()
+        status = response.status
         return response
     except GatewayError as error:
         state.error = state.error or error.message
