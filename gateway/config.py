@@ -106,7 +106,8 @@ class PriceConfig(_Model):
 
 
 class TimeoutConfig(_Model):
-    """Seconds. `first_token`: until the first stream event, or until the headers otherwise."""
+    """Seconds. `connect`: to open a connection. `first_token`: a stream's first event (a
+    whole answer has no first token; only `total` bounds it). `total`: the whole call."""
 
     connect: PositiveFloat = 5
     first_token: PositiveFloat = 60

@@ -543,10 +543,10 @@ async def provider(fake: FakeAnthropic) -> AsyncIterator[AnthropicProvider]:
     await built.aclose()
 
 
-def upstream_call(first_token: float = 10, **body: Any) -> UpstreamCall:
+def upstream_call(first_token: float = 10, total: float = 20, **body: Any) -> UpstreamCall:
     body.setdefault("messages", [USER])
     model = ModelConfig(provider="a", model="claude-x",
-                        timeout=TimeoutConfig(connect=2, first_token=first_token, total=20))
+                        timeout=TimeoutConfig(connect=2, first_token=first_token, total=total))
     return UpstreamCall("claude", model, {"model": "claude-x", **body}, "req-1")
 
 
@@ -723,13 +723,21 @@ async def test_provider_stream_cut_before_message_stop_is_a_reset(
     assert info.value.kind == "reset"
 
 
-async def test_provider_times_out_waiting_for_headers(
+async def test_provider_times_out_past_the_total(
     fake: FakeAnthropic, provider: AnthropicProvider
 ) -> None:
     fake.next(Reply(delay_s=2))
     with pytest.raises(UpstreamFailure) as info:
-        await provider.chat(upstream_call(first_token=0.2))
+        await provider.chat(upstream_call(first_token=0.1, total=0.3))
     assert info.value.kind == "timeout"
+
+
+async def test_a_whole_answer_is_not_cut_at_first_token(
+    fake: FakeAnthropic, provider: AnthropicProvider
+) -> None:
+    fake.next(Reply(delay_s=0.5))
+    answer = await provider.chat(upstream_call(first_token=0.1, total=5))
+    assert answer.usage is not None
 
 
 async def test_provider_refuses_unsupported_requests_without_calling_upstream(

@@ -236,13 +236,27 @@ async def test_upstream_too_slow_is_504(
     upstream: FakeOpenAI, start_gateway: StartGateway
 ) -> None:
     raw = base_config(upstream.url)
-    raw["models"]["gpt-up"]["timeout"] = {"connect": 1, "first_token": 0.3, "total": 30}
+    raw["models"]["gpt-up"]["timeout"] = {"connect": 1, "first_token": 0.1, "total": 0.5}
     gateway = await start_gateway(raw)
     upstream.next(Behaviour(delay_s=3))
     status, body, headers = await post(gateway, json=CHAT)
     assert status == 504
     assert_openai_error(body, "upstream_timeout", "upstream_timeout")
     assert headers["x-should-retry"] == "true"
+
+
+async def test_a_whole_answer_slower_than_first_token_but_within_total_is_served(
+    upstream: FakeOpenAI, start_gateway: StartGateway
+) -> None:
+    """A non-streamed answer arrives all at once when the upstream has generated all of it:
+    only `total` bounds it, so a long completion is not cut at `first_token`."""
+    raw = base_config(upstream.url)
+    raw["models"]["gpt-up"]["timeout"] = {"connect": 1, "first_token": 0.2, "total": 5}
+    gateway = await start_gateway(raw)
+    upstream.next(Behaviour(delay_s=0.6))
+    status, body, _ = await post(gateway, json=CHAT)
+    assert status == 200
+    assert body["choices"][0]["message"]["content"]
 
 
 async def test_upstream_auth_failure_is_not_the_clients_401(

@@ -30,7 +30,7 @@ async def second() -> AsyncIterator[FakeOpenAI]:
 
 
 def chain_config(first_url: str, second_url: str, **routing: Any) -> dict[str, Any]:
-    timeout = {"connect": 1, "first_token": 1, "total": 10}
+    timeout = {"connect": 1, "first_token": 1, "total": 2}
     return {
         "server": {"host": "127.0.0.1", "port": 0},
         "providers": {

@@ -3,8 +3,8 @@
 The I/O is here and kept thin; the translation is pure and lives next door:
 `anthropic_request` (OpenAI request → Messages request), `anthropic_response` (message →
 `chat.completion`) and `anthropic_stream` (Messages SSE → `chat.completion.chunk` SSE).
-Timeouts behave as for OpenAI-compatible upstreams: `connect`, `first_token` until the
-response headers, `total` for the whole call.
+Timeouts behave as for OpenAI-compatible upstreams: `connect`, `first_token` until a stream's
+first event, `total` for the whole call.
 """
 
 from __future__ import annotations

@@ -44,13 +44,12 @@ def new_session(max_connections: int) -> aiohttp.ClientSession:
 
 
 @functools.lru_cache(maxsize=256)
-def client_timeout(
-    connect: float, total: float, first_answer: float | None = None
-) -> aiohttp.ClientTimeout:
-    """aiohttp's timeout for one call, built once per distinct model timeout. `first_answer`
-    bounds each wait for the upstream's bytes: for a whole answer, that is the first-token
-    timeout (the headers arrive with the answer); streams bound their first event themselves."""
-    return aiohttp.ClientTimeout(total=total, sock_connect=connect, sock_read=first_answer)
+def client_timeout(connect: float, total: float) -> aiohttp.ClientTimeout:
+    """aiohttp's timeout for one call, built once per distinct model timeout. The first-token
+    timeout is not here: a stream bounds its first event itself, and a whole answer has no
+    first token to wait for (an upstream sends it, headers and all, when it has generated all
+    of it), so only `total` bounds it."""
+    return aiohttp.ClientTimeout(total=total, sock_connect=connect)
 
 
 def _classify(exc: BaseException, what: str) -> UpstreamFailure | None:
@@ -245,7 +244,7 @@ class HTTPProvider(Provider):
         self, call: UpstreamCall, address: str, body: dict[str, Any], *, stream: bool
     ) -> aiohttp.ClientResponse:
         """POST `body`; returns a 2xx response (to be released by the caller), or raises the
-        classified failure. A whole answer must start within the model's first-token timeout;
+        classified failure. The call is bounded by the model's `connect` and `total` timeouts;
         a stream's first event is bounded by the caller, around this call and the first read."""
         timeout = call.timeout
         headers = self._stream_headers if stream else self._json_headers
@@ -255,9 +254,7 @@ class HTTPProvider(Provider):
                 self.url(address),
                 data=orjson.dumps(body),
                 headers={**headers, "X-Request-Id": call.request_id},
-                timeout=client_timeout(
-                    timeout.connect, timeout.total, None if stream else timeout.first_token
-                ),
+                timeout=client_timeout(timeout.connect, timeout.total),
             )
         if response.status >= 400:
             try:
