@@ -43,16 +43,16 @@ def format_reset(seconds: float) -> str:
 
 
 def ratelimit_headers(admission: Admission) -> dict[str, str]:
+    """OpenAI's x-ratelimit-* headers for the limits the admission was judged under."""
     headers: dict[str, str] = {}
-    for kind in ("requests", "tokens"):
-        limit = getattr(admission, f"{kind}_limit")
-        if limit is None:
-            continue
-        remaining = getattr(admission, f"{kind}_remaining")
-        reset = getattr(admission, f"{kind}_reset_s")
-        headers[f"x-ratelimit-limit-{kind}"] = str(limit)
-        headers[f"x-ratelimit-remaining-{kind}"] = str(max(0, remaining or 0))
-        headers[f"x-ratelimit-reset-{kind}"] = format_reset(reset or 0.0)
+    if admission.requests_limit is not None:
+        headers["x-ratelimit-limit-requests"] = str(admission.requests_limit)
+        headers["x-ratelimit-remaining-requests"] = str(max(0, admission.requests_remaining or 0))
+        headers["x-ratelimit-reset-requests"] = format_reset(admission.requests_reset_s or 0.0)
+    if admission.tokens_limit is not None:
+        headers["x-ratelimit-limit-tokens"] = str(admission.tokens_limit)
+        headers["x-ratelimit-remaining-tokens"] = str(max(0, admission.tokens_remaining or 0))
+        headers["x-ratelimit-reset-tokens"] = format_reset(admission.tokens_reset_s or 0.0)
     return headers
 
 
@@ -153,6 +153,16 @@ async def release(process: GatewayProcess, hold: Hold, actual_tokens: int | None
     if hold.admission.lease_id is not None:
         process.leases.drop(hold.subject, hold.admission.lease_id)
     await process.limiter.settle(hold.subject, hold.admission, actual_tokens)
+
+
+def release_in_place(process: GatewayProcess, hold: Hold, actual_tokens: int | None) -> bool:
+    """`release` without awaiting, when the limiter can settle in place (memory); False
+    when it needs I/O and nothing was done."""
+    if not process.limiter.settle_in_place(hold.subject, hold.admission, actual_tokens):
+        return False
+    if hold.admission.lease_id is not None:
+        process.leases.drop(hold.subject, hold.admission.lease_id)
+    return True
 
 
 class ModelGate:

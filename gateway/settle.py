@@ -1,9 +1,9 @@
 """Settling a request, however it ended: success, error, refusal, cancellation, disconnect.
 
 Called once from the middleware's `finally`. Everything here is synchronous bookkeeping
-(metrics, the usage record handed to a non-blocking recorder); what needs I/O (giving leases
-back, correcting token reservations) runs in the background so the answer is never held up by
-it, and is awaited at shutdown.
+(metrics, the usage record handed to a non-blocking recorder, and with the memory limiter the
+leases and token reservations given back); what needs I/O (the same with Redis) runs in the
+background so the answer is never held up by it, and is awaited at shutdown.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from gateway.admission import Hold, release
+from gateway.admission import Hold, release, release_in_place
 from gateway.config import GatewayConfig
 from gateway.context import RequestState
 from gateway.metrics import IN_FLIGHT, NO_MODEL, TTFT, request_series, spend_series
@@ -82,7 +82,11 @@ def finish(process: GatewayProcess, state: RequestState, status: int) -> None:
         process.request_done(runtime)
     if state.holds:
         holds, state.holds = state.holds, []
-        process.in_background(_release_all(process, holds, tokens.total))
+        # In memory the holds are given back at once; a backend that needs I/O (Redis) gets
+        # a background task, so the answer is never held up by it.
+        remaining = [h for h in holds if not release_in_place(process, h, tokens.total)]
+        if remaining:
+            process.in_background(_release_all(process, remaining, tokens.total))
 
 
 def _observe(

@@ -83,6 +83,13 @@ class Limiter(abc.ABC):
         `actual_tokens` (None: keep the reservation as it was). Never raises: a failure is
         logged and left to expiry."""
 
+    def settle_in_place(
+        self, subject: str, admission: Admission, actual_tokens: int | None
+    ) -> bool:
+        """`settle` at once, without awaiting, when the backend can (no I/O involved): True
+        when done. A request's end then costs no background task. The default can't."""
+        return False
+
     @abc.abstractmethod
     async def renew(self, leases: list[tuple[str, str]]) -> None:
         """Extend the expiry of live leases, given as (subject, lease_id). Called

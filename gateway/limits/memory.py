@@ -17,6 +17,7 @@ how long to wait.
 from __future__ import annotations
 
 import itertools
+import math
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
@@ -71,6 +72,14 @@ class _Subject:
     by_id: dict[str, _Reservation] = field(default_factory=dict)
     reserved: int = 0  # the sum of the tokens in `reservations`
     leases: dict[str, float] = field(default_factory=dict)  # lease id → expiry
+    # No lease expires before this: purging skips the scan of every lease until then.
+    # Renewals only push expiries later, so it may be early, never late.
+    next_expiry: float = math.inf
+
+    def add_lease(self, lease_id: str, expiry: float) -> None:
+        self.leases[lease_id] = expiry
+        if expiry < self.next_expiry:
+            self.next_expiry = expiry
 
     def purge(self, now: float, window_s: float) -> None:
         cutoff = now - window_s
@@ -82,10 +91,11 @@ class _Subject:
             gone = reservations.popleft()
             del self.by_id[gone.id]
             self.reserved -= gone.tokens
-        if self.leases:
+        if self.leases and now >= self.next_expiry:
             expired = [lease for lease, expiry in self.leases.items() if expiry <= now]
             for lease in expired:
                 del self.leases[lease]
+            self.next_expiry = min(self.leases.values(), default=math.inf)
 
     @property
     def empty(self) -> bool:
@@ -175,7 +185,7 @@ class MemoryLimiter(Limiter):
                 admission.reservation = ident
                 admission.reserved_tokens = tokens
             if spec.max_concurrent is not None:
-                state.leases[ident] = now + self._ttl
+                state.add_lease(ident, now + self._ttl)
                 admission.lease_id = ident
         self._fill_headers(admission, state, spec, now)
         if state.empty:
@@ -203,9 +213,14 @@ class MemoryLimiter(Limiter):
             )
 
     async def settle(self, subject: str, admission: Admission, actual_tokens: int | None) -> None:
+        self.settle_in_place(subject, admission, actual_tokens)
+
+    def settle_in_place(
+        self, subject: str, admission: Admission, actual_tokens: int | None
+    ) -> bool:
         state = self._subjects.get(subject)
         if state is None:
-            return
+            return True
         if admission.lease_id is not None:
             state.leases.pop(admission.lease_id, None)
         if actual_tokens is not None and admission.reservation is not None:
@@ -217,6 +232,7 @@ class MemoryLimiter(Limiter):
         state.purge(self._clock(), self._window)
         if state.empty:
             del self._subjects[subject]
+        return True
 
     async def renew(self, leases: list[tuple[str, str]]) -> None:
         now = self._clock()
