@@ -155,10 +155,10 @@ async def release(process: GatewayProcess, hold: Hold, actual_tokens: int | None
     await process.limiter.settle(hold.subject, hold.admission, actual_tokens)
 
 
-def release_in_place(process: GatewayProcess, hold: Hold, actual_tokens: int | None) -> bool:
-    """`release` without awaiting, when the limiter can settle in place (memory); False
-    when it needs I/O and nothing was done."""
-    if not process.limiter.settle_in_place(hold.subject, hold.admission, actual_tokens):
+def release_nowait(process: GatewayProcess, hold: Hold, actual_tokens: int | None) -> bool:
+    """`release` without awaiting, when the limiter can settle that way; False when nothing
+    was done."""
+    if not process.limiter.settle_nowait(hold.subject, hold.admission, actual_tokens):
         return False
     if hold.admission.lease_id is not None:
         process.leases.drop(hold.subject, hold.admission.lease_id)

@@ -1,9 +1,9 @@
 """Settling a request, however it ended: success, error, refusal, cancellation, disconnect.
 
 Called once from the middleware's `finally`. Everything here is synchronous bookkeeping
-(metrics, the usage record handed to a non-blocking recorder, and with the memory limiter the
-leases and token reservations given back); what needs I/O (the same with Redis) runs in the
-background so the answer is never held up by it, and is awaited at shutdown.
+(metrics, the usage record handed to a non-blocking recorder, leases and token reservations
+given back in memory or queued for Redis); nothing here awaits I/O, so the answer is never held
+up by it. Queued settles are sent before the limiter closes at shutdown.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from gateway.admission import Hold, release, release_in_place
+from gateway.admission import Hold, release, release_nowait
 from gateway.config import GatewayConfig
 from gateway.context import RequestState
 from gateway.metrics import IN_FLIGHT, NO_MODEL, TTFT, request_series, spend_series
@@ -82,9 +82,9 @@ def finish(process: GatewayProcess, state: RequestState, status: int) -> None:
         process.request_done(runtime)
     if state.holds:
         holds, state.holds = state.holds, []
-        # In memory the holds are given back at once; a backend that needs I/O (Redis) gets
-        # a background task, so the answer is never held up by it.
-        remaining = [h for h in holds if not release_in_place(process, h, tokens.total)]
+        # Given back without awaiting: at once in memory, queued for Redis's next pipeline.
+        # A limiter that cannot do that settles in a background task.
+        remaining = [h for h in holds if not release_nowait(process, h, tokens.total)]
         if remaining:
             process.in_background(_release_all(process, remaining, tokens.total))
 

@@ -19,7 +19,7 @@ from redis.crc import key_slot
 
 from gateway.limits.base import Admission, Limiter, LimiterUnavailable, LimitSpec
 from gateway.limits.memory import MemoryLimiter
-from gateway.limits.redis import RedisLimiter
+from gateway.limits.redis import RedisLimiter, ScriptBatcher
 from tests.redis_server import RedisServer
 from tests.redis_server import redis_server as redis_server  # the fixture, re-exported
 
@@ -476,3 +476,67 @@ async def test_redis_unreachable_from_the_start(redis_backend: Backend) -> None:
     assert (await limiter.admit(SUBJECT, LimitSpec(), 0)).allowed
     server.start()
     ok(await limiter.admit(SUBJECT, LimitSpec(rpm=1), 0))
+
+
+class CountingBatcher(ScriptBatcher):
+    """The real batcher against the real Redis, counting the pipelines it sends."""
+
+    def __init__(self, client: Redis) -> None:
+        super().__init__(client)
+        self.pipelines: list[int] = []
+
+    async def _pipeline(self, batch: list[Any]) -> list[Any]:
+        self.pipelines.append(len(batch))
+        return await super()._pipeline(batch)
+
+
+async def test_concurrent_script_calls_share_round_trips_and_stay_exact(
+    redis_backend: Backend,
+) -> None:
+    limiter = redis_backend.make()
+    assert isinstance(limiter, RedisLimiter)
+    counting = CountingBatcher(limiter._redis)
+    limiter._batcher = counting
+    spec = LimitSpec(rpm=41, max_concurrent=1000)
+    ok(await limiter.admit("key:warm-up", spec, 0))  # loads the scripts
+    counting.pipelines.clear()
+    results = await asyncio.gather(*(limiter.admit(SUBJECT, spec, 0) for _ in range(100)))
+    assert sum(r.allowed for r in results) == 41
+    # Every call sent once, and far fewer round trips than calls.
+    assert sum(counting.pipelines) == 100
+    assert len(counting.pipelines) < 10
+    # Settles queued without awaiting are all sent, then the leases are back.
+    for admission in results:
+        if admission.allowed:
+            assert limiter.settle_nowait(SUBJECT, admission, 0)
+    await counting.wait_idle()
+    assert await limiter.in_flight(SUBJECT) == 0
+
+
+async def test_a_caller_that_gives_up_does_not_disturb_its_batch(redis_backend: Backend) -> None:
+    limiter = redis_backend.make()
+    assert isinstance(limiter, RedisLimiter)
+    spec = LimitSpec(rpm=100)
+    await limiter.admit(SUBJECT, spec, 0)  # scripts loaded, connection open
+    calls = [asyncio.ensure_future(limiter.admit(SUBJECT, spec, 0)) for _ in range(10)]
+    await asyncio.sleep(0)
+    calls[3].cancel()
+    done = await asyncio.gather(*calls, return_exceptions=True)
+    assert isinstance(done[3], asyncio.CancelledError)
+    assert all(isinstance(d, Admission) and d.allowed for i, d in enumerate(done) if i != 3)
+
+
+async def test_a_batch_survives_a_script_flush_between_calls(redis_backend: Backend) -> None:
+    assert redis_backend.server is not None
+    limiter = redis_backend.make()
+    spec = LimitSpec(rpm=100, max_concurrent=100)
+    first = ok(await limiter.admit(SUBJECT, spec, 0))
+    redis_backend.server.command("SCRIPT", "FLUSH")
+    # Admits and a settle in one batch, every script lost: all reloaded, each run once.
+    results = await asyncio.gather(
+        limiter.settle(SUBJECT, first, 0), *(limiter.admit(SUBJECT, spec, 0) for _ in range(5))
+    )
+    admissions = [r for r in results if isinstance(r, Admission)]
+    assert all(a.allowed for a in admissions)
+    assert sorted(a.requests_remaining or 0 for a in admissions) == [94, 95, 96, 97, 98]
+    assert await limiter.in_flight(SUBJECT) == 5

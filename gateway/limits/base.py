@@ -83,11 +83,12 @@ class Limiter(abc.ABC):
         `actual_tokens` (None: keep the reservation as it was). Never raises: a failure is
         logged and left to expiry."""
 
-    def settle_in_place(
+    def settle_nowait(
         self, subject: str, admission: Admission, actual_tokens: int | None
     ) -> bool:
-        """`settle` at once, without awaiting, when the backend can (no I/O involved): True
-        when done. A request's end then costs no background task. The default can't."""
+        """`settle` without the caller awaiting anything: done at once (memory) or queued to
+        be sent (Redis). True when taken care of, so a request's end needs no background
+        task; the default can't, and the caller awaits `settle` in the background instead."""
         return False
 
     @abc.abstractmethod

@@ -213,9 +213,9 @@ class MemoryLimiter(Limiter):
             )
 
     async def settle(self, subject: str, admission: Admission, actual_tokens: int | None) -> None:
-        self.settle_in_place(subject, admission, actual_tokens)
+        self.settle_nowait(subject, admission, actual_tokens)
 
-    def settle_in_place(
+    def settle_nowait(
         self, subject: str, admission: Admission, actual_tokens: int | None
     ) -> bool:
         state = self._subjects.get(subject)
