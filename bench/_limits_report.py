@@ -197,7 +197,7 @@ def round_trip_lines(
 
     rows = [
         row("requests", "requests", "d"),
-        row("EVALSHA (each a round trip)", "evalsha_per_request", ".3f"),
+        row("EVALSHA (script calls)", "evalsha_per_request", ".3f"),
         row("all client commands", "client_commands_per_request", ".3f"),
         row("commands run inside scripts", "commands_inside_scripts_per_request", ".1f"),
         row("Redis time in scripts (us)", "redis_script_usec_per_request", ".1f"),
