@@ -110,20 +110,33 @@ class ScriptBatcher:
         self._max_batch = max_batch
         self._queue: list[_Call] = []
         self._sender: asyncio.Task[None] | None = None
+        self._direct = False  # a call is out on its own, sent by its caller
 
     async def run(self, script: LuaScript, keys: Sequence[str], args: Sequence[Any]) -> Any:
-        return await self.submit(script, keys, args)
+        if self._direct or self._sender is not None:
+            return await self.submit(script, keys, args)
+        # Nothing is out: the caller sends its call itself, with no task and no pipeline (the
+        # common case at low load). Calls made meanwhile queue, and go together after it.
+        self._direct = True
+        try:
+            return await script.run(self._client, keys, args)
+        finally:
+            self._direct = False
+            self._start_sender()
 
     def submit(
         self, script: LuaScript, keys: Sequence[str], args: Sequence[Any]
     ) -> asyncio.Future[Any]:
         """Queue a call; its answer (or error) arrives on the returned future."""
-        loop = asyncio.get_running_loop()
-        call = _Call(script, keys, args, loop.create_future())
+        call = _Call(script, keys, args, asyncio.get_running_loop().create_future())
         self._queue.append(call)
-        if self._sender is None:
-            self._sender = loop.create_task(self._send_all())
+        if not self._direct:
+            self._start_sender()
         return call.result
+
+    def _start_sender(self) -> None:
+        if self._queue and self._sender is None:
+            self._sender = asyncio.get_running_loop().create_task(self._send_all())
 
     async def _send_all(self) -> None:
         try:
@@ -136,8 +149,11 @@ class ScriptBatcher:
 
     async def wait_idle(self) -> None:
         """Until every call made so far has its answer (before the client closes)."""
-        while self._sender is not None:
-            await asyncio.shield(self._sender)
+        while self._sender is not None or self._direct:
+            if self._sender is not None:
+                await asyncio.shield(self._sender)
+            else:
+                await asyncio.sleep(0.001)
 
     async def _send(self, batch: list[_Call]) -> None:
         try:
