@@ -98,12 +98,12 @@ class LuaScript:
 
 
 class ScriptBatcher:
-    """Script calls sent in pipelines, one pipeline in flight at a time. A call made while a
-    pipeline is out waits for it and then goes out with every other call that came in the
-    meantime. A call alone is sent at once, so nothing waits at low load; under load one round
-    trip, and one pass through redis-py's machinery (which costs more CPU per call than the
-    rest of a request), carries many calls. Each call is still its own atomic script run:
-    batching changes no result, only how calls travel."""
+    """Script calls that share round trips under load. A call made when nothing waits goes out
+    at once, alone. Calls made while one is out queue, and go together in one pipeline (one
+    pipeline in flight at a time; what queues meanwhile goes in the next). So nothing waits at
+    low load, and under load one round trip, and one pass through redis-py's machinery (which
+    costs more CPU per call than the rest of a request), carries many calls. Each call is still
+    its own atomic script run: batching changes no result, only how calls travel."""
 
     def __init__(self, client: Redis, max_batch: int = 128) -> None:
         self._client = client
@@ -113,10 +113,12 @@ class ScriptBatcher:
         self._direct = False  # a call is out on its own, sent by its caller
 
     async def run(self, script: LuaScript, keys: Sequence[str], args: Sequence[Any]) -> Any:
-        if self._direct or self._sender is not None:
+        if self._direct or self._queue:
             return await self.submit(script, keys, args)
-        # Nothing is out: the caller sends its call itself, with no task and no pipeline (the
-        # common case at low load). Calls made meanwhile queue, and go together after it.
+        # No call is out on its own and none waits: the caller sends its call itself, with no
+        # task and no pipeline (the common case at low load; a pipeline still out, such as the
+        # last request's settle, is not waited for). Calls made meanwhile queue, and go
+        # together after it.
         self._direct = True
         try:
             return await script.run(self._client, keys, args)
