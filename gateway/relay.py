@@ -160,7 +160,10 @@ class _KeepAlives:
         self._timer.cancel()
         self._stopped.set()
         if self._task is not None:
-            await asyncio.shield(self._task)
+            # A write that failed (the client went away) shows again on the answer's next
+            # write, where it is handled; here it must not leave the opened stream unclosed.
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self._task)
 
 
 async def relay_stream(
