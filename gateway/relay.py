@@ -225,6 +225,7 @@ async def _pump(
     """Write events as they come until the upstream ends, fails or the client leaves."""
     saw_done = False
     completed = False
+    waiting = state.waiting_upstream()  # one timer object for the whole stream
     try:
         while events is not None:
             out: list[bytes] = []
@@ -249,7 +250,7 @@ async def _pump(
                 state.streamed_events += len(out)
                 if state.first_token_at is None:
                     state.first_token_at = time.perf_counter()
-            with state.waiting_upstream():
+            with waiting:
                 events = await stream.next_events()
         completed = True
         if not saw_done and state.error is None:

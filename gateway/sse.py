@@ -25,6 +25,13 @@ class EventSplitter:
         self._buffer = b""
 
     def feed(self, chunk: bytes) -> list[bytes]:
+        if (
+            not self._buffer
+            and chunk.endswith(b"\n\n")
+            and chunk.find(b"\n\n") == len(chunk) - 2
+            and b"\r" not in chunk
+        ):
+            return [chunk]  # the usual read: exactly one whole event, nothing to slice
         data = self._buffer + chunk if self._buffer else chunk
         events: list[bytes] = []
         start = 0

@@ -294,6 +294,43 @@ async def test_first_token_timeout_after_keep_alives_is_an_in_band_error(
     assert b"[DONE]" not in b"".join(events)
 
 
+async def test_a_stream_past_its_total_ends_with_an_in_band_timeout(
+    upstream: FakeOpenAI, start_gateway: StartGateway
+) -> None:
+    raw = base_config(upstream.url)
+    raw["models"]["gpt-up"]["timeout"] = {"connect": 1, "first_token": 0.5, "total": 0.8}
+    gateway = await start_gateway(raw)
+    upstream.next(Behaviour(pace_s=0.3))  # 7 events: about 1.8 s in all
+    started = time.perf_counter()
+    async with aiohttp.ClientSession() as http, http.post(
+        gateway.url + "/v1/chat/completions", json=STREAM_BODY, headers=AUTH
+    ) as response:
+        assert response.status == 200
+        events = await read_events(response)
+    took = time.perf_counter() - started
+    assert 0.7 < took < 1.5
+    data = [e for e in events if e.startswith(b"data:")]
+    assert 2 <= len(data) < 7  # some content came, then the timeout
+    error = orjson.loads(data[-1].removeprefix(b"data: "))["error"]
+    assert error["type"] == "upstream_timeout"
+    assert b"[DONE]" not in b"".join(events)
+    assert await upstream.wait_disconnect(within=2) is not None
+
+
+async def test_a_stream_within_its_total_is_not_cut(
+    upstream: FakeOpenAI, start_gateway: StartGateway
+) -> None:
+    raw = base_config(upstream.url)
+    raw["models"]["gpt-up"]["timeout"] = {"connect": 1, "first_token": 0.5, "total": 3}
+    gateway = await start_gateway(raw)
+    upstream.next(Behaviour(pace_s=0.2))
+    async with aiohttp.ClientSession() as http, http.post(
+        gateway.url + "/v1/chat/completions", json=STREAM_BODY, headers=AUTH
+    ) as response:
+        events = await read_events(response)
+    assert events[-1] == b"data: [DONE]"
+
+
 async def test_usage_chunk_is_kept_when_the_client_asked_and_stripped_otherwise(
     gateway: GatewayServer,
 ) -> None:

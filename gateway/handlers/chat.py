@@ -100,7 +100,8 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         return await first_events(
             lambda: provider.chat_stream(call),
             f"{provider.name}/{model_name}",
-            call.model.timeout.first_token,
+            # The first event must also come within the whole call's total.
+            min(call.model.timeout.first_token, call.model.timeout.total),
         )
 
     options = body.get("stream_options") or {}

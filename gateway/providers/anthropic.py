@@ -30,6 +30,7 @@ from gateway.providers.http import (
     failure_from_status,
     is_event_stream,
     json_object,
+    stream_deadline,
 )
 
 
@@ -37,9 +38,13 @@ class AnthropicEventStream(EventStream):
     """An Anthropic SSE response, read as OpenAI chunk events."""
 
     def __init__(
-        self, response: aiohttp.ClientResponse, translator: StreamTranslator, what: str
+        self,
+        response: aiohttp.ClientResponse,
+        translator: StreamTranslator,
+        what: str,
+        deadline: float | None = None,
     ) -> None:
-        self._events = HTTPEventStream(response, what)
+        self._events = HTTPEventStream(response, what, deadline)
         self.translator = translator
 
     async def next_events(self) -> list[bytes] | None:
@@ -98,6 +103,7 @@ class AnthropicProvider(HTTPProvider):
 
     async def chat_stream(self, call: UpstreamCall) -> EventStream:
         what = self.what(call)
+        deadline = stream_deadline(call)
         response = await self._post(call, self._translate(call, stream=True), stream=True)
         if not is_event_stream(response):
             content_type = response.headers.get("Content-Type", "")
@@ -120,7 +126,7 @@ class AnthropicProvider(HTTPProvider):
             structured_tool=structured_tool_name(call.body),
             what=what,
         )
-        return AnthropicEventStream(response, translator, what)
+        return AnthropicEventStream(response, translator, what, deadline)
 
     async def embeddings(self, call: UpstreamCall) -> JsonAnswer:
         message = f"{self.name}: Anthropic does not support embeddings"

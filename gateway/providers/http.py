@@ -4,6 +4,7 @@ upstream's error answer."""
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import re
 from collections.abc import Mapping
@@ -44,11 +45,12 @@ def new_session(max_connections: int) -> aiohttp.ClientSession:
 
 
 @functools.lru_cache(maxsize=256)
-def client_timeout(connect: float, total: float) -> aiohttp.ClientTimeout:
+def client_timeout(connect: float, total: float | None) -> aiohttp.ClientTimeout:
     """aiohttp's timeout for one call, built once per distinct model timeout. The first-token
     timeout is not here: a stream bounds its first event itself, and a whole answer has no
     first token to wait for (an upstream sends it, headers and all, when it has generated all
-    of it), so only `total` bounds it."""
+    of it), so only `total` bounds it. A stream's `total` is its own deadline timer
+    (`HTTPEventStream`): aiohttp's would wrap every read of the stream in a timer context."""
     return aiohttp.ClientTimeout(total=total, sock_connect=connect)
 
 
@@ -165,33 +167,66 @@ def failure_from_status(
     )
 
 
-class HTTPEventStream:
-    """Reads an upstream's SSE body chunk by chunk and hands back whole events."""
+def stream_deadline(call: UpstreamCall) -> float:
+    """The loop time by which a stream starting now must have ended: its model's `total`."""
+    return asyncio.get_running_loop().time() + call.timeout.total
 
-    def __init__(self, response: aiohttp.ClientResponse, what: str) -> None:
+
+class HTTPEventStream:
+    """Reads an upstream's SSE body chunk by chunk and hands back whole events, until the
+    stream ends or its deadline (the model's `total`, counted from the call's start) passes:
+    then the upstream connection is closed and the read fails as a timeout."""
+
+    def __init__(
+        self, response: aiohttp.ClientResponse, what: str, deadline: float | None = None
+    ) -> None:
         self._response = response
         self._splitter = EventSplitter()
         self._what = what
+        self._errors = upstream_errors(what)  # stateless: one per stream, not one per read
+        self._expired = False
+        self._deadline = (
+            None
+            if deadline is None
+            else asyncio.get_running_loop().call_at(deadline, self._expire)
+        )
+
+    def _expire(self) -> None:
+        self._expired = True
+        self._response.close()  # a read in progress fails at once; the upstream stops
+
+    def _timed_out(self) -> UpstreamFailure:
+        return UpstreamFailure("timeout", f"{self._what}: the stream passed its total timeout")
 
     async def next_raw_events(self) -> list[bytes] | None:
-        with upstream_errors(self._what):
-            while True:
-                chunk = await self._response.content.readany()
-                if not chunk:
-                    tail = self._splitter.pending()
-                    if tail.strip():
-                        # A last event without its blank line: still a whole event to relay.
-                        return [tail.rstrip(b"\r\n") + b"\n\n"]
-                    return None
-                events = self._splitter.feed(chunk)
-                if events:
-                    return events
+        try:
+            with self._errors:
+                while True:
+                    chunk = await self._response.content.readany()
+                    if not chunk:
+                        if self._expired:
+                            raise self._timed_out()
+                        tail = self._splitter.pending()
+                        if tail.strip():
+                            # A last event without its blank line: still a whole event.
+                            return [tail.rstrip(b"\r\n") + b"\n\n"]
+                        return None
+                    events = self._splitter.feed(chunk)
+                    if events:
+                        return events
+        except UpstreamFailure as failure:
+            if self._expired and failure.kind != "timeout":
+                raise self._timed_out() from failure
+            raise
 
     async def aclose(self, *, completed: bool) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
         if completed:
             self._response.release()
         else:
             self._response.close()
+
 
 
 async def read_error_and_raise(response: aiohttp.ClientResponse, what: str) -> None:
@@ -248,13 +283,15 @@ class HTTPProvider(Provider):
         a stream's first event is bounded by the caller, around this call and the first read."""
         timeout = call.timeout
         headers = self._stream_headers if stream else self._json_headers
+        # A stream's total is its event stream's own deadline (see HTTPEventStream).
+        total = None if stream else timeout.total
         what = self.what(call)
         with upstream_errors(what):
             response = await self.session.post(
                 self.url(address),
                 data=orjson.dumps(body),
                 headers={**headers, "X-Request-Id": call.request_id},
-                timeout=client_timeout(timeout.connect, timeout.total),
+                timeout=client_timeout(timeout.connect, total),
             )
         if response.status >= 400:
             try:

@@ -22,18 +22,14 @@ from gateway.providers.http import (
     failure_from_status,
     is_event_stream,
     json_object,
+    stream_deadline,
 )
 
 
-class _OpenAIEventStream(EventStream):
-    def __init__(self, response: aiohttp.ClientResponse, what: str) -> None:
-        self._events = HTTPEventStream(response, what)
+class _OpenAIEventStream(HTTPEventStream, EventStream):
+    """The upstream's events are already OpenAI's: relayed as they are."""
 
-    async def next_events(self) -> list[bytes] | None:
-        return await self._events.next_raw_events()
-
-    async def aclose(self, *, completed: bool) -> None:
-        await self._events.aclose(completed=completed)
+    next_events = HTTPEventStream.next_raw_events  # no extra coroutine per read
 
 
 class OpenAIProvider(HTTPProvider):
@@ -69,6 +65,7 @@ class OpenAIProvider(HTTPProvider):
 
     async def chat_stream(self, call: UpstreamCall) -> EventStream:
         what = self.what(call)
+        deadline = stream_deadline(call)
         response = await self._post(call, "/chat/completions", stream=True)
         if not is_event_stream(response):
             content_type = response.headers.get("Content-Type", "")
@@ -78,7 +75,7 @@ class OpenAIProvider(HTTPProvider):
             raise UpstreamFailure(
                 "bad_response", f"{what}: expected an event stream, got {content_type!r}"
             )
-        return _OpenAIEventStream(response, what)
+        return _OpenAIEventStream(response, what, deadline)
 
     async def embeddings(self, call: UpstreamCall) -> JsonAnswer:
         body, parsed = await self._json(call, "/embeddings")
