@@ -6,18 +6,20 @@ from __future__ import annotations
 
 import signal
 import sys
-from collections.abc import Collection, Mapping
+import tempfile
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from subprocess import Popen
 from types import FrameType
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 from _analysis import summarize
 from _common import HOST, proc_status_kb
 from _launch import BENCH_DIR, BenchFailed, Children, run_to_end
 
+T = TypeVar("T")
 Raw = dict[str, dict[str, list[dict[str, Any]]]]  # target -> scenario -> one result per round
 
 
@@ -142,6 +144,21 @@ def _sigterm(signum: int, frame: FrameType | None) -> None:
 
 def stop_on_sigterm() -> None:
     signal.signal(signal.SIGTERM, _sigterm)
+
+
+def run_in_tempdir(prefix: str, run: Callable[[Path], T]) -> T:
+    """`run` with a fresh working directory, removed after. An abort (`BenchFailed`) or
+    Ctrl-C ends the script with its reason and exit code 1 or 130; the servers `run` started
+    are stopped by then."""
+    try:
+        with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+            return run(Path(tmp))
+    except BenchFailed as exc:
+        print(f"\nbenchmark aborted: {exc}", file=sys.stderr)
+        raise SystemExit(1) from exc
+    except KeyboardInterrupt:
+        print("\ninterrupted; servers stopped", file=sys.stderr)
+        raise SystemExit(130) from None
 
 
 def write_results(path: Path, report: dict[str, Any]) -> None:

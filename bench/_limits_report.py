@@ -6,8 +6,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from _analysis import NOISY_OTHER_SHARE, disturbance
-from _report import table
+from _report import noise_warning, table
 
 BACKENDS = ("memory", "redis")
 # Commands a client sends itself; a Lua script cannot (or the gateway's scripts do not) run
@@ -223,16 +222,6 @@ def round_trip_lines(
     return lines
 
 
-def _noise_warning(results: dict[str, Any]) -> list[str]:
-    other = disturbance(results)
-    if other <= NOISY_OTHER_SHARE:
-        return []
-    return [
-        f"WARNING: other processes used up to {other:.0%} of a core while the benchmark "
-        "measured; the numbers are disturbed. Rerun on a quiet machine."
-    ]
-
-
 def _errors(results: dict[str, Any]) -> list[str]:
     found = [
         f"  {target} {scenario}: {summary['errors']} errors, first: {summary['first_error']}"
@@ -258,7 +247,7 @@ def print_report(report: dict[str, Any]) -> None:
             report["redis_whole_run"]["commands"],
             report["redis_monitor_sample"],
         ),
-        _noise_warning(results),
+        noise_warning(results),
     ]  # fmt: skip
     for section in sections:
         if section:

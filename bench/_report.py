@@ -138,7 +138,8 @@ def _versus_relay(report: dict[str, Any], concurrency: int) -> list[str]:
     ]
 
 
-def _noise_warning(results: dict[str, Any]) -> list[str]:
+def noise_warning(results: dict[str, Any]) -> list[str]:
+    """A warning when other processes visibly moved the numbers (shared by both reports)."""
     other = disturbance(results)
     if other <= NOISY_OTHER_SHARE:
         return []
@@ -179,7 +180,7 @@ def print_report(report: dict[str, Any]) -> None:
         [added_table(report["added_over_direct_ms"], concurrency)],
         _versus_relay(report, concurrency),
         [cpu_table(results, concurrency)],
-        _noise_warning(results),
+        noise_warning(results),
         _memory(report["memory_kb"]),
         _targets(report["targets"]),
     ]

@@ -24,7 +24,6 @@ import http.client
 import re
 import shutil
 import sys
-import tempfile
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass
@@ -42,6 +41,7 @@ from _harness import (
     measure_rounds,
     memory_kb,
     pooled,
+    run_in_tempdir,
     start_gateway,
     stop_on_sigterm,
     write_results,
@@ -319,15 +319,9 @@ def main() -> int:
     stop_on_sigterm()
     plan = QUICK if args.quick else Plan()
     started = time.monotonic()
-    try:
-        with tempfile.TemporaryDirectory(prefix="limits-bench-") as tmp:
-            measured = run_bench(plan, Path(tmp), redis_server)
-    except BenchFailed as exc:
-        print(f"\nbenchmark aborted: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("\ninterrupted; servers stopped", file=sys.stderr)
-        return 130
+    measured = run_in_tempdir(
+        "limits-bench-", lambda workdir: run_bench(plan, workdir, redis_server)
+    )
     report = {
         "environment": environment(asdict(plan), time.monotonic() - started),
         "config": {"plan_limits": NEVER_REFUSING, "key": "bench (Authorization: Bearer)"},

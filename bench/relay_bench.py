@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -29,11 +28,12 @@ from _harness import (
     measure_rounds,
     memory_kb,
     pooled,
+    run_in_tempdir,
     start_gateway,
     stop_on_sigterm,
     write_results,
 )
-from _launch import BENCH_DIR, BenchFailed, Children
+from _launch import BENCH_DIR, Children
 from _report import print_report
 
 TARGETS = ("direct", "relay", "gateway")
@@ -135,15 +135,7 @@ def main() -> int:
     stop_on_sigterm()
     plan = QUICK if args.quick else Plan()
     started = time.monotonic()
-    try:
-        with tempfile.TemporaryDirectory(prefix="relay-bench-") as tmp:
-            measured = run_bench(plan, Path(tmp))
-    except BenchFailed as exc:
-        print(f"\nbenchmark aborted: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("\ninterrupted; servers stopped", file=sys.stderr)
-        return 130
+    measured = run_in_tempdir("relay-bench-", lambda workdir: run_bench(plan, workdir))
     report = build_report(measured, asdict(plan), time.monotonic() - started)
     print_report(report)
     write_results(args.out, report)
