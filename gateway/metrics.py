@@ -28,13 +28,17 @@ from prometheus_client.core import (
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 
-class CounterValue:
-    """One labelled counter."""
+class _Number:
+    """One labelled number: a counter's or a gauge's value."""
 
     __slots__ = ("value",)
 
     def __init__(self) -> None:
         self.value = 0.0
+
+
+class CounterValue(_Number):
+    __slots__ = ()
 
     def inc(self, amount: float = 1.0) -> None:
         if amount < 0:
@@ -42,13 +46,8 @@ class CounterValue:
         self.value += amount
 
 
-class GaugeValue:
-    """One labelled gauge."""
-
-    __slots__ = ("value",)
-
-    def __init__(self) -> None:
-        self.value = 0.0
+class GaugeValue(_Number):
+    __slots__ = ()
 
     def inc(self, amount: float = 1.0) -> None:
         self.value += amount
@@ -121,32 +120,37 @@ class Collector(Generic[V]):
         yield self._family()
 
 
-class Counter(Collector[CounterValue]):
+N = TypeVar("N", bound=_Number)
+
+
+class _Scalar(Collector[N]):
+    """A counter or a gauge: one number per label set; they differ only in their value's
+    methods and in the family they are exported as."""
+
+    _value_class: type[N]
+    _family_class: type[CounterMetricFamily] | type[GaugeMetricFamily]
+
+    def _new_value(self) -> N:
+        return self._value_class()
+
+    def _family(self) -> Metric:
+        return self._family_class(self.name, self.documentation, labels=self.labelnames)
+
+    def _add(self, family: Metric, labels: list[str], value: N) -> None:
+        assert isinstance(family, CounterMetricFamily | GaugeMetricFamily)
+        family.add_metric(labels, value.value)
+
+
+class Counter(_Scalar[CounterValue]):
     kind = "counter"
-
-    def _new_value(self) -> CounterValue:
-        return CounterValue()
-
-    def _family(self) -> Metric:
-        return CounterMetricFamily(self.name, self.documentation, labels=self.labelnames)
-
-    def _add(self, family: Metric, labels: list[str], value: CounterValue) -> None:
-        assert isinstance(family, CounterMetricFamily)
-        family.add_metric(labels, value.value)
+    _value_class = CounterValue
+    _family_class = CounterMetricFamily
 
 
-class Gauge(Collector[GaugeValue]):
+class Gauge(_Scalar[GaugeValue]):
     kind = "gauge"
-
-    def _new_value(self) -> GaugeValue:
-        return GaugeValue()
-
-    def _family(self) -> Metric:
-        return GaugeMetricFamily(self.name, self.documentation, labels=self.labelnames)
-
-    def _add(self, family: Metric, labels: list[str], value: GaugeValue) -> None:
-        assert isinstance(family, GaugeMetricFamily)
-        family.add_metric(labels, value.value)
+    _value_class = GaugeValue
+    _family_class = GaugeMetricFamily
 
 
 class Histogram(Collector[HistogramValue]):
