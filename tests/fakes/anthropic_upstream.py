@@ -25,6 +25,8 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from tests.fakes.loopback import LoopbackServer
+
 _SCENARIO = re.compile(r"fake:([A-Za-z0-9_.-]+)")
 
 ERROR_TYPES = {
@@ -76,17 +78,16 @@ class Received:
     body: dict[str, Any]
 
 
-class FakeAnthropic:
+class FakeAnthropic(LoopbackServer):
     """`await fake.start()`; `fake.url` is the base URL (without `/v1`), as Anthropic's."""
 
     def __init__(self, api_key: str = "sk-ant-test") -> None:
+        super().__init__()
         self.api_key = api_key
         self.default = Reply()
         self.queue: deque[Reply] = deque()
         self.scenarios: dict[str, Reply] = {}
         self.requests: list[Received] = []
-        self._runner: web.AppRunner | None = None
-        self.port = 0
         self._message_count = 0
 
     @property
@@ -106,15 +107,7 @@ class FakeAnthropic:
     async def start(self) -> None:
         app = web.Application()
         app.router.add_post("/v1/messages", self._messages)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-
-    async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
+        await self.serve(app)
 
     # --- choosing and checking -------------------------------------------------------------
 

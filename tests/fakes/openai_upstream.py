@@ -18,6 +18,8 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from tests.fakes.loopback import LoopbackServer
+
 
 @dataclass
 class Behaviour:
@@ -47,10 +49,11 @@ class Received:
     body: dict[str, Any]
 
 
-class FakeOpenAI:
+class FakeOpenAI(LoopbackServer):
     """Start with `await fake.start()`; `fake.url` is the base URL including `/v1`."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.default = Behaviour()
         self.queue: deque[Behaviour] = deque()
         self.requests: list[Received] = []
@@ -58,8 +61,6 @@ class FakeOpenAI:
         self.disconnects: list[float] = []  # perf_counter when the gateway went away
         self._disconnected = asyncio.Event()
         self.in_flight = 0
-        self._runner: web.AppRunner | None = None
-        self.port = 0
 
     def next(self, *behaviours: Behaviour) -> None:
         self.queue.extend(behaviours)
@@ -72,15 +73,7 @@ class FakeOpenAI:
         app = web.Application()
         app.router.add_post("/v1/chat/completions", self._chat)
         app.router.add_post("/v1/embeddings", self._embeddings)
-        self._runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-
-    async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
+        await self.serve(app, handler_cancellation=True)
 
     async def wait_disconnect(self, within: float) -> float | None:
         """The time the gateway dropped a connection, waiting up to `within` seconds."""
