@@ -108,7 +108,7 @@ class ScriptBatcher:
     def __init__(self, client: Redis, max_batch: int = 128) -> None:
         self._client = client
         self._max_batch = max_batch
-        self._queue: list[_Call] = []
+        self._queue: list[_Queued] = []
         self._sender: asyncio.Task[None] | None = None
         self._direct = False  # a call is out on its own, sent by its caller
 
@@ -130,11 +130,11 @@ class ScriptBatcher:
         self, script: LuaScript, keys: Sequence[str], args: Sequence[Any]
     ) -> asyncio.Future[Any]:
         """Queue a call; its answer (or error) arrives on the returned future."""
-        call = _Call(script, keys, args, asyncio.get_running_loop().create_future())
-        self._queue.append(call)
+        queued = _Queued(ScriptCall(script, keys, args), asyncio.get_running_loop().create_future())
+        self._queue.append(queued)
         if not self._direct:
             self._start_sender()
-        return call.result
+        return queued.result
 
     def _start_sender(self) -> None:
         if self._queue and self._sender is None:
@@ -157,18 +157,24 @@ class ScriptBatcher:
             else:
                 await asyncio.sleep(0.001)
 
-    async def _send(self, batch: list[_Call]) -> None:
+    async def pipelined(self, calls: Sequence[ScriptCall]) -> list[Any]:
+        """`calls` in one pipeline, now: each one's result or error, in order. Raises only
+        when Redis could not be asked at all."""
+        results = await self._pipeline(calls)
+        lost = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
+        if lost:
+            # Redis restarted or was flushed: load what it lost, then run again only the
+            # calls it refused (the others have run).
+            for script in {calls[i].script for i in lost}:
+                await script.load(self._client)
+            again = await self._pipeline([calls[i] for i in lost])
+            for i, result in zip(lost, again, strict=True):
+                results[i] = result
+        return results
+
+    async def _send(self, batch: list[_Queued]) -> None:
         try:
-            results = await self._pipeline(batch)
-            lost = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
-            if lost:
-                # Redis restarted or was flushed: load what it lost, then run again only the
-                # calls it refused (the others have run).
-                for script in {batch[i].script for i in lost}:
-                    await script.load(self._client)
-                again = await self._pipeline([batch[i] for i in lost])
-                for i, result in zip(lost, again, strict=True):
-                    results[i] = result
+            results = await self.pipelined([queued.call for queued in batch])
         except BaseException as exc:
             for call in batch:
                 if call.result.done():
@@ -188,18 +194,23 @@ class ScriptBatcher:
             else:
                 call.result.set_result(result)
 
-    async def _pipeline(self, batch: list[_Call]) -> list[Any]:
+    async def _pipeline(self, calls: Sequence[ScriptCall]) -> list[Any]:
         async with self._client.pipeline(transaction=False) as pipe:
-            for call in batch:
+            for call in calls:
                 pipe.evalsha(call.script.sha, len(call.keys), *call.keys, *call.args)
             return list(await pipe.execute(raise_on_error=False))
 
 
 @dataclass(slots=True)
-class _Call:
+class ScriptCall:
     script: LuaScript
     keys: Sequence[str]
     args: Sequence[Any]
+
+
+@dataclass(slots=True)
+class _Queued:
+    call: ScriptCall
     result: asyncio.Future[Any]
 
 
@@ -344,20 +355,15 @@ class RedisLimiter(Limiter):
             return
         # One script call per subject (a subject's keys share a Cluster slot; different
         # subjects may not), all in one pipeline: one round trip.
-        calls = [(self.keys(subject)[3], ids) for subject, ids in by_subject.items()]
+        calls = [
+            ScriptCall(RENEW, (self.keys(subject)[3],), (self._ttl_ms, KEEP_MS, *ids))
+            for subject, ids in by_subject.items()
+        ]
         try:
-            for attempt in range(2):
-                async with self._redis.pipeline(transaction=False) as pipe:
-                    for key, ids in calls:
-                        pipe.evalsha(RENEW.sha, 1, key, self._ttl_ms, KEEP_MS, *ids)
-                    results = await pipe.execute(raise_on_error=False)
-                if attempt == 0 and any(isinstance(r, NoScriptError) for r in results):
-                    await RENEW.load(self._redis)  # renewing twice is harmless
-                    continue
-                failed = [r for r in results if isinstance(r, Exception)]
-                if failed:
-                    raise failed[0]
-                return
+            results = await self._batcher.pipelined(calls)
+            failed = [r for r in results if isinstance(r, Exception)]
+            if failed:
+                raise failed[0]
         except Exception as exc:  # never raises: an unrenewed lease only expires early
             log.warning(
                 "could not renew limiter leases; they may expire",
