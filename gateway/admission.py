@@ -155,14 +155,11 @@ async def release(process: GatewayProcess, hold: Hold, actual_tokens: int | None
     await process.limiter.settle(hold.subject, hold.admission, actual_tokens)
 
 
-def release_nowait(process: GatewayProcess, hold: Hold, actual_tokens: int | None) -> bool:
-    """`release` without awaiting, when the limiter can settle that way; False when nothing
-    was done."""
-    if not process.limiter.settle_nowait(hold.subject, hold.admission, actual_tokens):
-        return False
+def release_nowait(process: GatewayProcess, hold: Hold, actual_tokens: int | None) -> None:
+    """`release` without awaiting: the limiter settles at once or queues it."""
     if hold.admission.lease_id is not None:
         process.leases.drop(hold.subject, hold.admission.lease_id)
-    return True
+    process.limiter.settle_nowait(hold.subject, hold.admission, actual_tokens)
 
 
 class ModelGate:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from gateway.admission import Hold, release, release_nowait
+from gateway.admission import release_nowait
 from gateway.config import GatewayConfig
 from gateway.context import RequestState
 from gateway.metrics import IN_FLIGHT, NO_MODEL, TTFT, request_series, spend_series
@@ -83,10 +83,8 @@ def finish(process: GatewayProcess, state: RequestState, status: int) -> None:
     if state.holds:
         holds, state.holds = state.holds, []
         # Given back without awaiting: at once in memory, queued for Redis's next pipeline.
-        # A limiter that cannot do that settles in a background task.
-        remaining = [h for h in holds if not release_nowait(process, h, tokens.total)]
-        if remaining:
-            process.in_background(_release_all(process, remaining, tokens.total))
+        for hold in holds:
+            release_nowait(process, hold, tokens.total)
 
 
 def _observe(
@@ -136,8 +134,3 @@ def _record(state: RequestState, status: int, tokens: Tokens, cost: float) -> Us
         cut=state.stream_cut,
         estimated=tokens.estimated,
     )
-
-
-async def _release_all(process: GatewayProcess, holds: list[Hold], tokens: int) -> None:
-    for hold in holds:
-        await release(process, hold, tokens)

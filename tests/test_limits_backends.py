@@ -509,7 +509,7 @@ async def test_concurrent_script_calls_share_round_trips_and_stay_exact(
     # Settles queued without awaiting are all sent, then the leases are back.
     for admission in results:
         if admission.allowed:
-            assert limiter.settle_nowait(SUBJECT, admission, 0)
+            limiter.settle_nowait(SUBJECT, admission, 0)
     await counting.wait_idle()
     assert await limiter.in_flight(SUBJECT) == 0
 

@@ -83,13 +83,10 @@ class Limiter(abc.ABC):
         `actual_tokens` (None: keep the reservation as it was). Never raises: a failure is
         logged and left to expiry."""
 
-    def settle_nowait(
-        self, subject: str, admission: Admission, actual_tokens: int | None
-    ) -> bool:
+    @abc.abstractmethod
+    def settle_nowait(self, subject: str, admission: Admission, actual_tokens: int | None) -> None:
         """`settle` without the caller awaiting anything: done at once (memory) or queued to
-        be sent (Redis). True when taken care of, so a request's end needs no background
-        task; the default can't, and the caller awaits `settle` in the background instead."""
-        return False
+        be sent (Redis), so a request's end needs no background task. Never raises."""
 
     @abc.abstractmethod
     async def renew(self, leases: list[tuple[str, str]]) -> None:

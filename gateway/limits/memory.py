@@ -215,12 +215,10 @@ class MemoryLimiter(Limiter):
     async def settle(self, subject: str, admission: Admission, actual_tokens: int | None) -> None:
         self.settle_nowait(subject, admission, actual_tokens)
 
-    def settle_nowait(
-        self, subject: str, admission: Admission, actual_tokens: int | None
-    ) -> bool:
+    def settle_nowait(self, subject: str, admission: Admission, actual_tokens: int | None) -> None:
         state = self._subjects.get(subject)
         if state is None:
-            return True
+            return
         if admission.lease_id is not None:
             state.leases.pop(admission.lease_id, None)
         if actual_tokens is not None and admission.reservation is not None:
@@ -232,7 +230,6 @@ class MemoryLimiter(Limiter):
         state.purge(self._clock(), self._window)
         if state.empty:
             del self._subjects[subject]
-        return True
 
     async def renew(self, leases: list[tuple[str, str]]) -> None:
         now = self._clock()

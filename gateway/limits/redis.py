@@ -323,13 +323,10 @@ class RedisLimiter(Limiter):
             with contextlib.suppress(Exception):  # logged by the callback
                 await settled
 
-    def settle_nowait(
-        self, subject: str, admission: Admission, actual_tokens: int | None
-    ) -> bool:
+    def settle_nowait(self, subject: str, admission: Admission, actual_tokens: int | None) -> None:
         """Queued on the batcher: the request's end awaits nothing, and no task is made for
         it. A failure is logged; the lease and reservation then expire by themselves."""
         self._submit_settle(subject, admission, actual_tokens)
-        return True
 
     def _submit_settle(
         self, subject: str, admission: Admission, actual_tokens: int | None

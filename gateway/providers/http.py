@@ -182,7 +182,6 @@ class HTTPEventStream:
     ) -> None:
         self._response = response
         self._splitter = EventSplitter()
-        self._what = what
         self._errors = upstream_errors(what)  # stateless: one per stream, not one per read
         self._expired = False
         self._deadline = (
@@ -196,7 +195,8 @@ class HTTPEventStream:
         self._response.close()  # a read in progress fails at once; the upstream stops
 
     def _timed_out(self) -> UpstreamFailure:
-        return UpstreamFailure("timeout", f"{self._what}: the stream passed its total timeout")
+        what = self._errors.what
+        return UpstreamFailure("timeout", f"{what}: the stream passed its total timeout")
 
     async def next_raw_events(self) -> list[bytes] | None:
         try:
