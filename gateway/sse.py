@@ -73,3 +73,9 @@ def encode_data(payload: bytes) -> bytes:
     """One `data:` event around JSON bytes (which never contain a raw newline)."""
     return b"data: " + payload + b"\n\n"
 
+
+
+def encode_event(name: str, payload: bytes) -> bytes:
+    """One named event (`event:` then `data:`), as Anthropic's and the Responses API's
+    streams carry them; `payload` is JSON bytes (never a raw newline)."""
+    return b"event: " + name.encode("ascii") + b"\ndata: " + payload + b"\n\n"
