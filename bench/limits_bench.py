@@ -76,13 +76,16 @@ BENCH_KEY = "sk-limits-bench-not-a-secret"
 NEVER_REFUSING = {"rpm": 10_000_000, "tpm": 10_000_000_000, "max_concurrent": 100_000}
 
 # The common gateway, plus a keyed plan and the limits backend under test.
-LIMITED_GATEWAY_CONFIG = GATEWAY_CONFIG + """\
+LIMITED_GATEWAY_CONFIG = (
+    GATEWAY_CONFIG
+    + """\
 plans:
   bench: {plan}
 keys:
   - {{name: bench, key: "{key}", plan: bench}}
 limits: {limits}
 """
+)
 
 
 def gateway_config(name: str, upstream_port: int, redis_port: int) -> str:

@@ -59,8 +59,6 @@ class Plan:
 QUICK = Plan(1, 300, 50, 200, 20, 64, 2.0, 0.5)
 
 
-
-
 def write_gateway_config(directory: Path, upstream_port: int) -> Path:
     """A config whose only provider is the fake upstream; no keys, so auth is off."""
     path = directory / "gateway.yaml"

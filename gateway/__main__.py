@@ -41,7 +41,6 @@ def _check_config(path: str) -> int:
 
 def _serve(args: argparse.Namespace) -> int:
     from gateway.logs import setup_logging
-    from gateway.providers import UnsupportedProvider
     from gateway.server import GatewayServer, serve_until_signalled
 
     path = args.config or default_config_path()
@@ -52,16 +51,12 @@ def _serve(args: argparse.Namespace) -> int:
             print(f"{path}: {problem}", file=sys.stderr)
         return 1
     setup_logging(args.log_level or config.server.log_level)
+
     async def main() -> None:
-        await serve_until_signalled(
-            GatewayServer(config, args.host, args.port, config_path=path)
-        )
+        await serve_until_signalled(GatewayServer(config, args.host, args.port, config_path=path))
 
     try:
         _run_with_fastest_loop(main())
-    except UnsupportedProvider as exc:
-        print(str(exc), file=sys.stderr)
-        return 1
     except OSError as exc:
         print(f"cannot listen: {exc}", file=sys.stderr)
         return 1

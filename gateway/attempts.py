@@ -27,6 +27,7 @@ from gateway.errors import (
     UpstreamFailure,
     retry_headers,
 )
+from gateway.failures import FailureKind
 from gateway.metrics import FALLBACKS, MODEL_AVAILABLE, UPSTREAM_ERRORS
 from gateway.routing import Route
 
@@ -36,19 +37,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("gateway.attempts")
 
 T = TypeVar("T")
-
-# Failure kinds → the `routing.fallback_on` entry that lets them move on.
-FALLBACK_CLASS = {
-    "connect": "connect",
-    "reset": "connect",
-    "timeout": "timeout",
-    "429": "429",
-    "5xx": "5xx",
-    "bad_response": "5xx",
-    "context_length": "context_length",
-}
-# The same model again cannot help a prompt that is too long for it.
-NOT_RETRIED = {"context_length"}
 
 BACKOFF_BASE_S = 0.2
 BACKOFF_CAP_S = 2.0
@@ -128,8 +116,9 @@ class AttemptLoop:
                 previous = self.attempts[-1]
                 FALLBACKS.labels(self.route.tier, previous.model, model, previous.reason).inc()
             if not await self.gate.take(model):
-                self.attempts.append(Attempt(model, "saturated",
-                                             retry_after=self.gate.waits.get(model)))
+                self.attempts.append(
+                    Attempt(model, "saturated", retry_after=self.gate.waits.get(model))
+                )
                 continue
             for retry in range(routing.retries + 1):
                 self.state.attempts += 1
@@ -138,18 +127,20 @@ class AttemptLoop:
                 try:
                     result = await attempt(model)
                 except UpstreamFailure as failure:
-                    if failure.kind == "unsupported":
+                    policy = failure.kind.policy
+                    if policy.skips_model:
                         # Refused before anything was sent: no upstream attempt, no sign of
                         # ill health; another model of the chain may serve the request.
                         self.state.attempts -= 1
-                        self.attempts.append(Attempt(model, "unsupported", failure.status,
-                                                     failure.message))
+                        self.attempts.append(
+                            Attempt(model, failure.kind, failure.status, failure.message)
+                        )
                         self.last_unsupported = failure
                         break
                     fallback_class = await self._note_failure(model, failure)
                     if fallback_class not in routing.fallback_on:
                         raise failure.to_client_error() from failure
-                    if failure.kind in NOT_RETRIED or retry == routing.retries:
+                    if not policy.retried or retry == routing.retries:
                         break
                     delay = backoff_delay(retry, failure.retry_after)
                     if delay is None:
@@ -173,7 +164,7 @@ class AttemptLoop:
         MODEL_AVAILABLE.labels(model).set(1)
 
     async def _note_failure(self, model: str, failure: UpstreamFailure) -> str | None:
-        fallback_class = FALLBACK_CLASS.get(failure.kind)
+        policy = failure.kind.policy
         attempt = Attempt(model, failure.kind, failure.status, failure.message, failure.retry_after)
         self.attempts.append(attempt)
         provider = self.provider_of(model)
@@ -191,7 +182,7 @@ class AttemptLoop:
             },
         )
         # Only failures of the upstream's health count toward a cooldown.
-        if fallback_class is not None and failure.kind != "context_length":
+        if policy.cools_down:
             cooldown = self.config.routing.cooldown
             try:
                 started = await self.cooldowns.record_failure(
@@ -206,17 +197,19 @@ class AttemptLoop:
                     "model cooling down", extra={"model": model, "seconds": cooldown.seconds}
                 )
         self.state.error = failure.message
-        return fallback_class
+        return policy.fallback_class
 
     def _chain_error(self) -> GatewayError:
         tried = [a for a in self.attempts if a.reason != "cooldown"]
         listing = "; ".join(a.describe() for a in self.attempts)
-        if self.last_unsupported is not None and all(a.reason == "unsupported" for a in tried):
+        if self.last_unsupported is not None and all(
+            a.reason == FailureKind.UNSUPPORTED for a in tried
+        ):
             # No model of the chain can serve this request as asked: the client must change it.
             return self.last_unsupported.to_client_error()
         if tried and all(a.reason == "saturated" for a in tried):
             return self.gate.capacity_error()
-        if tried and all(a.reason == "429" for a in tried):
+        if tried and all(a.reason == FailureKind.RATE_LIMITED for a in tried):
             waits = [a.retry_after for a in tried if a.retry_after is not None]
             headers = {}
             if waits:
@@ -230,11 +223,13 @@ class AttemptLoop:
         if len(self.route.chain) == 1 and tried:
             # No fallback was possible: the upstream's own failure says most.
             last = tried[-1]
-            error = UpstreamFailure(last.reason, last.message, status=last.status,
-                                    retry_after=last.retry_after).to_client_error()
+            error = UpstreamFailure(
+                FailureKind(last.reason),
+                last.message,
+                status=last.status,
+                retry_after=last.retry_after,
+            ).to_client_error()
             if len(tried) > 1:
                 error.message += f" (attempts: {listing})"
             return error
-        return AllModelsFailed(
-            f"Every model of '{self.route.name}' failed. Attempts: {listing}."
-        )
+        return AllModelsFailed(f"Every model of '{self.route.name}' failed. Attempts: {listing}.")

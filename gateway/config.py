@@ -13,10 +13,18 @@ import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator
+
+from gateway.config_base import (
+    ConfigModel,
+    NonNegativeFloat,
+    PositiveFloat,
+    PositiveInt,
+)
+from gateway.providers.registry import PROVIDER_TYPES, ProviderConfig
 
 Path_ = tuple[str | int, ...]
 
@@ -29,13 +37,7 @@ class ConfigError(Exception):
         self.problems = problems
 
 
-class _Model(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-
-PositiveFloat = Annotated[float, Field(gt=0)]
-PositiveInt = Annotated[int, Field(gt=0)]
-NonNegativeFloat = Annotated[float, Field(ge=0)]
+_Model = ConfigModel
 
 
 class ServerConfig(_Model):
@@ -50,51 +52,6 @@ class ServerConfig(_Model):
     # comments at this interval so idle-timeout proxies do not cut it.
     keepalive_s: PositiveFloat = 15
     log_level: Literal["debug", "info", "warning", "error"] = "info"
-
-
-class OpenAIProviderConfig(_Model):
-    type: Literal["openai"]
-    base_url: str
-    api_key: str | None = None
-    headers: dict[str, str] = {}
-    max_connections: PositiveInt = 1000
-
-    @field_validator("base_url")
-    @classmethod
-    def _http_url(cls, value: str) -> str:
-        return _check_http_url(value)
-
-
-class AnthropicProviderConfig(_Model):
-    type: Literal["anthropic"]
-    base_url: str = "https://api.anthropic.com"
-    api_key: str | None = None
-    anthropic_version: str = "2023-06-01"
-    headers: dict[str, str] = {}
-    max_connections: PositiveInt = 1000
-    default_max_tokens: PositiveInt = 4096
-
-    @field_validator("base_url")
-    @classmethod
-    def _http_url(cls, value: str) -> str:
-        return _check_http_url(value)
-
-
-class MockProviderConfig(_Model):
-    """The built-in provider: deterministic text, no network."""
-
-    type: Literal["mock"]
-    first_token_ms: NonNegativeFloat = 0
-    pace_ms: NonNegativeFloat = 0  # between stream chunks
-    completion_tokens: PositiveInt = 16  # answer length when the request sets no max_tokens
-    fail_status: int | None = Field(default=None, ge=400, le=599)  # always fail with this status
-    embedding_dimensions: PositiveInt = 8
-
-
-ProviderConfig = Annotated[
-    OpenAIProviderConfig | AnthropicProviderConfig | MockProviderConfig,
-    Field(discriminator="type"),
-]
 
 
 class PriceConfig(_Model):
@@ -189,6 +146,14 @@ class LimitsConfig(_Model):
     lease_ttl_s: PositiveFloat = 60  # a dead replica's leases free themselves after this
 
 
+class RedisConfig(_Model):
+    """The Redis every replica shares (limits, cooldowns, usage). Only a standalone server is
+    supported by this build; Cluster and Sentinel are not yet."""
+
+    url: str = "redis://127.0.0.1:6379/0"
+    mode: Literal["standalone"] = "standalone"
+
+
 class SinksConfig(_Model):
     jsonl: str | None = None  # path of the append-only file; null: off
     jsonl_max_mb: PositiveFloat = 100  # rotate when the file passes this size
@@ -215,16 +180,11 @@ class GatewayConfig(_Model):
     keys: list[KeyConfig] | None = None  # None: auth is off
     limits: LimitsConfig = LimitsConfig()
     usage: UsageConfig = UsageConfig()
+    redis: RedisConfig | None = None  # None: `limits.redis_url` says where Redis is
 
     def upstream_id(self, model_name: str) -> str:
         """The id the upstream knows the model by."""
         return self.models[model_name].model or model_name
-
-
-def _check_http_url(value: str) -> str:
-    if not re.match(r"^https?://[^/\s]+", value):
-        raise ValueError(f"must be an http:// or https:// URL, got {value!r}")
-    return value.rstrip("/")
 
 
 # --- loading -------------------------------------------------------------------------------
@@ -271,6 +231,9 @@ def interpolate(
     return node
 
 
+_TYPE_LIST = ", ".join(f"'{name}'" for name in PROVIDER_TYPES)
+
+
 def _validation_problems(error: ValidationError, skip: Mapping[str, str]) -> list[str]:
     """One line per validation error, except at paths already reported (an unset variable
     there explains the rest)."""
@@ -279,7 +242,7 @@ def _validation_problems(error: ValidationError, skip: Mapping[str, str]) -> lis
         loc = list(item["loc"])
         # A provider's discriminator tag ("openai", "mock") appears in the location; it is not
         # part of the YAML path the user edits.
-        if len(loc) >= 3 and loc[0] == "providers" and loc[2] in ("openai", "anthropic", "mock"):
+        if len(loc) >= 3 and loc[0] == "providers" and loc[2] in PROVIDER_TYPES:
             del loc[2]
         message = item["msg"]
         if item["type"] == "extra_forbidden":
@@ -287,9 +250,9 @@ def _validation_problems(error: ValidationError, skip: Mapping[str, str]) -> lis
         elif item["type"] == "missing":
             message = "required key is missing"
         elif item["type"] == "union_tag_invalid":
-            message = "type must be one of 'openai', 'anthropic', 'mock'"
+            message = f"type must be one of {_TYPE_LIST}"
         elif item["type"] == "union_tag_not_found":
-            message = "type is missing (one of 'openai', 'anthropic', 'mock')"
+            message = f"type is missing (one of {_TYPE_LIST})"
         where = format_path(tuple(loc))
         if where not in skip:
             problems.append(f"{where}: {message}")

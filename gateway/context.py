@@ -69,7 +69,6 @@ class RequestState:
     holds: list[Hold] = field(default_factory=list)
     holds_process_slot: bool = False
     ratelimit_headers: dict[str, str] = field(default_factory=dict)
-    status: int = 0
     runtime: Runtime | None = None  # the runtime this request started on, to its end
     api_call: bool = False  # a /v1 call that counts in the request metrics
     in_flight_tier: str | None = None

@@ -13,8 +13,10 @@ import math
 import time
 from collections.abc import Sequence
 
+from redis.asyncio import Redis
+
 from gateway.cooldown import CooldownStore, ModelHealth
-from gateway.limits.redis import LuaScript, connect
+from gateway.limits.redis import LuaScript
 
 _HEALTH = LuaScript(
     """
@@ -76,20 +78,12 @@ class RedisCooldowns(CooldownStore):
 
     def __init__(
         self,
-        url: str,
+        client: Redis,
         *,
         prefix: str = "gw",
-        socket_timeout: float = 0.5,
-        connect_timeout: float = 0.5,
-        max_connections: int = 16,
         cache_s: float = 1.0,
     ) -> None:
-        self._redis = connect(
-            url,
-            socket_timeout=socket_timeout,
-            connect_timeout=connect_timeout,
-            max_connections=max_connections,
-        )
+        self._redis = client  # the process's shared client: closed by its owner, not here
         self._base = f"{prefix}:{{cooldown}}"
         self.index_key = f"{self._base}:models"
         # Every request reads its chain's health; a snapshot reused for `cache_s` saves that
@@ -141,9 +135,7 @@ class RedisCooldowns(CooldownStore):
         self._cache.clear()
         lifetime_ms = math.ceil((2 * seconds + DAY_S) * 1000)
         args = (threshold, seconds, model, lifetime_ms)
-        started = await _RECORD_FAILURE.run(
-            self._redis, (self.key(model), self.index_key), args
-        )
+        started = await _RECORD_FAILURE.run(self._redis, (self.key(model), self.index_key), args)
         return bool(int(started))
 
     async def record_success(self, model: str) -> None:
@@ -162,6 +154,3 @@ class RedisCooldowns(CooldownStore):
             keys = [self.index_key, *(self.key(m) for m in stale)]
             await _FORGET.run(self._redis, keys, stale)
         return {m for m, (_, cooling_until, _) in streaks.items() if redis_now < cooling_until}
-
-    async def aclose(self) -> None:
-        await self._redis.aclose()

@@ -1,9 +1,8 @@
 """One tree of errors, each knowing its HTTP status, its OpenAI `type`/`code`, and whether a
 retry by the client can help (`x-should-retry`).
 
-`UpstreamFailure` is what providers raise: it carries the reason kind that routing matches
-against `routing.fallback_on` (connect, timeout, 429, 5xx, context_length) and turns into the
-client-facing error when nothing else can answer.
+`UpstreamFailure` is what providers raise: it carries its `FailureKind`, whose policy routing
+follows, and turns into the client-facing error when nothing else can answer.
 """
 
 from __future__ import annotations
@@ -12,6 +11,8 @@ import math
 from typing import Any
 
 import orjson
+
+from gateway.failures import FailureKind
 
 
 def retry_headers(seconds: float) -> dict[str, str]:
@@ -147,18 +148,12 @@ class ServiceUnavailable(GatewayError):
 
 
 class UpstreamFailure(Exception):
-    """One upstream attempt failed.
-
-    `kind` is what routing matches against `routing.fallback_on`: `connect`, `timeout`, `429`,
-    `5xx`, `context_length`; or `client_error` (the upstream refused the request itself: the
-    next model would refuse it too), `bad_response` (garbage from the upstream) and
-    `unsupported` (this provider cannot serve the request as asked, found before sending it:
-    another model of the chain may).
-    """
+    """One upstream attempt failed; its `kind` (see `gateway.failures`) decides what
+    routing does next and what the client sees when nothing else can answer."""
 
     def __init__(
         self,
-        kind: str,
+        kind: FailureKind,
         message: str,
         *,
         status: int | None = None,
@@ -174,24 +169,21 @@ class UpstreamFailure(Exception):
 
     def to_client_error(self) -> GatewayError:
         """What the client sees when this was the last word."""
-        if self.kind == "timeout":
+        kind = self.kind
+        if kind is FailureKind.TIMEOUT:
             return UpstreamTimeout(f"The upstream did not answer in time: {self.message}")
-        if self.kind in ("client_error", "context_length", "unsupported") and self.status:
-            return self._relayed_client_error()
-        if self.kind == "429":
+        if kind.policy.fallback_class is None or kind is FailureKind.CONTEXT_LENGTH:
+            if self.status:
+                return self._relayed_client_error()
+            return UpstreamError(f"The upstream failed: {self.message}", code="upstream_error")
+        if kind is FailureKind.RATE_LIMITED:
             headers = retry_headers(self.retry_after) if self.retry_after is not None else {}
             return RateLimited(
                 f"The upstream is rate limiting requests: {self.message}",
-                code="upstream_rate_limited",
+                code=kind.policy.client_code,
                 headers=headers,
             )
-        code = {
-            "connect": "upstream_connect_error",
-            "reset": "upstream_connection_reset",
-            "bad_response": "upstream_bad_response",
-            "5xx": "upstream_server_error",
-        }.get(self.kind, "upstream_error")
-        return UpstreamError(f"The upstream failed: {self.message}", code=code)
+        return UpstreamError(f"The upstream failed: {self.message}", code=kind.policy.client_code)
 
     def _relayed_client_error(self) -> GatewayError:
         """The upstream refused the request itself (a bad parameter, a prompt too long): the
@@ -208,8 +200,8 @@ class UpstreamFailure(Exception):
         message = err.get("message") if isinstance(err.get("message"), str) else self.message
         param = err.get("param") if isinstance(err.get("param"), str) else None
         code = err.get("code")
-        if self.kind == "context_length":
-            code = "context_length_exceeded"
+        if self.kind is FailureKind.CONTEXT_LENGTH:
+            code = self.kind.policy.client_code
         error_type = err.get("type") if isinstance(err.get("type"), str) else None
         return GatewayError(
             str(message),

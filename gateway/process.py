@@ -17,6 +17,7 @@ from gateway.drain import Drain
 from gateway.limits.base import Limiter
 from gateway.limits.keeper import LeaseKeeper
 from gateway.runtime import Runtime
+from gateway.store.redis import SharedRedis
 from gateway.usage.service import UsageService
 
 log = logging.getLogger("gateway.process")
@@ -31,14 +32,16 @@ class GatewayProcess:
         limiter: Limiter,
         cooldowns: CooldownStore | None = None,
         usage: UsageService | None = None,
+        redis: SharedRedis | None = None,
     ) -> None:
+        self.redis = redis  # the one Redis client, shared by limits, cooldowns and usage
         self.current = runtime
         self.draining = False
         self.limiter = limiter
         self.cooldowns: CooldownStore = cooldowns or MemoryCooldowns()
         self.leases = LeaseKeeper(limiter, runtime.config.limits.lease_ttl_s)
         config = runtime.config
-        self.usage = usage or UsageService(config.usage, config.limits.redis_url)
+        self.usage = usage or UsageService(config.usage, redis)
         self.in_flight = 0
         self.drain = Drain()
         self._background: set[asyncio.Task[None]] = set()
@@ -86,3 +89,5 @@ class GatewayProcess:
         await self.limiter.aclose()
         await self.cooldowns.aclose()
         await self.current.aclose()
+        if self.redis is not None:
+            await self.redis.aclose()  # last: every user of it is closed

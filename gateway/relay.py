@@ -22,6 +22,7 @@ from aiohttp import web
 from gateway.context import RequestState
 from gateway.drain import Drain
 from gateway.errors import GatewayError, ServiceUnavailable, UpstreamFailure
+from gateway.failures import FailureKind
 from gateway.providers.base import EventStream, usage_from_openai
 from gateway.sse import KEEPALIVE, encode_data, event_data
 
@@ -86,7 +87,10 @@ def _failure_from_event(payload: bytes, what: str) -> UpstreamFailure:
         error = None
     error = error if isinstance(error, dict) else {"message": str(error)}
     return UpstreamFailure(
-        "5xx", f"{what}: error event: {error.get('message')}", status=500, upstream_error=error
+        FailureKind.SERVER_ERROR,
+        f"{what}: error event: {error.get('message')}",
+        status=500,
+        upstream_error=error,
     )
 
 
@@ -98,7 +102,9 @@ async def first_events(open_stream: StreamOpener, what: str, within_s: float) ->
         async with asyncio.timeout(within_s):
             return await _first_events(open_stream, what)
     except TimeoutError as exc:
-        raise UpstreamFailure("timeout", f"{what}: no first event within {within_s:g}s") from exc
+        raise UpstreamFailure(
+            FailureKind.TIMEOUT, f"{what}: no first event within {within_s:g}s"
+        ) from exc
 
 
 async def _first_events(open_stream: StreamOpener, what: str) -> FirstEvents:
@@ -109,7 +115,9 @@ async def _first_events(open_stream: StreamOpener, what: str) -> FirstEvents:
         while True:
             events = await stream.next_events()
             if events is None:
-                raise UpstreamFailure("bad_response", f"{what}: stream ended before any event")
+                raise UpstreamFailure(
+                    FailureKind.BAD_RESPONSE, f"{what}: stream ended before any event"
+                )
             data_events = [e for e in events if _is_data(e)]
             if not data_events:
                 continue
@@ -129,7 +137,10 @@ class _KeepAlives:
     the common fast stream pays almost nothing for it."""
 
     def __init__(
-        self, request: web.Request, response: web.StreamResponse, state: RequestState,
+        self,
+        request: web.Request,
+        response: web.StreamResponse,
+        state: RequestState,
         every_s: float,
     ) -> None:
         self._request = request
@@ -284,4 +295,3 @@ async def _end_with_error(response: web.StreamResponse, error: GatewayError) -> 
     with contextlib.suppress(ConnectionResetError):
         await response.write(error_event(error))
         await response.write_eof()
-

@@ -29,9 +29,15 @@ POLL_S = 1.0
 
 # Settings read once at start: a reload that changes them says so instead of pretending.
 _RESTART_ONLY = (
-    ("server", "host"), ("server", "port"), ("server", "metrics_port"),
-    ("server", "shutdown_grace_s"), ("limits", "backend"), ("limits", "redis_url"),
-    ("limits", "lease_ttl_s"), ("usage", "sinks"), ("usage", "queue_size"),
+    ("server", "host"),
+    ("server", "port"),
+    ("server", "metrics_port"),
+    ("server", "shutdown_grace_s"),
+    ("limits", "backend"),
+    ("limits", "redis_url"),
+    ("limits", "lease_ttl_s"),
+    ("usage", "sinks"),
+    ("usage", "queue_size"),
 )
 
 
@@ -39,7 +45,6 @@ _RESTART_ONLY = (
 class ReloadResult:
     ok: bool
     problems: tuple[str, ...] = ()
-    changed: bool = True
 
 
 def _signature(path: Path) -> tuple[int, int, int, int] | None:
@@ -58,8 +63,9 @@ def _digest(path: Path) -> str | None:
 
 
 class Reloader:
-    def __init__(self, process: GatewayProcess, path: str | os.PathLike[str],
-                 poll_s: float = POLL_S) -> None:
+    def __init__(
+        self, process: GatewayProcess, path: str | os.PathLike[str], poll_s: float = POLL_S
+    ) -> None:
         self.process = process
         self.path = Path(path)
         self._lock = asyncio.Lock()
@@ -104,6 +110,8 @@ class Reloader:
                     "this setting takes effect at the next restart",
                     extra={"setting": f"{section}.{name}"},
                 )
+        if old.redis != new.redis:
+            log.warning("this setting takes effect at the next restart", extra={"setting": "redis"})
 
     @property
     def poll_s(self) -> float:

@@ -15,7 +15,8 @@ from gateway.auth import Authenticator
 from gateway.config import GatewayConfig
 from gateway.errors import ServiceUnavailable
 from gateway.logs import REDACT, config_secrets
-from gateway.providers import Provider, build_provider
+from gateway.providers.base import Provider
+from gateway.providers.registry import build_provider
 from gateway.routing import Router
 
 log = logging.getLogger("gateway.runtime")
@@ -91,6 +92,8 @@ def build_runtime(config: GatewayConfig, previous: Runtime | None = None) -> Run
         secrets += config_secrets(previous.config)
     REDACT.set_secrets(secrets)
     if not auth.enabled:
-        log.warning("no keys: section in the config; authentication is OFF and every caller is "
-                    "served as 'anonymous'")
+        log.warning(
+            "no keys: section in the config; authentication is OFF and every caller is "
+            "served as 'anonymous'"
+        )
     return Runtime(config=config, providers=providers, router=Router(config), auth=auth)

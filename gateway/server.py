@@ -15,6 +15,7 @@ from gateway.limits.factory import build_cooldowns, build_limiter
 from gateway.process import GatewayProcess
 from gateway.reload import POLL_S, Reloader
 from gateway.runtime import build_runtime
+from gateway.store.redis import SharedRedis, redis_url, uses_redis
 
 log = logging.getLogger("gateway.server")
 
@@ -34,12 +35,14 @@ class GatewayServer:
         self.config = config
         self.host = host if host is not None else config.server.host
         self.port = port if port is not None else config.server.port
+        redis = SharedRedis(redis_url(config)) if uses_redis(config) else None
         self.process = GatewayProcess(
-            build_runtime(config), build_limiter(config.limits), build_cooldowns(config.limits)
+            build_runtime(config),
+            build_limiter(config.limits, redis),
+            build_cooldowns(config.limits, redis),
+            redis=redis,
         )
-        self.reloader = (
-            Reloader(self.process, config_path, reload_poll_s) if config_path else None
-        )
+        self.reloader = Reloader(self.process, config_path, reload_poll_s) if config_path else None
         self.app = create_app(self.process, self.reloader)
         self._stopped = False
         # handler_cancellation: a client that disconnects cancels its handler at once, which
@@ -83,8 +86,10 @@ class GatewayServer:
         grace = self.config.server.shutdown_grace_s
         if not await self.process.wait_idle(grace):
             ended = self.process.drain.end_remaining()
-            log.warning("grace period over; ending requests still running",
-                        extra={"requests": ended, "grace_s": grace})
+            log.warning(
+                "grace period over; ending requests still running",
+                extra={"requests": ended, "grace_s": grace},
+            )
             await self.process.wait_idle(2.0)
         await self._runner.cleanup()
         if self._metrics_runner is not None:

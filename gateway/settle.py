@@ -64,7 +64,6 @@ def cost_usd(config: GatewayConfig, model: str, tokens: Tokens) -> float:
 
 def finish(process: GatewayProcess, state: RequestState, status: int) -> None:
     """Account for a finished request; release what it held."""
-    state.status = status
     if state.holds_process_slot:
         process.in_flight -= 1
         state.holds_process_slot = False

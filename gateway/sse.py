@@ -74,7 +74,6 @@ def encode_data(payload: bytes) -> bytes:
     return b"data: " + payload + b"\n\n"
 
 
-
 def encode_event(name: str, payload: bytes) -> bytes:
     """One named event (`event:` then `data:`), as Anthropic's and the Responses API's
     streams carry them; `payload` is JSON bytes (never a raw newline)."""

@@ -53,8 +53,11 @@ def prompt_tokens(body: dict[str, Any]) -> int:
         return text_tokens(inputs)
     if isinstance(inputs, list):
         return sum(
-            text_tokens(item) if isinstance(item, str) else
-            len(item) if isinstance(item, list) else 1
+            text_tokens(item)
+            if isinstance(item, str)
+            else len(item)
+            if isinstance(item, list)
+            else 1
             for item in inputs
         )
     return 0

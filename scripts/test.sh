@@ -26,6 +26,7 @@ fi
 
 echo "== ruff"
 .venv/bin/ruff check gateway tests bench
+.venv/bin/ruff format --check gateway tests bench
 echo "== mypy --strict"
 .venv/bin/mypy
 echo "== pytest"

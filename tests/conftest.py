@@ -37,8 +37,11 @@ def base_config(upstream_url: str) -> dict[str, Any]:
             "mock": {"type": "mock"},
         },
         "models": {
-            "gpt-up": {"provider": "up", "model": "upstream-model-id",
-                       "timeout": {"connect": 2, "first_token": 5, "total": 30}},
+            "gpt-up": {
+                "provider": "up",
+                "model": "upstream-model-id",
+                "timeout": {"connect": 2, "first_token": 5, "total": 30},
+            },
             "embed-up": {"provider": "up", "model": "upstream-embed-id"},
             "mock-model": {"provider": "mock"},
         },

@@ -36,8 +36,17 @@ async def start_gateway_process(
     (`log_path`): a pipe nobody reads would fill under load and block the gateway."""
     with log_path(config_path, port).open("ab") as log:
         process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "gateway", "serve", "--config", str(config_path),
-            "--port", str(port), stdout=subprocess.DEVNULL, stderr=log, cwd=ROOT,
+            sys.executable,
+            "-m",
+            "gateway",
+            "serve",
+            "--config",
+            str(config_path),
+            "--port",
+            str(port),
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+            cwd=ROOT,
         )
     url = f"http://127.0.0.1:{port}"
     async with aiohttp.ClientSession() as http:

@@ -38,10 +38,15 @@ async def sdk(fake: FakeAnthropic) -> AsyncIterator[anthropic.AsyncAnthropic]:
 async def test_sdk_parses_a_plain_message(
     fake: FakeAnthropic, sdk: anthropic.AsyncAnthropic
 ) -> None:
-    fake.next(Reply(content=[text("Hi there")], input_tokens=20, output_tokens=3,
-                    cache_read_input_tokens=5))
+    fake.next(
+        Reply(
+            content=[text("Hi there")], input_tokens=20, output_tokens=3, cache_read_input_tokens=5
+        )
+    )
     message = await sdk.messages.create(
-        model="claude-test", max_tokens=50, system="Be brief.",
+        model="claude-test",
+        max_tokens=50,
+        system="Be brief.",
         messages=[{"role": "user", "content": "Hello"}],
     )
     assert message.content[0].type == "text"
@@ -78,27 +83,39 @@ async def test_sdk_raw_stream_has_every_event_type_in_order(
 ) -> None:
     fake.next(Reply(content=[text("ab")]))
     stream = await sdk.messages.create(
-        model="claude-test", max_tokens=50, stream=True,
+        model="claude-test",
+        max_tokens=50,
+        stream=True,
         messages=[{"role": "user", "content": "Hi"}],
     )
     kinds = [event.type async for event in stream]
     assert kinds == [
-        "message_start", "content_block_start", "content_block_delta",
-        "content_block_stop", "message_delta", "message_stop",
+        "message_start",
+        "content_block_start",
+        "content_block_delta",
+        "content_block_stop",
+        "message_delta",
+        "message_stop",
     ]  # the SDK drops `ping` itself
 
 
 async def test_sdk_stream_with_parallel_tool_uses_rebuilds_their_inputs(
     fake: FakeAnthropic, sdk: anthropic.AsyncAnthropic
 ) -> None:
-    fake.next(Reply(
-        content=[text("Checking."),
-                 tool_use("toolu_01", "get_weather", {"city": "Paris"}),
-                 tool_use("toolu_02", "get_weather", {"city": "Tokyo, Japan"})],
-        stop_reason="tool_use",
-    ))
+    fake.next(
+        Reply(
+            content=[
+                text("Checking."),
+                tool_use("toolu_01", "get_weather", {"city": "Paris"}),
+                tool_use("toolu_02", "get_weather", {"city": "Tokyo, Japan"}),
+            ],
+            stop_reason="tool_use",
+        )
+    )
     async with sdk.messages.stream(
-        model="claude-test", max_tokens=50, tools=[WEATHER_TOOL],  # type: ignore[list-item]
+        model="claude-test",
+        max_tokens=50,
+        tools=[WEATHER_TOOL],  # type: ignore[list-item]
         messages=[{"role": "user", "content": "Weather in Paris and Tokyo?"}],
     ) as stream:
         final = await stream.get_final_message()
@@ -114,14 +131,26 @@ async def test_sdk_sends_tool_results_the_fake_accepts(
     fake: FakeAnthropic, sdk: anthropic.AsyncAnthropic
 ) -> None:
     message = await sdk.messages.create(
-        model="claude-test", max_tokens=50, tools=[WEATHER_TOOL],  # type: ignore[list-item]
+        model="claude-test",
+        max_tokens=50,
+        tools=[WEATHER_TOOL],  # type: ignore[list-item]
         messages=[
             {"role": "user", "content": "Weather?"},
-            {"role": "assistant", "content": [
-                {"type": "tool_use", "id": "toolu_9", "name": "get_weather",
-                 "input": {"city": "Oslo"}}]},
-            {"role": "user", "content": [
-                {"type": "tool_result", "tool_use_id": "toolu_9", "content": "-3C"}]},
+            {
+                "role": "assistant",
+                "content": [
+                    {
+                        "type": "tool_use",
+                        "id": "toolu_9",
+                        "name": "get_weather",
+                        "input": {"city": "Oslo"},
+                    }
+                ],
+            },
+            {
+                "role": "user",
+                "content": [{"type": "tool_result", "tool_use_id": "toolu_9", "content": "-3C"}],
+            },
         ],
     )
     assert message.content[0].type == "text"
@@ -137,7 +166,9 @@ async def test_sdk_sends_tool_results_the_fake_accepts(
     ],
 )
 async def test_sdk_raises_its_own_exception_for_each_error_status(
-    fake: FakeAnthropic, sdk: anthropic.AsyncAnthropic, status: int,
+    fake: FakeAnthropic,
+    sdk: anthropic.AsyncAnthropic,
+    status: int,
     exception: type[anthropic.APIStatusError],
 ) -> None:
     fake.next(Reply(status=status, error_message="scripted failure"))
@@ -155,7 +186,8 @@ async def test_fake_refuses_what_the_real_api_refuses(
 ) -> None:
     with pytest.raises(anthropic.BadRequestError, match="alternate"):
         await sdk.messages.create(
-            model="claude-test", max_tokens=50,
+            model="claude-test",
+            max_tokens=50,
             messages=[{"role": "user", "content": "a"}, {"role": "user", "content": "b"}],
         )
     async with anthropic.AsyncAnthropic(
@@ -184,7 +216,8 @@ async def test_scenario_is_chosen_by_the_last_user_message(
 ) -> None:
     fake.script("short", Reply(content=[text("scripted")], stop_reason="max_tokens"))
     message = await sdk.messages.create(
-        model="claude-test", max_tokens=50,
+        model="claude-test",
+        max_tokens=50,
         messages=[{"role": "user", "content": "please fake:short"}],
     )
     assert message.content[0].type == "text"

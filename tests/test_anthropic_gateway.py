@@ -19,10 +19,18 @@ MESSAGES: list[Any] = [
     {"role": "system", "content": "Be brief."},
     {"role": "user", "content": "What is the weather in Paris and Rome?"},
 ]
-WEATHER_TOOL = {"type": "function", "function": {
-    "name": "get_weather", "description": "Weather for a city",
-    "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
-                   "required": ["city"]}}}
+WEATHER_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Weather for a city",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string"}},
+            "required": ["city"],
+        },
+    },
+}
 
 
 @pytest.fixture
@@ -42,8 +50,11 @@ def config(claude_url: str, openai_url: str) -> dict[str, Any]:
             "openai": {"type": "openai", "base_url": openai_url},
         },
         "models": {
-            "claude-haiku": {"provider": "anthropic", "model": "claude-3-5-haiku-latest",
-                             "timeout": timeout},
+            "claude-haiku": {
+                "provider": "anthropic",
+                "model": "claude-3-5-haiku-latest",
+                "timeout": timeout,
+            },
             "gpt-mini": {"provider": "openai", "model": "gpt-4o-mini", "timeout": timeout},
         },
         "tiers": {"fast": ["claude-haiku", "gpt-mini"], "claude-only": ["claude-haiku"]},
@@ -60,9 +71,7 @@ async def gateway(
 
 @pytest.fixture
 async def client(gateway: GatewayServer) -> AsyncIterator[openai.AsyncOpenAI]:
-    async with openai.AsyncOpenAI(
-        base_url=gateway.url + "/v1", api_key="k", max_retries=0
-    ) as sdk:
+    async with openai.AsyncOpenAI(base_url=gateway.url + "/v1", api_key="k", max_retries=0) as sdk:
         yield sdk
 
 
@@ -90,12 +99,20 @@ async def test_chat_through_anthropic(client: openai.AsyncOpenAI, claude: FakeAn
 async def test_streamed_parallel_tool_calls_through_anthropic(
     client: openai.AsyncOpenAI, claude: FakeAnthropic
 ) -> None:
-    claude.next(Reply(
-        content=[text("Checking."), tool_use("toolu_1", "get_weather", {"city": "Paris"}),
-                 tool_use("toolu_2", "get_weather", {"city": "Rome"})],
-        stop_reason="tool_use"))
+    claude.next(
+        Reply(
+            content=[
+                text("Checking."),
+                tool_use("toolu_1", "get_weather", {"city": "Paris"}),
+                tool_use("toolu_2", "get_weather", {"city": "Rome"}),
+            ],
+            stop_reason="tool_use",
+        )
+    )
     async with client.chat.completions.stream(
-        model="fast", messages=MESSAGES, tools=[WEATHER_TOOL],  # type: ignore[list-item]
+        model="fast",
+        messages=MESSAGES,
+        tools=[WEATHER_TOOL],  # type: ignore[list-item]
         stream_options={"include_usage": True},
     ) as stream:
         async for _ in stream:
@@ -105,10 +122,14 @@ async def test_streamed_parallel_tool_calls_through_anthropic(
     assert final.choices[0].finish_reason == "tool_calls"
     assert message.content == "Checking."
     assert message.tool_calls is not None
-    calls = [(c.id, c.function.name, json.loads(c.function.arguments))  # type: ignore[union-attr]
-             for c in message.tool_calls]
-    assert calls == [("toolu_1", "get_weather", {"city": "Paris"}),
-                     ("toolu_2", "get_weather", {"city": "Rome"})]
+    calls = [
+        (c.id, c.function.name, json.loads(c.function.arguments))  # type: ignore[union-attr]
+        for c in message.tool_calls
+    ]
+    assert calls == [
+        ("toolu_1", "get_weather", {"city": "Paris"}),
+        ("toolu_2", "get_weather", {"city": "Rome"}),
+    ]
     assert final.usage is not None and final.usage.completion_tokens == 7
     assert claude.last_body["tools"][0]["input_schema"]["required"] == ["city"]
 
@@ -118,11 +139,22 @@ async def test_tool_results_go_back_as_one_user_turn(
 ) -> None:
     history: list[Any] = [
         *MESSAGES,
-        {"role": "assistant", "content": None, "tool_calls": [
-            {"id": "toolu_1", "type": "function",
-             "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}},
-            {"id": "toolu_2", "type": "function",
-             "function": {"name": "get_weather", "arguments": '{"city": "Rome"}'}}]},
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {
+                    "id": "toolu_1",
+                    "type": "function",
+                    "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'},
+                },
+                {
+                    "id": "toolu_2",
+                    "type": "function",
+                    "function": {"name": "get_weather", "arguments": '{"city": "Rome"}'},
+                },
+            ],
+        },
         {"role": "tool", "tool_call_id": "toolu_1", "content": "sunny"},
         {"role": "tool", "tool_call_id": "toolu_2", "content": "rain"},
     ]
@@ -131,7 +163,9 @@ async def test_tool_results_go_back_as_one_user_turn(
     assert [t["role"] for t in turns] == ["user", "assistant", "user"]
     results = turns[-1]["content"]
     assert [(r["type"], r["tool_use_id"]) for r in results] == [
-        ("tool_result", "toolu_1"), ("tool_result", "toolu_2")]
+        ("tool_result", "toolu_1"),
+        ("tool_result", "toolu_2"),
+    ]
 
 
 @pytest.mark.parametrize("status", [529, 500, 429])
@@ -179,8 +213,9 @@ async def test_a_mid_stream_anthropic_error_is_an_in_band_error(
     client: openai.AsyncOpenAI, claude: FakeAnthropic, upstream: FakeOpenAI
 ) -> None:
     # Paced, so the first events reach the client before the error does.
-    claude.next(Reply(content=[text("A long answer that breaks")], error_event_after=4,
-                      pace_s=0.05))
+    claude.next(
+        Reply(content=[text("A long answer that breaks")], error_event_after=4, pace_s=0.05)
+    )
     stream = await client.chat.completions.create(model="fast", messages=MESSAGES, stream=True)
     received = []
     with pytest.raises(openai.APIError):

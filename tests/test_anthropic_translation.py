@@ -13,14 +13,14 @@ import pytest
 from openai.lib.streaming.chat import ChatCompletionStreamState
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
-from gateway.config import AnthropicProviderConfig, ModelConfig, TimeoutConfig
+from gateway.config import ModelConfig, TimeoutConfig
 from gateway.errors import UpstreamFailure
-from gateway.providers import build_provider
-from gateway.providers.anthropic import AnthropicProvider
+from gateway.providers.anthropic import AnthropicProvider, AnthropicProviderConfig
 from gateway.providers.anthropic_request import JSON_OBJECT_INSTRUCTION, translate_request
 from gateway.providers.anthropic_response import openai_usage, translate_response
 from gateway.providers.anthropic_stream import StreamTranslator
 from gateway.providers.base import EventStream, UpstreamCall, Usage
+from gateway.providers.registry import build_provider
 from tests.fakes.anthropic_upstream import FakeAnthropic, Reply, text, tool_use
 
 API_KEY = "sk-ant-gateway"
@@ -29,8 +29,11 @@ WEATHER = {
     "function": {
         "name": "get_weather",
         "description": "Weather for a city",
-        "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
-                       "required": ["city"]},
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string"}},
+            "required": ["city"],
+        },
     },
 }
 USER = {"role": "user", "content": "Hi"}
@@ -45,23 +48,27 @@ def request(**body: Any) -> dict[str, Any]:
 
 
 def test_system_and_developer_messages_become_the_joined_top_level_system() -> None:
-    out = request(messages=[
-        {"role": "system", "content": "You are terse."},
-        {"role": "developer", "content": [{"type": "text", "text": "Answer in French."}]},
-        USER,
-    ])
+    out = request(
+        messages=[
+            {"role": "system", "content": "You are terse."},
+            {"role": "developer", "content": [{"type": "text", "text": "Answer in French."}]},
+            USER,
+        ]
+    )
     assert out["system"] == "You are terse.\n\nAnswer in French."
     assert out["messages"] == [{"role": "user", "content": "Hi"}]
 
 
 def test_multi_turn_keeps_order_and_merges_consecutive_same_role_turns() -> None:
-    out = request(messages=[
-        {"role": "user", "content": "one"},
-        {"role": "user", "content": [{"type": "text", "text": "two"}]},
-        {"role": "assistant", "content": "three"},
-        {"role": "assistant", "content": "four"},
-        {"role": "user", "content": "five"},
-    ])
+    out = request(
+        messages=[
+            {"role": "user", "content": "one"},
+            {"role": "user", "content": [{"type": "text", "text": "two"}]},
+            {"role": "assistant", "content": "three"},
+            {"role": "assistant", "content": "four"},
+            {"role": "user", "content": "five"},
+        ]
+    )
     assert out["messages"] == [
         {"role": "user", "content": [text("one"), text("two")]},
         {"role": "assistant", "content": [text("three"), text("four")]},
@@ -70,64 +77,128 @@ def test_multi_turn_keeps_order_and_merges_consecutive_same_role_turns() -> None
 
 
 def test_image_urls_become_url_sources_and_data_urls_base64_sources() -> None:
-    out = request(messages=[{"role": "user", "content": [
-        {"type": "text", "text": "Compare"},
-        {"type": "image_url", "image_url": {"url": "https://example.com/cat.jpg", "detail": "low"}},
-        {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}},
-    ]}])
+    out = request(
+        messages=[
+            {
+                "role": "user",
+                "content": [
+                    {"type": "text", "text": "Compare"},
+                    {
+                        "type": "image_url",
+                        "image_url": {"url": "https://example.com/cat.jpg", "detail": "low"},
+                    },
+                    {
+                        "type": "image_url",
+                        "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="},
+                    },
+                ],
+            }
+        ]
+    )
     assert out["messages"][0]["content"] == [
         text("Compare"),
         {"type": "image", "source": {"type": "url", "url": "https://example.com/cat.jpg"}},
-        {"type": "image", "source": {"type": "base64", "media_type": "image/png",
-                                     "data": "iVBORw0KGgo="}},
+        {
+            "type": "image",
+            "source": {"type": "base64", "media_type": "image/png", "data": "iVBORw0KGgo="},
+        },
     ]
 
 
 def test_pdf_file_parts_become_document_blocks() -> None:
-    out = request(messages=[{"role": "user", "content": [
-        {"type": "file", "file": {"file_data": "data:application/pdf;base64,JVBERi0=",
-                                  "filename": "a.pdf"}}]}])
+    out = request(
+        messages=[
+            {
+                "role": "user",
+                "content": [
+                    {
+                        "type": "file",
+                        "file": {
+                            "file_data": "data:application/pdf;base64,JVBERi0=",
+                            "filename": "a.pdf",
+                        },
+                    }
+                ],
+            }
+        ]
+    )
     assert out["messages"][0]["content"] == [
-        {"type": "document", "source": {"type": "base64", "media_type": "application/pdf",
-                                        "data": "JVBERi0="}}]
+        {
+            "type": "document",
+            "source": {"type": "base64", "media_type": "application/pdf", "data": "JVBERi0="},
+        }
+    ]
 
 
 def test_assistant_tool_calls_become_tool_use_blocks_with_parsed_input() -> None:
-    out = request(messages=[
-        USER,
-        {"role": "assistant", "content": None, "tool_calls": [
-            {"id": "toolu_1", "type": "function",
-             "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}},
-            {"id": "toolu_2", "type": "function",
-             "function": {"name": "get_time", "arguments": ""}},
-        ]},
-    ])
-    assert out["messages"][1] == {"role": "assistant", "content": [
-        tool_use("toolu_1", "get_weather", {"city": "Paris"}),
-        tool_use("toolu_2", "get_time", {}),
-    ]}
+    out = request(
+        messages=[
+            USER,
+            {
+                "role": "assistant",
+                "content": None,
+                "tool_calls": [
+                    {
+                        "id": "toolu_1",
+                        "type": "function",
+                        "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'},
+                    },
+                    {
+                        "id": "toolu_2",
+                        "type": "function",
+                        "function": {"name": "get_time", "arguments": ""},
+                    },
+                ],
+            },
+        ]
+    )
+    assert out["messages"][1] == {
+        "role": "assistant",
+        "content": [
+            tool_use("toolu_1", "get_weather", {"city": "Paris"}),
+            tool_use("toolu_2", "get_time", {}),
+        ],
+    }
 
 
 def test_parallel_tool_results_merge_into_one_user_turn_before_following_text() -> None:
-    out = request(messages=[
-        USER,
-        {"role": "assistant", "content": "Let me check.", "tool_calls": [
-            {"id": "toolu_1", "type": "function",
-             "function": {"name": "get_weather", "arguments": '{"city":"Paris"}'}},
-            {"id": "toolu_2", "type": "function",
-             "function": {"name": "get_weather", "arguments": '{"city":"Oslo"}'}},
-        ]},
-        {"role": "tool", "tool_call_id": "toolu_1", "content": "18C"},
-        {"role": "tool", "tool_call_id": "toolu_2",
-         "content": [{"type": "text", "text": "-3C"}]},
-        {"role": "user", "content": "And tomorrow?"},
-    ])
+    out = request(
+        messages=[
+            USER,
+            {
+                "role": "assistant",
+                "content": "Let me check.",
+                "tool_calls": [
+                    {
+                        "id": "toolu_1",
+                        "type": "function",
+                        "function": {"name": "get_weather", "arguments": '{"city":"Paris"}'},
+                    },
+                    {
+                        "id": "toolu_2",
+                        "type": "function",
+                        "function": {"name": "get_weather", "arguments": '{"city":"Oslo"}'},
+                    },
+                ],
+            },
+            {"role": "tool", "tool_call_id": "toolu_1", "content": "18C"},
+            {
+                "role": "tool",
+                "tool_call_id": "toolu_2",
+                "content": [{"type": "text", "text": "-3C"}],
+            },
+            {"role": "user", "content": "And tomorrow?"},
+        ]
+    )
     assert out["messages"][1]["content"][0] == text("Let me check.")
-    assert out["messages"][2] == {"role": "user", "content": [
-        {"type": "tool_result", "tool_use_id": "toolu_1", "content": "18C"},
-        {"type": "tool_result", "tool_use_id": "toolu_2", "content": [text("-3C")]},
-        text("And tomorrow?"),
-    ]}
+    assert out["messages"][2] == {
+        "role": "user",
+        "content": [
+            {"type": "tool_result", "tool_use_id": "toolu_1", "content": "18C"},
+            {"type": "tool_result", "tool_use_id": "toolu_2", "content": [text("-3C")]},
+            text("And tomorrow?"),
+        ],
+    }
     assert len(out["messages"]) == 3
 
 
@@ -138,8 +209,11 @@ def test_tools_become_anthropic_tools_with_input_schema() -> None:
     bare = {"type": "function", "function": {"name": "now"}}
     out = request(tools=[WEATHER, bare])
     assert out["tools"] == [
-        {"name": "get_weather", "description": "Weather for a city",
-         "input_schema": WEATHER["function"]["parameters"]},  # type: ignore[index]
+        {
+            "name": "get_weather",
+            "description": "Weather for a city",
+            "input_schema": WEATHER["function"]["parameters"],
+        },  # type: ignore[index]
         {"name": "now", "input_schema": {"type": "object", "properties": {}}},
     ]
     assert "tool_choice" not in out
@@ -151,8 +225,10 @@ def test_tools_become_anthropic_tools_with_input_schema() -> None:
         ("auto", {"type": "auto"}),
         ("required", {"type": "any"}),
         ("none", {"type": "none"}),
-        ({"type": "function", "function": {"name": "get_weather"}},
-         {"type": "tool", "name": "get_weather"}),
+        (
+            {"type": "function", "function": {"name": "get_weather"}},
+            {"type": "tool", "name": "get_weather"},
+        ),
     ],
 )
 def test_tool_choice_maps_to_anthropic_tool_choice(choice: Any, expected: Any) -> None:
@@ -161,19 +237,27 @@ def test_tool_choice_maps_to_anthropic_tool_choice(choice: Any, expected: Any) -
 
 def test_parallel_tool_calls_false_disables_parallel_tool_use() -> None:
     assert request(tools=[WEATHER], parallel_tool_calls=False)["tool_choice"] == {
-        "type": "auto", "disable_parallel_tool_use": True}
-    assert request(tools=[WEATHER], tool_choice="required",
-                   parallel_tool_calls=False)["tool_choice"] == {
-        "type": "any", "disable_parallel_tool_use": True}
+        "type": "auto",
+        "disable_parallel_tool_use": True,
+    }
+    assert request(tools=[WEATHER], tool_choice="required", parallel_tool_calls=False)[
+        "tool_choice"
+    ] == {"type": "any", "disable_parallel_tool_use": True}
     assert "tool_choice" not in request(tools=[WEATHER], parallel_tool_calls=True)
     # Without tools, Anthropic takes no tool_choice at all.
     assert "tool_choice" not in request(tool_choice="required", parallel_tool_calls=False)
 
 
-SCHEMA = {"type": "object", "properties": {"answer": {"type": "integer"}},
-          "required": ["answer"], "additionalProperties": False}
-JSON_SCHEMA = {"type": "json_schema",
-               "json_schema": {"name": "math_answer", "schema": SCHEMA, "strict": True}}
+SCHEMA = {
+    "type": "object",
+    "properties": {"answer": {"type": "integer"}},
+    "required": ["answer"],
+    "additionalProperties": False,
+}
+JSON_SCHEMA = {
+    "type": "json_schema",
+    "json_schema": {"name": "math_answer", "schema": SCHEMA, "strict": True},
+}
 
 
 def test_json_schema_becomes_a_forced_tool_named_after_the_schema() -> None:
@@ -182,8 +266,11 @@ def test_json_schema_becomes_a_forced_tool_named_after_the_schema() -> None:
     assert tool["name"] == "math_answer"
     assert tool["input_schema"] == SCHEMA
     assert tool["description"]
-    assert out["tool_choice"] == {"type": "tool", "name": "math_answer",
-                                  "disable_parallel_tool_use": True}
+    assert out["tool_choice"] == {
+        "type": "tool",
+        "name": "math_answer",
+        "disable_parallel_tool_use": True,
+    }
 
 
 def test_json_schema_with_real_tools_lets_the_model_call_a_tool_or_answer() -> None:
@@ -193,8 +280,10 @@ def test_json_schema_with_real_tools_lets_the_model_call_a_tool_or_answer() -> N
 
 
 def test_json_object_becomes_a_system_instruction() -> None:
-    out = request(response_format={"type": "json_object"},
-                  messages=[{"role": "system", "content": "Be exact."}, USER])
+    out = request(
+        response_format={"type": "json_object"},
+        messages=[{"role": "system", "content": "Be exact."}, USER],
+    )
     assert out["system"] == "Be exact.\n\n" + JSON_OBJECT_INSTRUCTION
     assert "tools" not in out
 
@@ -203,14 +292,31 @@ def test_json_object_becomes_a_system_instruction() -> None:
 
 
 def test_parameters_map_and_openai_only_ones_are_dropped() -> None:
-    out = request(stop="END", max_completion_tokens=300, max_tokens=100, temperature=0.2,
-                  top_p=0.9, user="user-42", stream=True, stream_options={"include_usage": True},
-                  frequency_penalty=0.5, presence_penalty=0.1, seed=7, logit_bias={"1": 2},
-                  n=1, logprobs=False)
+    out = request(
+        stop="END",
+        max_completion_tokens=300,
+        max_tokens=100,
+        temperature=0.2,
+        top_p=0.9,
+        user="user-42",
+        stream=True,
+        stream_options={"include_usage": True},
+        frequency_penalty=0.5,
+        presence_penalty=0.1,
+        seed=7,
+        logit_bias={"1": 2},
+        n=1,
+        logprobs=False,
+    )
     assert out == {
-        "model": "claude-x", "messages": [{"role": "user", "content": "Hi"}],
-        "max_tokens": 300, "stop_sequences": ["END"], "temperature": 0.2, "top_p": 0.9,
-        "metadata": {"user_id": "user-42"}, "stream": True,
+        "model": "claude-x",
+        "messages": [{"role": "user", "content": "Hi"}],
+        "max_tokens": 300,
+        "stop_sequences": ["END"],
+        "temperature": 0.2,
+        "top_p": 0.9,
+        "metadata": {"user_id": "user-42"},
+        "stream": True,
     }
     assert request(stop=["a", "b"], max_tokens=100)["stop_sequences"] == ["a", "b"]
     assert request(max_tokens=100)["max_tokens"] == 100
@@ -234,8 +340,12 @@ def test_unsupported_parameters_are_a_clear_400(field: str, value: Any) -> None:
 
 
 def test_malformed_tool_arguments_and_audio_input_are_a_clear_400() -> None:
-    bad_call = {"role": "assistant", "tool_calls": [
-        {"id": "t", "type": "function", "function": {"name": "f", "arguments": "{nope"}}]}
+    bad_call = {
+        "role": "assistant",
+        "tool_calls": [
+            {"id": "t", "type": "function", "function": {"name": "f", "arguments": "{nope"}}
+        ],
+    }
     audio = {"role": "user", "content": [{"type": "input_audio", "input_audio": {}}]}
     for messages in ([USER, bad_call], [audio]):
         with pytest.raises(UpstreamFailure) as info:
@@ -246,11 +356,17 @@ def test_malformed_tool_arguments_and_audio_input_are_a_clear_400() -> None:
 # --- response -----------------------------------------------------------------------------
 
 
-def message(content: list[dict[str, Any]], stop_reason: str = "end_turn",
-            **usage: int) -> dict[str, Any]:
+def message(
+    content: list[dict[str, Any]], stop_reason: str = "end_turn", **usage: int
+) -> dict[str, Any]:
     return {
-        "id": "msg_01", "type": "message", "role": "assistant", "model": "claude-x-2025",
-        "content": content, "stop_reason": stop_reason, "stop_sequence": None,
+        "id": "msg_01",
+        "type": "message",
+        "role": "assistant",
+        "model": "claude-x-2025",
+        "content": content,
+        "stop_reason": stop_reason,
+        "stop_sequence": None,
         "usage": {"input_tokens": 10, "output_tokens": 5, **usage},
     }
 
@@ -262,30 +378,48 @@ def test_text_message_becomes_an_exact_chat_completion() -> None:
         "object": "chat.completion",
         "created": 1700000000,
         "model": "claude-x-2025",
-        "choices": [{
-            "index": 0,
-            "message": {"role": "assistant", "content": "Hello world", "refusal": None,
-                        "annotations": []},
-            "logprobs": None,
-            "finish_reason": "stop",
-        }],
-        "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15,
-                  "prompt_tokens_details": {"cached_tokens": 0}},
+        "choices": [
+            {
+                "index": 0,
+                "message": {
+                    "role": "assistant",
+                    "content": "Hello world",
+                    "refusal": None,
+                    "annotations": [],
+                },
+                "logprobs": None,
+                "finish_reason": "stop",
+            }
+        ],
+        "usage": {
+            "prompt_tokens": 10,
+            "completion_tokens": 5,
+            "total_tokens": 15,
+            "prompt_tokens_details": {"cached_tokens": 0},
+        },
         "system_fingerprint": None,
     }
     ChatCompletion.model_validate(answer)
 
 
 def test_tool_use_becomes_tool_calls_with_json_arguments() -> None:
-    answer = translate_response(message(
-        [tool_use("toolu_1", "get_weather", {"city": "Paris"}),
-         tool_use("toolu_2", "get_weather", {"city": "Oslo"})], "tool_use"))
+    answer = translate_response(
+        message(
+            [
+                tool_use("toolu_1", "get_weather", {"city": "Paris"}),
+                tool_use("toolu_2", "get_weather", {"city": "Oslo"}),
+            ],
+            "tool_use",
+        )
+    )
     choice = ChatCompletion.model_validate(answer).choices[0]
     assert choice.finish_reason == "tool_calls"
     assert choice.message.content is None
     assert choice.message.tool_calls is not None
-    assert [(c.id, c.function.name, orjson.loads(c.function.arguments))  # type: ignore[union-attr]
-            for c in choice.message.tool_calls] == [
+    assert [
+        (c.id, c.function.name, orjson.loads(c.function.arguments))  # type: ignore[union-attr]
+        for c in choice.message.tool_calls
+    ] == [
         ("toolu_1", "get_weather", {"city": "Paris"}),
         ("toolu_2", "get_weather", {"city": "Oslo"}),
     ]
@@ -304,8 +438,14 @@ def test_json_schema_tool_answer_becomes_the_content() -> None:
 
 @pytest.mark.parametrize(
     ("stop_reason", "finish"),
-    [("end_turn", "stop"), ("stop_sequence", "stop"), ("max_tokens", "length"),
-     ("tool_use", "tool_calls"), ("refusal", "content_filter"), ("pause_turn", "stop")],
+    [
+        ("end_turn", "stop"),
+        ("stop_sequence", "stop"),
+        ("max_tokens", "length"),
+        ("tool_use", "tool_calls"),
+        ("refusal", "content_filter"),
+        ("pause_turn", "stop"),
+    ],
 )
 def test_stop_reasons_map_to_finish_reasons(stop_reason: str, finish: str) -> None:
     content = [tool_use("toolu_1", "f", {})] if stop_reason == "tool_use" else [text("x")]
@@ -314,10 +454,20 @@ def test_stop_reasons_map_to_finish_reasons(stop_reason: str, finish: str) -> No
 
 
 def test_usage_counts_cache_reads_and_writes_as_prompt_tokens() -> None:
-    usage = openai_usage({"input_tokens": 10, "cache_read_input_tokens": 100,
-                          "cache_creation_input_tokens": 50, "output_tokens": 7})
-    assert usage == {"prompt_tokens": 160, "completion_tokens": 7, "total_tokens": 167,
-                     "prompt_tokens_details": {"cached_tokens": 100}}
+    usage = openai_usage(
+        {
+            "input_tokens": 10,
+            "cache_read_input_tokens": 100,
+            "cache_creation_input_tokens": 50,
+            "output_tokens": 7,
+        }
+    )
+    assert usage == {
+        "prompt_tokens": 160,
+        "completion_tokens": 7,
+        "total_tokens": 167,
+        "prompt_tokens_details": {"cached_tokens": 100},
+    }
 
 
 # --- stream translation -------------------------------------------------------------------
@@ -330,37 +480,65 @@ def sse(event: dict[str, Any]) -> bytes:
 def start_event(
     input_tokens: int = 10, cache_read: int = 0, cache_write: int = 0
 ) -> dict[str, Any]:
-    return {"type": "message_start", "message": {
-        "id": "msg_s1", "type": "message", "role": "assistant", "model": "claude-x-2025",
-        "content": [], "stop_reason": None, "stop_sequence": None,
-        "usage": {"input_tokens": input_tokens, "cache_read_input_tokens": cache_read,
-                  "cache_creation_input_tokens": cache_write, "output_tokens": 1}}}
+    return {
+        "type": "message_start",
+        "message": {
+            "id": "msg_s1",
+            "type": "message",
+            "role": "assistant",
+            "model": "claude-x-2025",
+            "content": [],
+            "stop_reason": None,
+            "stop_sequence": None,
+            "usage": {
+                "input_tokens": input_tokens,
+                "cache_read_input_tokens": cache_read,
+                "cache_creation_input_tokens": cache_write,
+                "output_tokens": 1,
+            },
+        },
+    }
 
 
 def text_events(index: int, *pieces: str) -> list[dict[str, Any]]:
     return [
         {"type": "content_block_start", "index": index, "content_block": text("")},
-        *({"type": "content_block_delta", "index": index,
-           "delta": {"type": "text_delta", "text": p}} for p in pieces),
+        *(
+            {
+                "type": "content_block_delta",
+                "index": index,
+                "delta": {"type": "text_delta", "text": p},
+            }
+            for p in pieces
+        ),
         {"type": "content_block_stop", "index": index},
     ]
 
 
 def tool_events(index: int, id_: str, name: str, *fragments: str) -> list[dict[str, Any]]:
     return [
-        {"type": "content_block_start", "index": index,
-         "content_block": tool_use(id_, name, {})},
-        *({"type": "content_block_delta", "index": index,
-           "delta": {"type": "input_json_delta", "partial_json": f}} for f in fragments),
+        {"type": "content_block_start", "index": index, "content_block": tool_use(id_, name, {})},
+        *(
+            {
+                "type": "content_block_delta",
+                "index": index,
+                "delta": {"type": "input_json_delta", "partial_json": f},
+            }
+            for f in fragments
+        ),
         {"type": "content_block_stop", "index": index},
     ]
 
 
 def end_events(stop_reason: str, output_tokens: int) -> list[dict[str, Any]]:
-    return [{"type": "message_delta",
-             "delta": {"stop_reason": stop_reason, "stop_sequence": None},
-             "usage": {"output_tokens": output_tokens}},
-            {"type": "message_stop"}]
+    return [
+        {
+            "type": "message_delta",
+            "delta": {"stop_reason": stop_reason, "stop_sequence": None},
+            "usage": {"output_tokens": output_tokens},
+        },
+        {"type": "message_stop"},
+    ]
 
 
 def payloads(events: list[bytes]) -> list[Any]:
@@ -392,25 +570,44 @@ def accumulate(chunks: list[Any], **state_options: Any) -> Any:
 
 
 def test_text_stream_becomes_exact_openai_chunks() -> None:
-    chunks = translate_stream([
-        start_event(), {"type": "ping"}, *text_events(0, "Hel", "lo"),
-        *end_events("end_turn", 6),
-    ])
-    base = {"id": "chatcmpl-msg_s1", "object": "chat.completion.chunk",
-            "created": 1700000000, "model": "claude-x-2025", "system_fingerprint": None}
+    chunks = translate_stream(
+        [
+            start_event(),
+            {"type": "ping"},
+            *text_events(0, "Hel", "lo"),
+            *end_events("end_turn", 6),
+        ]
+    )
+    base = {
+        "id": "chatcmpl-msg_s1",
+        "object": "chat.completion.chunk",
+        "created": 1700000000,
+        "model": "claude-x-2025",
+        "system_fingerprint": None,
+    }
 
     def chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
-        return {**base, "choices": [{"index": 0, "delta": delta, "logprobs": None,
-                                     "finish_reason": finish}], "usage": None}
+        return {
+            **base,
+            "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
+            "usage": None,
+        }
 
     assert chunks == [
         chunk({"role": "assistant", "content": "", "refusal": None}),
         chunk({"content": "Hel"}),
         chunk({"content": "lo"}),
         chunk({}, "stop"),
-        {**base, "choices": [], "usage": {
-            "prompt_tokens": 10, "completion_tokens": 6, "total_tokens": 16,
-            "prompt_tokens_details": {"cached_tokens": 0}}},
+        {
+            **base,
+            "choices": [],
+            "usage": {
+                "prompt_tokens": 10,
+                "completion_tokens": 6,
+                "total_tokens": 16,
+                "prompt_tokens_details": {"cached_tokens": 0},
+            },
+        },
         "[DONE]",
     ]
     final = accumulate(chunks)
@@ -419,37 +616,56 @@ def test_text_stream_becomes_exact_openai_chunks() -> None:
 
 
 def test_stream_without_include_usage_has_no_usage_anywhere() -> None:
-    chunks = translate_stream([start_event(), *text_events(0, "x"), *end_events("end_turn", 2)],
-                              include_usage=False)
+    chunks = translate_stream(
+        [start_event(), *text_events(0, "x"), *end_events("end_turn", 2)], include_usage=False
+    )
     assert all("usage" not in c for c in chunks[:-1])
     assert all(c["choices"] for c in chunks[:-1])
 
 
 def test_stream_usage_takes_input_from_message_start_and_output_from_message_delta() -> None:
     translator = StreamTranslator(model="m", include_usage=True)
-    for event in [start_event(5, cache_read=200, cache_write=30), *text_events(0, "x"),
-                  *end_events("max_tokens", 42)]:
+    for event in [
+        start_event(5, cache_read=200, cache_write=30),
+        *text_events(0, "x"),
+        *end_events("max_tokens", 42),
+    ]:
         last = translator.feed(sse(event))
     usage = payloads(last)[-2]["usage"]
-    assert usage == {"prompt_tokens": 235, "completion_tokens": 42, "total_tokens": 277,
-                     "prompt_tokens_details": {"cached_tokens": 200}}
+    assert usage == {
+        "prompt_tokens": 235,
+        "completion_tokens": 42,
+        "total_tokens": 277,
+        "prompt_tokens_details": {"cached_tokens": 200},
+    }
     assert translator.usage == Usage(235, 42, 200)
 
 
 def test_streamed_tool_calls_get_openai_indexes_ids_names_and_argument_fragments() -> None:
-    chunks = translate_stream([
-        start_event(), *text_events(0, "Checking."),
-        *tool_events(1, "toolu_a", "get_weather", '{"city', '": "Par', 'is"}'),
-        *tool_events(2, "toolu_b", "get_weather", '{"city": "Oslo"}'),
-        *end_events("tool_use", 30),
-    ])
+    chunks = translate_stream(
+        [
+            start_event(),
+            *text_events(0, "Checking."),
+            *tool_events(1, "toolu_a", "get_weather", '{"city', '": "Par', 'is"}'),
+            *tool_events(2, "toolu_b", "get_weather", '{"city": "Oslo"}'),
+            *end_events("tool_use", 30),
+        ]
+    )
     deltas = [c["choices"][0]["delta"] for c in chunks[:-2] if c["choices"]]
     tool_deltas = [d["tool_calls"][0] for d in deltas if "tool_calls" in d]
-    assert tool_deltas[0] == {"index": 0, "id": "toolu_a", "type": "function",
-                              "function": {"name": "get_weather", "arguments": ""}}
+    assert tool_deltas[0] == {
+        "index": 0,
+        "id": "toolu_a",
+        "type": "function",
+        "function": {"name": "get_weather", "arguments": ""},
+    }
     assert tool_deltas[1] == {"index": 0, "function": {"arguments": '{"city'}}
-    assert tool_deltas[4] == {"index": 1, "id": "toolu_b", "type": "function",
-                              "function": {"name": "get_weather", "arguments": ""}}
+    assert tool_deltas[4] == {
+        "index": 1,
+        "id": "toolu_b",
+        "type": "function",
+        "function": {"name": "get_weather", "arguments": ""},
+    }
     assert chunks[-3]["choices"][0]["finish_reason"] == "tool_calls"
     final = accumulate(chunks, input_tools=[WEATHER])
     calls = final.choices[0].message.tool_calls
@@ -461,8 +677,9 @@ def test_streamed_tool_calls_get_openai_indexes_ids_names_and_argument_fragments
 
 
 def test_streamed_tool_call_without_arguments_still_gets_parseable_json() -> None:
-    chunks = translate_stream([start_event(), *tool_events(0, "toolu_x", "now", ""),
-                               *end_events("tool_use", 3)])
+    chunks = translate_stream(
+        [start_event(), *tool_events(0, "toolu_x", "now", ""), *end_events("tool_use", 3)]
+    )
     final = accumulate(chunks)
     assert final.choices[0].message.tool_calls[0].function.arguments == "{}"
 
@@ -473,8 +690,11 @@ class MathAnswer(pydantic.BaseModel):
 
 def test_streamed_json_schema_answer_arrives_as_content() -> None:
     chunks = translate_stream(
-        [start_event(), *tool_events(0, "toolu_s", "math_answer", '{"ans', 'wer": 4}'),
-         *end_events("tool_use", 9)],
+        [
+            start_event(),
+            *tool_events(0, "toolu_s", "math_answer", '{"ans', 'wer": 4}'),
+            *end_events("tool_use", 9),
+        ],
         structured_tool="math_answer",
     )
     assert all("tool_calls" not in c["choices"][0]["delta"] for c in chunks[:-2])
@@ -484,24 +704,37 @@ def test_streamed_json_schema_answer_arrives_as_content() -> None:
 
 
 def test_thinking_and_unknown_events_are_dropped() -> None:
-    chunks = translate_stream([
-        start_event(),
-        {"type": "content_block_start", "index": 0,
-         "content_block": {"type": "thinking", "thinking": "", "signature": ""}},
-        {"type": "content_block_delta", "index": 0,
-         "delta": {"type": "thinking_delta", "thinking": "hmm"}},
-        {"type": "content_block_stop", "index": 0},
-        {"type": "some_future_event"},
-        *text_events(1, "ok"), *end_events("end_turn", 3),
-    ])
+    chunks = translate_stream(
+        [
+            start_event(),
+            {
+                "type": "content_block_start",
+                "index": 0,
+                "content_block": {"type": "thinking", "thinking": "", "signature": ""},
+            },
+            {
+                "type": "content_block_delta",
+                "index": 0,
+                "delta": {"type": "thinking_delta", "thinking": "hmm"},
+            },
+            {"type": "content_block_stop", "index": 0},
+            {"type": "some_future_event"},
+            *text_events(1, "ok"),
+            *end_events("end_turn", 3),
+        ]
+    )
     assert accumulate(chunks).choices[0].message.content == "ok"
     assert len(chunks) == 5  # role, "ok", finish, usage, [DONE]
 
 
 @pytest.mark.parametrize(
     ("error_type", "kind"),
-    [("overloaded_error", "5xx"), ("api_error", "5xx"), ("rate_limit_error", "429"),
-     ("invalid_request_error", "client_error")],
+    [
+        ("overloaded_error", "5xx"),
+        ("api_error", "5xx"),
+        ("rate_limit_error", "429"),
+        ("invalid_request_error", "client_error"),
+    ],
 )
 def test_error_event_raises_a_classified_failure(error_type: str, kind: str) -> None:
     translator = StreamTranslator(model="m", include_usage=True, what="a/claude")
@@ -535,8 +768,9 @@ async def fake() -> AsyncIterator[FakeAnthropic]:
 
 @pytest.fixture
 async def provider(fake: FakeAnthropic) -> AsyncIterator[AnthropicProvider]:
-    config = AnthropicProviderConfig(type="anthropic", base_url=fake.url, api_key=API_KEY,
-                                     default_max_tokens=1024)
+    config = AnthropicProviderConfig(
+        type="anthropic", base_url=fake.url, api_key=API_KEY, default_max_tokens=1024
+    )
     built = build_provider("a", config)
     assert isinstance(built, AnthropicProvider)
     yield built
@@ -545,8 +779,11 @@ async def provider(fake: FakeAnthropic) -> AsyncIterator[AnthropicProvider]:
 
 def upstream_call(first_token: float = 10, total: float = 20, **body: Any) -> UpstreamCall:
     body.setdefault("messages", [USER])
-    model = ModelConfig(provider="a", model="claude-x",
-                        timeout=TimeoutConfig(connect=2, first_token=first_token, total=total))
+    model = ModelConfig(
+        provider="a",
+        model="claude-x",
+        timeout=TimeoutConfig(connect=2, first_token=first_token, total=total),
+    )
     return UpstreamCall("claude", model, {"model": "claude-x", **body}, "req-1")
 
 
@@ -565,10 +802,14 @@ async def read_all(stream: EventStream) -> list[Any]:
 async def test_provider_chat_answers_an_openai_chat_completion(
     fake: FakeAnthropic, provider: AnthropicProvider
 ) -> None:
-    fake.next(Reply(content=[text("Bonjour")], input_tokens=20, output_tokens=4,
-                    cache_read_input_tokens=8))
-    answer = await provider.chat(upstream_call(
-        messages=[{"role": "system", "content": "French only."}, USER], user="u-1"))
+    fake.next(
+        Reply(
+            content=[text("Bonjour")], input_tokens=20, output_tokens=4, cache_read_input_tokens=8
+        )
+    )
+    answer = await provider.chat(
+        upstream_call(messages=[{"role": "system", "content": "French only."}, USER], user="u-1")
+    )
     completion = ChatCompletion.model_validate_json(answer.body)
     assert completion.id == "chatcmpl-msg_fake0001"
     assert completion.model == "claude-x"
@@ -578,19 +819,30 @@ async def test_provider_chat_answers_an_openai_chat_completion(
     sent = fake.requests[-1]
     assert sent.headers["x-api-key"] == API_KEY
     assert sent.headers["anthropic-version"] == "2023-06-01"
-    assert sent.body == {"model": "claude-x", "system": "French only.",
-                         "messages": [{"role": "user", "content": "Hi"}],
-                         "max_tokens": 1024, "metadata": {"user_id": "u-1"}}
+    assert sent.body == {
+        "model": "claude-x",
+        "system": "French only.",
+        "messages": [{"role": "user", "content": "Hi"}],
+        "max_tokens": 1024,
+        "metadata": {"user_id": "u-1"},
+    }
 
 
 async def test_provider_tool_round_trip_is_accepted_by_the_upstream(
     fake: FakeAnthropic, provider: AnthropicProvider
 ) -> None:
-    fake.next(Reply(content=[tool_use("toolu_p", "get_weather", {"city": "Paris"}),
-                             tool_use("toolu_o", "get_weather", {"city": "Oslo"})],
-                    stop_reason="tool_use"))
+    fake.next(
+        Reply(
+            content=[
+                tool_use("toolu_p", "get_weather", {"city": "Paris"}),
+                tool_use("toolu_o", "get_weather", {"city": "Oslo"}),
+            ],
+            stop_reason="tool_use",
+        )
+    )
     first = ChatCompletion.model_validate_json(
-        (await provider.chat(upstream_call(tools=[WEATHER]))).body)
+        (await provider.chat(upstream_call(tools=[WEATHER]))).body
+    )
     assistant = first.choices[0].message
     assert first.choices[0].finish_reason == "tool_calls"
     # The client sends the assistant turn back with both results, as the openai SDK would.
@@ -599,20 +851,27 @@ async def test_provider_tool_round_trip_is_accepted_by_the_upstream(
         for i, call in enumerate(assistant.tool_calls or [])
     ]
     second = ChatCompletion.model_validate_json(
-        (await provider.chat(upstream_call(tools=[WEATHER], messages=messages))).body)
+        (await provider.chat(upstream_call(tools=[WEATHER], messages=messages))).body
+    )
     assert second.choices[0].message.content == "Hello from Claude"
     assert [turn["role"] for turn in fake.last_body["messages"]] == ["user", "assistant", "user"]
     assert [block["tool_use_id"] for block in fake.last_body["messages"][2]["content"]] == [
-        "toolu_p", "toolu_o"]
+        "toolu_p",
+        "toolu_o",
+    ]
 
 
 async def test_provider_stream_answers_openai_chunks_ending_in_done(
     fake: FakeAnthropic, provider: AnthropicProvider
 ) -> None:
-    fake.next(Reply(content=[text("Streaming from Claude")], output_tokens=5,
-                    cache_creation_input_tokens=3))
+    fake.next(
+        Reply(
+            content=[text("Streaming from Claude")], output_tokens=5, cache_creation_input_tokens=3
+        )
+    )
     stream = await provider.chat_stream(
-        upstream_call(stream=True, stream_options={"include_usage": True}))
+        upstream_call(stream=True, stream_options={"include_usage": True})
+    )
     chunks = await read_all(stream)
     final = accumulate(chunks)
     assert final.choices[0].message.content == "Streaming from Claude"
@@ -626,16 +885,31 @@ async def test_provider_stream_answers_openai_chunks_ending_in_done(
 async def test_provider_stream_of_tool_calls(
     fake: FakeAnthropic, provider: AnthropicProvider
 ) -> None:
-    fake.next(Reply(content=[tool_use("toolu_1", "get_weather", {"city": "Buenos Aires"}),
-                             tool_use("toolu_2", "get_weather", {"city": "Lima"})],
-                    stop_reason="tool_use", chunk_chars=3))
-    stream = await provider.chat_stream(upstream_call(
-        stream=True, stream_options={"include_usage": True}, tools=[WEATHER],
-        tool_choice="required", parallel_tool_calls=True))
+    fake.next(
+        Reply(
+            content=[
+                tool_use("toolu_1", "get_weather", {"city": "Buenos Aires"}),
+                tool_use("toolu_2", "get_weather", {"city": "Lima"}),
+            ],
+            stop_reason="tool_use",
+            chunk_chars=3,
+        )
+    )
+    stream = await provider.chat_stream(
+        upstream_call(
+            stream=True,
+            stream_options={"include_usage": True},
+            tools=[WEATHER],
+            tool_choice="required",
+            parallel_tool_calls=True,
+        )
+    )
     final = accumulate(await read_all(stream), input_tools=[WEATHER])
     calls = final.choices[0].message.tool_calls
     assert [(c.id, orjson.loads(c.function.arguments)) for c in calls] == [
-        ("toolu_1", {"city": "Buenos Aires"}), ("toolu_2", {"city": "Lima"})]
+        ("toolu_1", {"city": "Buenos Aires"}),
+        ("toolu_2", {"city": "Lima"}),
+    ]
     assert final.choices[0].finish_reason == "tool_calls"
     assert fake.last_body["tool_choice"] == {"type": "any"}
 
@@ -643,16 +917,20 @@ async def test_provider_stream_of_tool_calls(
 async def test_provider_json_schema_answer_is_content_streamed_or_not(
     fake: FakeAnthropic, provider: AnthropicProvider
 ) -> None:
-    reply = Reply(content=[tool_use("toolu_s", "math_answer", {"answer": 4})],
-                  stop_reason="tool_use")
+    reply = Reply(
+        content=[tool_use("toolu_s", "math_answer", {"answer": 4})], stop_reason="tool_use"
+    )
     fake.next(reply, reply)
     answer = await provider.chat(upstream_call(response_format=JSON_SCHEMA))
     completion = ChatCompletion.model_validate_json(answer.body)
     assert orjson.loads(completion.choices[0].message.content or "") == {"answer": 4}
     assert completion.choices[0].finish_reason == "stop"
     assert fake.last_body["tool_choice"]["name"] == "math_answer"
-    stream = await provider.chat_stream(upstream_call(
-        stream=True, stream_options={"include_usage": True}, response_format=JSON_SCHEMA))
+    stream = await provider.chat_stream(
+        upstream_call(
+            stream=True, stream_options={"include_usage": True}, response_format=JSON_SCHEMA
+        )
+    )
     final = accumulate(await read_all(stream), response_format=MathAnswer)
     assert final.choices[0].message.parsed == MathAnswer(answer=4)
 
@@ -686,7 +964,10 @@ async def test_provider_classifies_anthropic_http_errors(
     if status == 400:
         client = failure.to_client_error()
         assert (client.status, client.type, client.message) == (
-            400, "invalid_request_error", message)
+            400,
+            "invalid_request_error",
+            message,
+        )
 
 
 async def test_provider_stream_http_error_and_wrong_key_fail_before_any_event(
@@ -746,7 +1027,9 @@ async def test_provider_refuses_unsupported_requests_without_calling_upstream(
     with pytest.raises(UpstreamFailure) as info:
         await provider.chat(upstream_call(n=3))
     assert (info.value.status, info.value.upstream_error["param"]) == (  # type: ignore[index]
-        400, "n")
+        400,
+        "n",
+    )
     with pytest.raises(UpstreamFailure) as info:
         await provider.embeddings(upstream_call(input="hello"))
     assert (info.value.kind, info.value.status) == ("unsupported", 400)

@@ -43,8 +43,15 @@ async def test_demo_starts_fast_and_serves_the_openai_client() -> None:
     port = free_port()
     started = time.perf_counter()
     process = await asyncio.create_subprocess_exec(
-        *gateway_command(), "serve", "--config", "examples/demo.yaml", "--port", str(port),
-        cwd=ROOT, stderr=subprocess.PIPE, env={**os.environ, "GATEWAY_CONFIG": ""},
+        *gateway_command(),
+        "serve",
+        "--config",
+        "examples/demo.yaml",
+        "--port",
+        str(port),
+        cwd=ROOT,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "GATEWAY_CONFIG": ""},
     )
     url = f"http://127.0.0.1:{port}"
     try:
@@ -57,7 +64,9 @@ async def test_demo_starts_fast_and_serves_the_openai_client() -> None:
             )
             assert completion.choices[0].message.content
             stream = await client.chat.completions.create(
-                model="standard", messages=[{"role": "user", "content": "hello"}], stream=True,
+                model="standard",
+                messages=[{"role": "user", "content": "hello"}],
+                stream=True,
                 max_tokens=5,
             )
             chunks = [c async for c in stream]
@@ -76,7 +85,9 @@ def test_serve_with_a_bad_config_exits_1_naming_the_problem(tmp_path: Path) -> N
     bad = tmp_path / "bad.yaml"
     bad.write_text("tiers: {fast: [nothing]}\n")
     result = subprocess.run(
-        [*gateway_command(), "serve", "--config", str(bad)], capture_output=True, text=True,
+        [*gateway_command(), "serve", "--config", str(bad)],
+        capture_output=True,
+        text=True,
         timeout=30,
     )
     assert result.returncode == 1

@@ -80,31 +80,39 @@ def test_every_problem_is_reported_at_once() -> None:
         .replace("tiers: [fast]", "tiers: [fast, gold]")
         .replace("plan: free", "plan: platinum")
     )
-    assert sorted(problems_of(text)) == sorted([
-        "models.small.provider: unknown provider 'nowhere'",
-        "models.big.fallbacks[0]: unknown model 'ghost'",
-        "aliases.gpt-4o: unknown tier or model 'slow'",
-        "aliases.small: the name is already a tier or model",
-        "routing.default_tier: unknown tier 'medium'",
-        "plans.free.tiers[1]: unknown tier 'gold'",
-        "keys[0].plan: unknown plan 'platinum'",
-    ])
+    assert sorted(problems_of(text)) == sorted(
+        [
+            "models.small.provider: unknown provider 'nowhere'",
+            "models.big.fallbacks[0]: unknown model 'ghost'",
+            "aliases.gpt-4o: unknown tier or model 'slow'",
+            "aliases.small: the name is already a tier or model",
+            "routing.default_tier: unknown tier 'medium'",
+            "plans.free.tiers[1]: unknown tier 'gold'",
+            "keys[0].plan: unknown plan 'platinum'",
+        ]
+    )
 
 
 @pytest.mark.parametrize(
     ("change", "expected"),
     [
         (("routing: {", "routing: {colour: red, "), "routing.colour: unknown key"),
-        (("demo: {type: mock}", "demo: {type: mock, speed: 3}"),
-         "providers.demo.speed: unknown key"),
+        (
+            ("demo: {type: mock}", "demo: {type: mock, speed: 3}"),
+            "providers.demo.speed: unknown key",
+        ),
         (("demo: {type: mock}", "demo: {type: grpc}"), "providers.demo: type must be one of"),
         (("demo: {type: mock}", "demo: {}"), "providers.demo: type is missing"),
-        (("base_url: \"${UP_URL:-http://127.0.0.1:9/v1}\"", "base_url: ftp://x"),
-         "providers.up.base_url: Value error, must be an http:// or https:// URL"),
+        (
+            ('base_url: "${UP_URL:-http://127.0.0.1:9/v1}"', "base_url: ftp://x"),
+            "providers.up.base_url: Value error, must be an http:// or https:// URL",
+        ),
         (("big: {provider: up,", "big: {"), "models.big.provider: required key is missing"),
         (("fallback_on: [connect,", "fallback_on: [sometimes,"), "routing.fallback_on[0]:"),
-        (("plan: free,", "plan: free, key_sha256: abc,"),
-         "keys[0].key_sha256: Value error, must be the 64 hex digits"),
+        (
+            ("plan: free,", "plan: free, key_sha256: abc,"),
+            "keys[0].key_sha256: Value error, must be the 64 hex digits",
+        ),
     ],
 )
 def test_schema_errors_name_their_place(change: tuple[str, str], expected: str) -> None:
@@ -140,8 +148,12 @@ def test_empty_file_is_a_config_with_defaults() -> None:
 
 def test_shipped_configs_are_valid() -> None:
     load_config(ROOT / "examples" / "demo.yaml", env={})
-    env = {"OPENAI_API_KEY": "a", "ANTHROPIC_API_KEY": "b", "WEB_APP_KEY": "c",
-           "TRIAGE_BOT_KEY": "d"}
+    env = {
+        "OPENAI_API_KEY": "a",
+        "ANTHROPIC_API_KEY": "b",
+        "WEB_APP_KEY": "c",
+        "TRIAGE_BOT_KEY": "d",
+    }
     config = load_config(ROOT / "config.yaml", env=env)
     assert {p.type for p in config.providers.values()} == {"openai", "anthropic"}
     assert set(config.tiers) >= {"fast", "standard", "premium"}
@@ -149,8 +161,12 @@ def test_shipped_configs_are_valid() -> None:
 
 def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "gateway", *args], capture_output=True, text=True, timeout=30,
-        env=env, cwd=ROOT,
+        [sys.executable, "-m", "gateway", *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=env,
+        cwd=ROOT,
     )
 
 

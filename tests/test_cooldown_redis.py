@@ -14,6 +14,7 @@ from gateway.cooldown_redis import RedisCooldowns
 from gateway.limits.factory import build_cooldowns, build_limiter
 from gateway.limits.memory import MemoryLimiter
 from gateway.limits.redis import RedisLimiter
+from gateway.store.redis import SharedRedis, connect
 from tests.redis_server import RedisServer
 from tests.redis_server import redis_server as redis_server  # the fixture, re-exported
 
@@ -31,7 +32,7 @@ async def make_store(request: pytest.FixtureRequest) -> AsyncIterator[MakeStore]
     server: RedisServer = request.getfixturevalue("redis_server")
 
     def make() -> CooldownStore:
-        made.append(RedisCooldowns(server.url))
+        made.append(RedisCooldowns(connect(server.url)))
         return made[-1]
 
     yield make
@@ -96,7 +97,7 @@ async def test_health_of_many_models_in_one_call(make_store: MakeStore) -> None:
 
 
 async def test_replicas_share_streaks_and_cooldowns(redis_server: RedisServer) -> None:
-    a, b = RedisCooldowns(redis_server.url), RedisCooldowns(redis_server.url)
+    a, b = RedisCooldowns(connect(redis_server.url)), RedisCooldowns(connect(redis_server.url))
     try:
         assert not await a.record_failure("m1", 3, 0.3)
         assert not await b.record_failure("m1", 3, 0.3)
@@ -113,7 +114,7 @@ async def test_replicas_share_streaks_and_cooldowns(redis_server: RedisServer) -
 
 
 async def test_redis_health_is_one_command(redis_server: RedisServer) -> None:
-    store = RedisCooldowns(redis_server.url)
+    store = RedisCooldowns(connect(redis_server.url))
     try:
         for model in ("m1", "m2", "m3"):
             await store.record_failure(model, 1, 30)
@@ -136,7 +137,7 @@ async def test_redis_health_is_one_command(redis_server: RedisServer) -> None:
 
 
 async def test_redis_keys_are_tagged_and_expire(redis_server: RedisServer) -> None:
-    store = RedisCooldowns(redis_server.url)
+    store = RedisCooldowns(connect(redis_server.url))
     try:
         await store.record_failure("gpt-4o", 3, 30)
         redis_server.command("SCRIPT", "FLUSH")  # scripts are loaded again when Redis lost them
@@ -159,7 +160,7 @@ async def test_redis_keys_are_tagged_and_expire(redis_server: RedisServer) -> No
 
 
 async def test_redis_errors_propagate(redis_server: RedisServer) -> None:
-    store = RedisCooldowns(redis_server.url)
+    store = RedisCooldowns(connect(redis_server.url))
     try:
         redis_server.kill()
         with pytest.raises(Exception):  # noqa: B017 - the caller catches everything and logs
@@ -172,10 +173,11 @@ async def test_redis_errors_propagate(redis_server: RedisServer) -> None:
 
 async def test_factory_builds_the_configured_backend(redis_server: RedisServer) -> None:
     memory = LimitsConfig(backend="memory", lease_ttl_s=5)
-    assert isinstance(build_limiter(memory), MemoryLimiter)
-    assert isinstance(build_cooldowns(memory), MemoryCooldowns)
+    assert isinstance(build_limiter(memory, None), MemoryLimiter)
+    assert isinstance(build_cooldowns(memory, None), MemoryCooldowns)
     redis = LimitsConfig(backend="redis", redis_url=redis_server.url)
-    limiter, cooldowns = build_limiter(redis), build_cooldowns(redis)
+    shared = SharedRedis(redis_server.url)
+    limiter, cooldowns = build_limiter(redis, shared), build_cooldowns(redis, shared)
     assert isinstance(limiter, RedisLimiter) and isinstance(cooldowns, RedisCooldowns)
     try:
         await limiter.ping()
@@ -183,6 +185,7 @@ async def test_factory_builds_the_configured_backend(redis_server: RedisServer) 
     finally:
         await limiter.aclose()
         await cooldowns.aclose()
+        await shared.aclose()
 
 
 async def test_health_reads_redis_at_most_once_per_cache_interval(
@@ -190,8 +193,8 @@ async def test_health_reads_redis_at_most_once_per_cache_interval(
 ) -> None:
     """Every request reads its chain's health: a snapshot saves that round trip, while a
     cooldown still ends on time and another replica's is seen within the interval."""
-    a = RedisCooldowns(redis_server.url, cache_s=0.5)
-    b = RedisCooldowns(redis_server.url, cache_s=0.5)
+    a = RedisCooldowns(connect(redis_server.url), cache_s=0.5)
+    b = RedisCooldowns(connect(redis_server.url), cache_s=0.5)
     try:
         await a.record_failure("m1", 1, 0.3)
         assert (await a.health(["m1", "m2"]))["m1"].cooling

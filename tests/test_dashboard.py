@@ -51,8 +51,11 @@ def dashboard_config(*, dashboard: bool) -> dict[str, Any]:
             "down": ["dash-broken"],
         },
         # No retries, and no cooldown in this test's few failures: each failure is one attempt.
-        "routing": {"default_tier": "main", "retries": 0,
-                    "cooldown": {"failures": 1000, "seconds": 1}},
+        "routing": {
+            "default_tier": "main",
+            "retries": 0,
+            "cooldown": {"failures": 1000, "seconds": 1},
+        },
         "plans": {"pro": {}},
         "keys": [
             {"name": "app", "key": APP_KEY, "plan": "pro", "feature": "chat-api"},
@@ -83,10 +86,19 @@ async def run_chromium(url: str, profile: Path, *extra: str) -> bytes:
     """Chromium as a subprocess, not blocking the event loop the gateway answers on."""
     proc = await asyncio.create_subprocess_exec(
         chromium_path(),
-        "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync",
-        "--disable-dev-shm-usage", f"--user-data-dir={profile}", "--virtual-time-budget=5000",
-        *extra, url,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--disable-dev-shm-usage",
+        f"--user-data-dir={profile}",
+        "--virtual-time-budget=5000",
+        *extra,
+        url,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
@@ -108,10 +120,23 @@ async def dump_dom(url: str, profile: Path) -> Dom:
     return dom
 
 
-_VOID = frozenset((
-    "area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source",
-    "track", "wbr",
-))
+_VOID = frozenset(
+    (
+        "area",
+        "base",
+        "br",
+        "col",
+        "embed",
+        "hr",
+        "img",
+        "input",
+        "link",
+        "meta",
+        "source",
+        "track",
+        "wbr",
+    )
+)
 
 
 class Dom(HTMLParser):
@@ -178,18 +203,22 @@ async def drive_traffic(gateway: GatewayServer) -> None:
     ) as client:
         for _ in range(3):
             await client.chat.completions.create(
-                model="main", messages=messages,
+                model="main",
+                messages=messages,
                 extra_headers={"X-Gateway-Feature": "chat-api"},
             )
         for _ in range(2):
             answer = await client.chat.completions.with_raw_response.create(
-                model="flaky", messages=messages,
+                model="flaky",
+                messages=messages,
                 extra_headers={"X-Gateway-Feature": "support-triage"},
             )
             assert answer.headers["x-gateway-model"] == "dash-main"
             assert answer.headers["x-gateway-attempts"] == "2"
         stream = await client.chat.completions.create(
-            model="cheap", messages=messages, stream=True,
+            model="cheap",
+            messages=messages,
+            stream=True,
             stream_options={"include_usage": True},
             extra_headers={"X-Gateway-Feature": "streaming-chat"},
         )
@@ -198,7 +227,8 @@ async def drive_traffic(gateway: GatewayServer) -> None:
                 assert chunk.usage.completion_tokens == COMPLETION_TOKENS
         with pytest.raises(openai.APIStatusError) as failed:
             await client.chat.completions.create(
-                model="down", messages=messages,
+                model="down",
+                messages=messages,
                 extra_headers={"X-Gateway-Feature": "chat-api"},
             )
         assert failed.value.status_code >= 500
@@ -279,17 +309,32 @@ async def test_dashboard_shows_usage_cost_errors_and_fallbacks(
             bars[name] = bars.get(name, 0) + int(attributes["data-value"])
     assert bars == {"chat-api": 4, "support-triage": 2, "streaming-chat": 1}
     assert {a["data-model"] for a, _ in dom.find("circle") if "data-model" in a} >= {
-        "dash-main", "dash-cheap"}
+        "dash-main",
+        "dash-cheap",
+    }
 
     # Fallbacks, from /metrics, as /metrics counts them: the collectors are process-wide,
     # so other tests' fallbacks are counted too.
-    assert dom.text("td", "fallbacks", data_from_model="dash-broken", data_to_model="dash-main",
-                    data_reason="5xx", data_field="count") == f"{metrics_fallbacks[pair]:,.0f}"
+    assert (
+        dom.text(
+            "td",
+            "fallbacks",
+            data_from_model="dash-broken",
+            data_to_model="dash-main",
+            data_reason="5xx",
+            data_field="count",
+        )
+        == f"{metrics_fallbacks[pair]:,.0f}"
+    )
     assert dom.text(id="total-fallbacks") == f"{sum(metrics_fallbacks.values()):,.0f}"
 
     shot = tmp_path / "dash.png"
-    await run_chromium(gateway.url + "/dashboard", tmp_path / "profile-shot",
-                       f"--screenshot={shot}", "--window-size=1280,1600")
+    await run_chromium(
+        gateway.url + "/dashboard",
+        tmp_path / "profile-shot",
+        f"--screenshot={shot}",
+        "--window-size=1280,1600",
+    )
     assert shot.exists(), "chromium wrote no screenshot"
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert shot.stat().st_size > 30_000, "the screenshot is nearly empty"

@@ -46,9 +46,7 @@ SPEC_METRICS: dict[str, tuple[str, frozenset[str]]] = {
     "gateway_overhead_seconds": ("histogram", frozenset({"stream"})),
     "gateway_tokens_total": ("counter", frozenset({"feature", "model", "kind"})),
     "gateway_cost_usd_total": ("counter", frozenset({"feature", "model"})),
-    "gateway_fallbacks_total": (
-        "counter", frozenset({"tier", "from_model", "to_model", "reason"})
-    ),
+    "gateway_fallbacks_total": ("counter", frozenset({"tier", "from_model", "to_model", "reason"})),
     "gateway_upstream_errors_total": ("counter", frozenset({"provider", "model", "reason"})),
     "gateway_rate_limited_total": ("counter", frozenset({"plan", "limit"})),
     "gateway_in_flight_requests": ("gauge", frozenset({"tier"})),
@@ -201,8 +199,10 @@ def test_manifests_validate_against_the_kubernetes_schemas() -> None:
                 kubernetes_validate.validate(doc, version, strict=True)
             except kubernetes_validate.ValidationError as exc:
                 where = ".".join(str(p) for p in exc.path)
-                pytest.fail(f"{path.name}: {doc['kind']} {doc['metadata']['name']}, "
-                            f"Kubernetes {version}: {where}: {exc.message}")
+                pytest.fail(
+                    f"{path.name}: {doc['kind']} {doc['metadata']['name']}, "
+                    f"Kubernetes {version}: {where}: {exc.message}"
+                )
             except SchemaNotFoundError as exc:
                 pytest.fail(f"{path.name}: {exc.message}")
             checked += 1
@@ -300,8 +300,9 @@ def test_configmap_is_mounted_as_a_directory_where_gateway_config_points() -> No
         "a subPath mount never sees ConfigMap updates, so the config would not reload"
     )
     assert posixpath.dirname(path) == mount["mountPath"].rstrip("/")
-    (volume,) = [v for v in pod_spec(find("Deployment", GATEWAY))["volumes"]
-                 if v["name"] == mount["name"]]
+    (volume,) = [
+        v for v in pod_spec(find("Deployment", GATEWAY))["volumes"] if v["name"] == mount["name"]
+    ]
     assert volume["configMap"]["name"] == "llm-gateway-config"
     assert "items" not in volume["configMap"]
     assert "--config" not in container.get("args", []) + container.get("command", [])
@@ -387,7 +388,9 @@ def test_hpa_scales_the_gateway_deployment_on_cpu() -> None:
     hpa = find("HorizontalPodAutoscaler", GATEWAY)
     assert hpa["apiVersion"] == "autoscaling/v2"
     assert hpa["spec"]["scaleTargetRef"] == {
-        "apiVersion": "apps/v1", "kind": "Deployment", "name": GATEWAY,
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "name": GATEWAY,
     }
     assert hpa["spec"]["minReplicas"] == 2
     assert hpa["spec"]["maxReplicas"] == 10
@@ -420,15 +423,21 @@ def test_prometheus_kubernetes_scrape_config_finds_the_gateway_pods() -> None:
     assert sd["namespaces"]["names"] == [NAMESPACE]
     labels = pod_labels(find("Deployment", GATEWAY))
     annotations = find("Deployment", GATEWAY)["spec"]["template"]["metadata"]["annotations"]
-    keep = {r["source_labels"][0]: r["regex"] for r in job["relabel_configs"]
-            if r.get("action") == "keep"}
+    keep = {
+        r["source_labels"][0]: r["regex"]
+        for r in job["relabel_configs"]
+        if r.get("action") == "keep"
+    }
     meta_label = "__meta_kubernetes_pod_label_app_kubernetes_io_name"
     assert re.fullmatch(keep[meta_label], labels["app.kubernetes.io/name"])
-    assert re.fullmatch(keep["__meta_kubernetes_pod_annotation_prometheus_io_scrape"],
-                        annotations["prometheus.io/scrape"])
+    assert re.fullmatch(
+        keep["__meta_kubernetes_pod_annotation_prometheus_io_scrape"],
+        annotations["prometheus.io/scrape"],
+    )
     port_names = [p["name"] for p in gateway_container()["ports"]]
-    assert any(re.fullmatch(keep["__meta_kubernetes_pod_container_port_name"], n)
-               for n in port_names)
+    assert any(
+        re.fullmatch(keep["__meta_kubernetes_pod_container_port_name"], n) for n in port_names
+    )
     assert annotations["prometheus.io/path"] == "/metrics"
 
 
@@ -444,7 +453,8 @@ def gateway_services() -> dict[str, dict[str, Any]]:
     """Services built from the repo's Dockerfile that run the gateway (not the load generator)."""
     services = compose()["services"]
     return {
-        name: service for name, service in services.items()
+        name: service
+        for name, service in services.items()
         if "build" in service and "entrypoint" not in service and "profiles" not in service
     }
 
@@ -470,38 +480,119 @@ def bind_mounts(service: dict[str, Any]) -> list[tuple[Path, str]]:
 
 def compose_gateway_config(service: dict[str, Any]) -> tuple[GatewayConfig, str]:
     command = service["command"]
-    path = command[command.index("--config") + 1] if "--config" in command else (
-        "/etc/gateway/config.yaml"
+    path = (
+        command[command.index("--config") + 1]
+        if "--config" in command
+        else ("/etc/gateway/config.yaml")
     )
     for source, target in bind_mounts(service):
         if path == target:
             return parse_config(source.read_text(), env=service.get("environment", {})), path
         if path.startswith(target.rstrip("/") + "/"):
-            file = source / path[len(target.rstrip("/")) + 1:]
+            file = source / path[len(target.rstrip("/")) + 1 :]
             return parse_config(file.read_text(), env=service.get("environment", {})), path
     raise AssertionError(f"{path}: not mounted into the gateway container")
 
 
 # The Compose Specification's service keys: a misspelt key (`depend_on`) is otherwise ignored.
-COMPOSE_SERVICE_KEYS = frozenset({
-    "annotations", "attach", "blkio_config", "build", "cap_add", "cap_drop", "cgroup",
-    "cgroup_parent", "command", "configs", "container_name", "cpu_count", "cpu_percent",
-    "cpu_period", "cpu_quota", "cpu_rt_period", "cpu_rt_runtime", "cpu_shares", "cpus", "cpuset",
-    "credential_spec", "depends_on", "deploy", "develop", "device_cgroup_rules", "devices", "dns",
-    "dns_opt", "dns_search", "domainname", "driver_opts", "entrypoint", "env_file", "environment",
-    "expose", "extends", "external_links", "extra_hosts", "gpus", "group_add", "healthcheck",
-    "hostname", "image", "init", "ipc", "isolation", "labels", "links", "logging", "mac_address",
-    "mem_limit", "mem_reservation", "mem_swappiness", "memswap_limit", "network_mode", "networks",
-    "oom_kill_disable", "oom_score_adj", "pid", "pids_limit", "platform", "ports", "post_start",
-    "pre_stop", "privileged", "profiles", "pull_policy", "read_only", "restart", "runtime",
-    "scale", "secrets", "security_opt", "shm_size", "stdin_open", "stop_grace_period",
-    "stop_signal", "storage_opt", "sysctls", "tmpfs", "tty", "ulimits", "user", "userns_mode",
-    "uts", "volumes", "volumes_from", "working_dir",
-})
-COMPOSE_TOP_KEYS = frozenset({"name", "services", "volumes", "networks", "configs", "secrets",
-                              "include"})
-HEALTHCHECK_KEYS = frozenset({"test", "interval", "timeout", "retries", "start_period",
-                              "start_interval", "disable"})
+COMPOSE_SERVICE_KEYS = frozenset(
+    {
+        "annotations",
+        "attach",
+        "blkio_config",
+        "build",
+        "cap_add",
+        "cap_drop",
+        "cgroup",
+        "cgroup_parent",
+        "command",
+        "configs",
+        "container_name",
+        "cpu_count",
+        "cpu_percent",
+        "cpu_period",
+        "cpu_quota",
+        "cpu_rt_period",
+        "cpu_rt_runtime",
+        "cpu_shares",
+        "cpus",
+        "cpuset",
+        "credential_spec",
+        "depends_on",
+        "deploy",
+        "develop",
+        "device_cgroup_rules",
+        "devices",
+        "dns",
+        "dns_opt",
+        "dns_search",
+        "domainname",
+        "driver_opts",
+        "entrypoint",
+        "env_file",
+        "environment",
+        "expose",
+        "extends",
+        "external_links",
+        "extra_hosts",
+        "gpus",
+        "group_add",
+        "healthcheck",
+        "hostname",
+        "image",
+        "init",
+        "ipc",
+        "isolation",
+        "labels",
+        "links",
+        "logging",
+        "mac_address",
+        "mem_limit",
+        "mem_reservation",
+        "mem_swappiness",
+        "memswap_limit",
+        "network_mode",
+        "networks",
+        "oom_kill_disable",
+        "oom_score_adj",
+        "pid",
+        "pids_limit",
+        "platform",
+        "ports",
+        "post_start",
+        "pre_stop",
+        "privileged",
+        "profiles",
+        "pull_policy",
+        "read_only",
+        "restart",
+        "runtime",
+        "scale",
+        "secrets",
+        "security_opt",
+        "shm_size",
+        "stdin_open",
+        "stop_grace_period",
+        "stop_signal",
+        "storage_opt",
+        "sysctls",
+        "tmpfs",
+        "tty",
+        "ulimits",
+        "user",
+        "userns_mode",
+        "uts",
+        "volumes",
+        "volumes_from",
+        "working_dir",
+    }
+)
+COMPOSE_TOP_KEYS = frozenset(
+    {"name", "services", "volumes", "networks", "configs", "secrets", "include"}
+)
+HEALTHCHECK_KEYS = frozenset(
+    {"test", "interval", "timeout", "retries", "start_period", "start_interval", "disable"}
+)
 
 
 def test_compose_uses_only_compose_spec_keys() -> None:
@@ -608,15 +699,15 @@ def test_compose_grafana_is_provisioned_with_prometheus_and_the_dashboard() -> N
     grafana = services["grafana"]
     mounts = {target: source for source, target in bind_mounts(grafana)}
     provisioning = mounts["/etc/grafana/provisioning"]
-    (datasource,) = yaml.safe_load(
-        (provisioning / "datasources" / "prometheus.yaml").read_text()
-    )["datasources"]
+    (datasource,) = yaml.safe_load((provisioning / "datasources" / "prometheus.yaml").read_text())[
+        "datasources"
+    ]
     assert datasource["type"] == "prometheus"
     match = re.fullmatch(r"http://([a-z0-9-]+):(\d+)", datasource["url"])
     assert match and match.group(1) in services
-    (provider,) = yaml.safe_load(
-        (provisioning / "dashboards" / "gateway.yaml").read_text()
-    )["providers"]
+    (provider,) = yaml.safe_load((provisioning / "dashboards" / "gateway.yaml").read_text())[
+        "providers"
+    ]
     dashboards_dir = provider["options"]["path"]
     assert mounts[dashboards_dir] == DASHBOARD.parent
     home = grafana["environment"]["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
@@ -718,15 +809,19 @@ def test_dashboard_has_panels_for_what_ops_look_at() -> None:
         "errors": lambda e: "gateway_requests_total" in e and '"5..' in e,
         "upstream errors": lambda e: "gateway_upstream_errors_total" in e,
         "fallbacks": lambda e: "gateway_fallbacks_total" in e and "reason" in e,
-        "TTFT": lambda e: "histogram_quantile" in e
-        and "gateway_time_to_first_token_seconds_bucket" in e,
+        "TTFT": lambda e: (
+            "histogram_quantile" in e and "gateway_time_to_first_token_seconds_bucket" in e
+        ),
         "request duration": lambda e: "gateway_request_duration_seconds_bucket" in e,
-        "overhead p99": lambda e: "histogram_quantile(0.99" in e
-        and "gateway_overhead_seconds_bucket" in e,
-        "tokens per feature": lambda e: "gateway_tokens_total" in e
-        and re.search(r"by \([^)]*feature", e),
-        "cost per feature": lambda e: "gateway_cost_usd_total" in e
-        and re.search(r"by \([^)]*feature", e),
+        "overhead p99": lambda e: (
+            "histogram_quantile(0.99" in e and "gateway_overhead_seconds_bucket" in e
+        ),
+        "tokens per feature": lambda e: (
+            "gateway_tokens_total" in e and re.search(r"by \([^)]*feature", e)
+        ),
+        "cost per feature": lambda e: (
+            "gateway_cost_usd_total" in e and re.search(r"by \([^)]*feature", e)
+        ),
         "in flight": lambda e: "gateway_in_flight_requests" in e,
         "model availability": lambda e: "gateway_model_available" in e,
         "rate limited": lambda e: "gateway_rate_limited_total" in e,

@@ -27,7 +27,7 @@ def instructions() -> list[tuple[str, str]]:
 def test_final_stage_is_slim_and_runs_as_non_root() -> None:
     steps = instructions()
     stages = [i for i, (k, _) in enumerate(steps) if k == "FROM"]
-    final = steps[stages[-1]:]
+    final = steps[stages[-1] :]
     assert "slim" in final[0][1]
     users = [rest for k, rest in final if k == "USER"]
     assert users and users[-1] not in ("root", "0")
@@ -71,23 +71,41 @@ def fresh_install(tmp_path: Path) -> Path:
     dist = tmp_path / "dist"
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "-w", str(dist), str(ROOT)],
-        check=True, timeout=300,
+        check=True,
+        timeout=300,
     )
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
     python = venv / "bin" / "python"
     site = subprocess.run(
         [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-        check=True, capture_output=True, text=True,
+        check=True,
+        capture_output=True,
+        text=True,
     ).stdout.strip()
     Path(site, "deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
     subprocess.run(
-        [sys.executable, "-m", "pip", "--python", str(python), "install", "--quiet",
-         "--no-deps", str(next(dist.glob("*.whl")))],
-        check=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "--python",
+            str(python),
+            "install",
+            "--quiet",
+            "--no-deps",
+            str(next(dist.glob("*.whl"))),
+        ],
+        check=True,
+        timeout=300,
     )
-    where = subprocess.run([str(python), "-c", "import gateway; print(gateway.__file__)"],
-                           check=True, capture_output=True, text=True, cwd=tmp_path).stdout
+    where = subprocess.run(
+        [str(python), "-c", "import gateway; print(gateway.__file__)"],
+        check=True,
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    ).stdout
     assert where.startswith(str(venv)), where
     return venv
 
@@ -123,14 +141,21 @@ async def test_a_fresh_venv_install_serves_with_the_images_config_path(
     env = {
         **os.environ,
         "GATEWAY_CONFIG": str(image_root / "etc" / "gateway" / "config.yaml"),
-        "OPENAI_API_KEY": "sk-test", "ANTHROPIC_API_KEY": "sk-ant-test",
-        "WEB_APP_KEY": "web-key", "TRIAGE_BOT_KEY": "triage-key",
+        "OPENAI_API_KEY": "sk-test",
+        "ANTHROPIC_API_KEY": "sk-ant-test",
+        "WEB_APP_KEY": "web-key",
+        "TRIAGE_BOT_KEY": "triage-key",
         # No Redis here: the config's on_backend_error: allow keeps serving.
         "REDIS_URL": f"redis://127.0.0.1:{free_port()}/0",
     }
     process = await asyncio.create_subprocess_exec(
-        str(fresh_install / "bin" / "gateway"), "serve", "--port", str(port),
-        cwd=image_root / "work", env=env, stderr=subprocess.DEVNULL,
+        str(fresh_install / "bin" / "gateway"),
+        "serve",
+        "--port",
+        str(port),
+        cwd=image_root / "work",
+        env=env,
+        stderr=subprocess.DEVNULL,
     )
     try:
         async with aiohttp.ClientSession() as http:
@@ -143,8 +168,9 @@ async def test_a_fresh_venv_install_serves_with_the_images_config_path(
                     await asyncio.sleep(0.05)
             else:
                 raise AssertionError("the gateway did not start")
-            async with http.get(f"http://127.0.0.1:{port}/v1/models",
-                                headers={"Authorization": "Bearer web-key"}) as response:
+            async with http.get(
+                f"http://127.0.0.1:{port}/v1/models", headers={"Authorization": "Bearer web-key"}
+            ) as response:
                 assert response.status == 200
                 ids = {m["id"] for m in (await response.json())["data"]}
                 assert {"fast", "standard"} <= ids

@@ -17,12 +17,18 @@ CHAT: dict[str, Any] = {"model": "fast", "messages": [{"role": "user", "content"
 
 
 async def post(
-    gateway: GatewayServer, data: bytes | None = None, json: Any = None,
-    headers: dict[str, str] | None = None, path: str = "/v1/chat/completions",
+    gateway: GatewayServer,
+    data: bytes | None = None,
+    json: Any = None,
+    headers: dict[str, str] | None = None,
+    path: str = "/v1/chat/completions",
 ) -> tuple[int, dict[str, Any], aiohttp.typedefs.LooseHeaders]:
-    async with aiohttp.ClientSession() as http, http.post(
-        gateway.url + path, data=data, json=json, headers={**AUTH, **(headers or {})}
-    ) as response:
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(
+            gateway.url + path, data=data, json=json, headers={**AUTH, **(headers or {})}
+        ) as response,
+    ):
         return response.status, await response.json(), response.headers
 
 
@@ -46,23 +52,40 @@ def assert_openai_error(body: dict[str, Any], error_type: str, code: str | None 
         (b'{"model": "fast", "messages": "hi"}', "messages", "invalid_type"),
         (b'{"model": "fast", "messages": []}', "messages", "empty_array"),
         (b'{"model": "fast", "messages": ["hi"]}', "messages[0]", "invalid_type"),
-        (b'{"model": "fast", "messages": [{"content": "x"}]}', "messages[0].role",
-         "missing_required_parameter"),
+        (
+            b'{"model": "fast", "messages": [{"content": "x"}]}',
+            "messages[0].role",
+            "missing_required_parameter",
+        ),
         (b'{"model": 5, "messages": [{"role": "user", "content": "x"}]}', "model", "invalid_type"),
-        (b'{"model": "fast", "stream": "yes", "messages": [{"role": "user"}]}', "stream",
-         "invalid_type"),
-        (b'{"model": "fast", "max_tokens": "9", "messages": [{"role": "user"}]}', "max_tokens",
-         "invalid_type"),
-        (b'{"model": "fast", "stream_options": {"include_usage": true},'
-         b' "messages": [{"role": "user"}]}', "stream_options", None),
+        (
+            b'{"model": "fast", "stream": "yes", "messages": [{"role": "user"}]}',
+            "stream",
+            "invalid_type",
+        ),
+        (
+            b'{"model": "fast", "max_tokens": "9", "messages": [{"role": "user"}]}',
+            "max_tokens",
+            "invalid_type",
+        ),
+        (
+            b'{"model": "fast", "stream_options": {"include_usage": true},'
+            b' "messages": [{"role": "user"}]}',
+            "stream_options",
+            None,
+        ),
     ],
 )
 async def test_bad_chat_bodies_are_400(
-    gateway: GatewayServer, upstream: FakeOpenAI, payload: bytes, param: str | None,
+    gateway: GatewayServer,
+    upstream: FakeOpenAI,
+    payload: bytes,
+    param: str | None,
     code: str | None,
 ) -> None:
-    status, body, headers = await post(gateway, data=payload,
-                                       headers={"Content-Type": "application/json"})
+    status, body, headers = await post(
+        gateway, data=payload, headers={"Content-Type": "application/json"}
+    )
     assert status == 400
     assert_openai_error(body, "invalid_request_error", code)
     assert body["error"]["param"] == param
@@ -173,20 +196,23 @@ async def test_every_response_carries_the_request_id_and_route_headers(
                 assert "x-gateway-tier" in response.headers
                 assert "x-gateway-model" in response.headers
                 await response.read()
-        async with http.post(gateway.url + "/v1/chat/completions", json=CHAT,
-                             headers=AUTH) as response:
+        async with http.post(
+            gateway.url + "/v1/chat/completions", json=CHAT, headers=AUTH
+        ) as response:
             assert response.headers["x-request-id"].startswith("req_")
 
 
 async def test_unknown_path_is_an_openai_shaped_404(gateway: GatewayServer) -> None:
-    async with aiohttp.ClientSession() as http, http.get(
-        gateway.url + "/v1/nothing-here", headers=AUTH
-    ) as response:
+    async with (
+        aiohttp.ClientSession() as http,
+        http.get(gateway.url + "/v1/nothing-here", headers=AUTH) as response,
+    ):
         assert response.status == 404
         assert_openai_error(await response.json(), "invalid_request_error")
-    async with aiohttp.ClientSession() as http, http.get(
-        gateway.url + "/v1/chat/completions", headers=AUTH
-    ) as response:
+    async with (
+        aiohttp.ClientSession() as http,
+        http.get(gateway.url + "/v1/chat/completions", headers=AUTH) as response,
+    ):
         assert response.status == 405
         assert_openai_error(await response.json(), "invalid_request_error")
 
@@ -232,9 +258,7 @@ async def test_upstream_garbage_is_502(
     assert_openai_error(body, "upstream_error", "upstream_bad_response")
 
 
-async def test_upstream_too_slow_is_504(
-    upstream: FakeOpenAI, start_gateway: StartGateway
-) -> None:
+async def test_upstream_too_slow_is_504(upstream: FakeOpenAI, start_gateway: StartGateway) -> None:
     raw = base_config(upstream.url)
     raw["models"]["gpt-up"]["timeout"] = {"connect": 1, "first_token": 0.1, "total": 0.5}
     gateway = await start_gateway(raw)
@@ -271,9 +295,17 @@ async def test_upstream_auth_failure_is_not_the_clients_401(
 async def test_upstream_context_length_error_is_relayed_with_its_code(
     gateway: GatewayServer, upstream: FakeOpenAI
 ) -> None:
-    upstream.next(Behaviour(status=400, error={
-        "message": "This model's maximum context length is 8192 tokens.",
-        "type": "invalid_request_error", "param": "messages", "code": None}))
+    upstream.next(
+        Behaviour(
+            status=400,
+            error={
+                "message": "This model's maximum context length is 8192 tokens.",
+                "type": "invalid_request_error",
+                "param": "messages",
+                "code": None,
+            },
+        )
+    )
     status, body, _ = await post(gateway, json=CHAT)
     assert status == 400
     assert body["error"]["code"] == "context_length_exceeded"
@@ -284,23 +316,32 @@ async def test_upstream_context_length_error_is_relayed_with_its_code(
 
 
 async def test_x_api_key_header_authenticates(gateway: GatewayServer) -> None:
-    async with aiohttp.ClientSession() as http, http.post(
-        gateway.url + "/v1/chat/completions", json=CHAT, headers={"x-api-key": APP_KEY}
-    ) as response:
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(
+            gateway.url + "/v1/chat/completions", json=CHAT, headers={"x-api-key": APP_KEY}
+        ) as response,
+    ):
         assert response.status == 200
 
 
 @pytest.mark.parametrize(
     "headers",
-    [{}, {"Authorization": "Bearer wrong"}, {"Authorization": APP_KEY},
-     {"x-api-key": "wrong"}, {"Authorization": "Basic " + APP_KEY}],
+    [
+        {},
+        {"Authorization": "Bearer wrong"},
+        {"Authorization": APP_KEY},
+        {"x-api-key": "wrong"},
+        {"Authorization": "Basic " + APP_KEY},
+    ],
 )
 async def test_missing_or_wrong_keys_are_401(
     gateway: GatewayServer, upstream: FakeOpenAI, headers: dict[str, str]
 ) -> None:
-    async with aiohttp.ClientSession() as http, http.post(
-        gateway.url + "/v1/chat/completions", json=CHAT, headers=headers
-    ) as response:
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(gateway.url + "/v1/chat/completions", json=CHAT, headers=headers) as response,
+    ):
         assert response.status == 401
         assert_openai_error(await response.json(), "authentication_error")
     assert upstream.requests == []
@@ -310,13 +351,17 @@ async def test_key_by_sha256_digest(upstream: FakeOpenAI, start_gateway: StartGa
     import hashlib
 
     raw = base_config(upstream.url)
-    raw["keys"] = [{"name": "ops", "key_sha256": hashlib.sha256(b"hunter2").hexdigest(),
-                    "admin": True}]
+    raw["keys"] = [
+        {"name": "ops", "key_sha256": hashlib.sha256(b"hunter2").hexdigest(), "admin": True}
+    ]
     gateway = await start_gateway(raw)
     async with aiohttp.ClientSession() as http:
         for key, expected in (("hunter2", 200), ("hunter3", 401)):
-            async with http.post(gateway.url + "/v1/chat/completions", json=CHAT,
-                                 headers={"Authorization": f"Bearer {key}"}) as response:
+            async with http.post(
+                gateway.url + "/v1/chat/completions",
+                json=CHAT,
+                headers={"Authorization": f"Bearer {key}"},
+            ) as response:
                 assert response.status == expected
 
 
@@ -327,9 +372,10 @@ async def test_no_keys_section_turns_auth_off_with_a_warning(
     del raw["keys"]
     gateway = await start_gateway(raw)
     assert any("authentication is OFF" in r.getMessage() for r in caplog.records)
-    async with aiohttp.ClientSession() as http, http.post(
-        gateway.url + "/v1/chat/completions", json=CHAT
-    ) as response:
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(gateway.url + "/v1/chat/completions", json=CHAT) as response,
+    ):
         assert response.status == 200
 
 

@@ -20,6 +20,7 @@ from redis.crc import key_slot
 from gateway.limits.base import Admission, Limiter, LimiterUnavailable, LimitSpec
 from gateway.limits.memory import MemoryLimiter
 from gateway.limits.redis import RedisLimiter, ScriptBatcher
+from gateway.store.redis import connect
 from tests.redis_server import RedisServer
 from tests.redis_server import redis_server as redis_server  # the fixture, re-exported
 
@@ -48,7 +49,9 @@ class Backend:
         if self.server is None:
             limiter = MemoryLimiter(window_s=window_s, lease_ttl_s=lease_ttl_s, clock=self.clock)
         else:
-            limiter = RedisLimiter(self.server.url, window_s=window_s, lease_ttl_s=lease_ttl_s)
+            limiter = RedisLimiter(
+                connect(self.server.url), window_s=window_s, lease_ttl_s=lease_ttl_s
+            )
         self.made.append(limiter)
         return limiter
 
@@ -354,8 +357,10 @@ async def test_redis_keys_share_one_slot_and_expire(redis_backend: Backend) -> N
     async with redis_backend.redis() as redis:
         keys = sorted(str(k) for k in await redis.keys("*"))
         assert keys == [
-            "gw:{key:web-app}:leases", "gw:{key:web-app}:rpm",
-            "gw:{key:web-app}:tpm", "gw:{key:web-app}:tpm:n",
+            "gw:{key:web-app}:leases",
+            "gw:{key:web-app}:rpm",
+            "gw:{key:web-app}:tpm",
+            "gw:{key:web-app}:tpm:n",
         ]
         assert len({key_slot(k.encode()) for k in keys}) == 1
         assert key_slot(keys[0].encode()) == key_slot(SUBJECT.encode())

@@ -16,6 +16,7 @@ import pytest
 
 from gateway.limits.redis import RedisLimiter
 from gateway.server import GatewayServer
+from gateway.store.redis import connect
 from tests.conftest import StartGateway, free_port
 from tests.fakes.openai_upstream import Behaviour, FakeOpenAI
 from tests.gateway_process import start_gateway_process, write_config
@@ -27,15 +28,17 @@ CHAT: dict[str, Any] = {"model": "fast", "messages": [{"role": "user", "content"
 STREAM: dict[str, Any] = {**CHAT, "stream": True}
 
 
-def limited_config(upstream_url: str, backend: str, redis_url: str = "",
-                   **plan: Any) -> dict[str, Any]:
+def limited_config(
+    upstream_url: str, backend: str, redis_url: str = "", **plan: Any
+) -> dict[str, Any]:
     timeout = {"connect": 1, "first_token": 1, "total": 30}
     raw: dict[str, Any] = {
         "server": {"host": "127.0.0.1", "port": 0, "shutdown_grace_s": 1},
-        "providers": {"up": {"type": "openai", "base_url": upstream_url},
-                      "mock": {"type": "mock"}},
-        "models": {"gpt": {"provider": "up", "timeout": timeout},
-                   "mock-model": {"provider": "mock"}},
+        "providers": {"up": {"type": "openai", "base_url": upstream_url}, "mock": {"type": "mock"}},
+        "models": {
+            "gpt": {"provider": "up", "timeout": timeout},
+            "mock-model": {"provider": "mock"},
+        },
         "tiers": {"fast": ["gpt"], "demo": ["mock-model"]},
         "routing": {"retries": 0},
         "plans": {"limited": plan},
@@ -75,8 +78,9 @@ async def test_rpm_refusal_is_openai_shaped_with_true_headers(
     upstream: FakeOpenAI, backend: tuple[str, str], start_gateway: StartGateway
 ) -> None:
     server = await start_gateway(limited_config(upstream.url, *backend, rpm=2))
-    async with openai.AsyncOpenAI(base_url=server.url + "/v1", api_key=KEY,
-                                  max_retries=0) as client:
+    async with openai.AsyncOpenAI(
+        base_url=server.url + "/v1", api_key=KEY, max_retries=0
+    ) as client:
         raw = await client.chat.completions.with_raw_response.create(**CHAT)
         assert raw.headers["x-ratelimit-limit-requests"] == "2"
         assert raw.headers["x-ratelimit-remaining-requests"] == "1"
@@ -101,14 +105,16 @@ async def test_tpm_reservation_settles_to_the_upstreams_real_count(
     body = {**CHAT, "max_tokens": 900}  # reserves ~910 of 1000
     upstream.default = Behaviour(prompt_tokens=10, completion_tokens=20)
     async with aiohttp.ClientSession() as http:
-        async with http.post(server.url + "/v1/chat/completions", json=body,
-                             headers=AUTH) as response:
+        async with http.post(
+            server.url + "/v1/chat/completions", json=body, headers=AUTH
+        ) as response:
             assert response.status == 200
         # Settled to 30 real tokens, the next 900-token reservation fits again.
         deadline = time.perf_counter() + 3
         while True:
-            async with http.post(server.url + "/v1/chat/completions", json=body,
-                                 headers=AUTH) as response:
+            async with http.post(
+                server.url + "/v1/chat/completions", json=body, headers=AUTH
+            ) as response:
                 if response.status == 200:
                     remaining = int(response.headers["x-ratelimit-remaining-tokens"])
                     break
@@ -125,8 +131,9 @@ async def test_streamed_usage_settles_tpm_too(
     body = {**STREAM, "max_tokens": 900}
     async with aiohttp.ClientSession() as http:
         for _ in range(3):  # three reservations of 900 would not fit; three settled to 30 do
-            async with http.post(server.url + "/v1/chat/completions", json=body,
-                                 headers=AUTH) as response:
+            async with http.post(
+                server.url + "/v1/chat/completions", json=body, headers=AUTH
+            ) as response:
                 assert response.status == 200
                 await response.read()
             await settled(server)
@@ -137,9 +144,12 @@ async def test_a_request_bigger_than_tpm_is_refused_for_good(
     upstream: FakeOpenAI, backend: tuple[str, str], start_gateway: StartGateway
 ) -> None:
     server = await start_gateway(limited_config(upstream.url, *backend, tpm=100))
-    async with aiohttp.ClientSession() as http, http.post(
-        server.url + "/v1/chat/completions", json={**CHAT, "max_tokens": 500}, headers=AUTH
-    ) as response:
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(
+            server.url + "/v1/chat/completions", json={**CHAT, "max_tokens": 500}, headers=AUTH
+        ) as response,
+    ):
         assert response.status == 429
         assert response.headers["x-should-retry"] == "false"
         assert (await response.json())["error"]["code"] == "tokens"
@@ -151,19 +161,22 @@ async def test_concurrency_limit_and_its_lease(
     server = await start_gateway(limited_config(upstream.url, *backend, max_concurrent=1))
     upstream.next(Behaviour(pace_s=0.2))
     async with aiohttp.ClientSession() as http:
-        async with http.post(server.url + "/v1/chat/completions", json=STREAM,
-                             headers=AUTH) as streaming:
+        async with http.post(
+            server.url + "/v1/chat/completions", json=STREAM, headers=AUTH
+        ) as streaming:
             await streaming.content.readuntil(b"\n\n")
             assert await in_flight(server) == 1
-            async with http.post(server.url + "/v1/chat/completions", json=CHAT,
-                                 headers=AUTH) as refused:
+            async with http.post(
+                server.url + "/v1/chat/completions", json=CHAT, headers=AUTH
+            ) as refused:
                 assert refused.status == 429
                 assert (await refused.json())["error"]["code"] == "concurrency"
                 assert refused.headers["retry-after"] == "1"
             await streaming.read()
         await settled(server)
-        async with http.post(server.url + "/v1/chat/completions", json=CHAT,
-                             headers=AUTH) as response:
+        async with http.post(
+            server.url + "/v1/chat/completions", json=CHAT, headers=AUTH
+        ) as response:
             assert response.status == 200
 
 
@@ -172,14 +185,16 @@ async def test_a_long_stream_keeps_its_lease_past_the_ttl(
 ) -> None:
     server = await start_gateway(limited_config(upstream.url, *backend, max_concurrent=1))
     upstream.next(Behaviour(pace_s=0.4, words=["w"] * 8))  # ~3.2 s; lease_ttl_s is 1.5
-    async with aiohttp.ClientSession() as http, http.post(
-        server.url + "/v1/chat/completions", json=STREAM, headers=AUTH
-    ) as streaming:
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(server.url + "/v1/chat/completions", json=STREAM, headers=AUTH) as streaming,
+    ):
         await streaming.content.readuntil(b"\n\n")
         await asyncio.sleep(2.5)
         assert await in_flight(server) == 1
-        async with http.post(server.url + "/v1/chat/completions", json=CHAT,
-                             headers=AUTH) as refused:
+        async with http.post(
+            server.url + "/v1/chat/completions", json=CHAT, headers=AUTH
+        ) as refused:
             assert refused.status == 429
         await streaming.read()
     await settled(server)
@@ -197,8 +212,11 @@ async def test_a_long_stream_keeps_its_lease_past_the_ttl(
     ],
 )
 async def test_leases_come_back_to_zero(
-    upstream: FakeOpenAI, backend: tuple[str, str], start_gateway: StartGateway,
-    behaviour: Behaviour, how: str,
+    upstream: FakeOpenAI,
+    backend: tuple[str, str],
+    start_gateway: StartGateway,
+    behaviour: Behaviour,
+    how: str,
 ) -> None:
     server = await start_gateway(limited_config(upstream.url, *backend, max_concurrent=3))
     upstream.next(behaviour)
@@ -211,15 +229,17 @@ async def test_leases_come_back_to_zero(
             with pytest.raises(asyncio.CancelledError):
                 await task
         else:
-            async with http.post(server.url + "/v1/chat/completions", json=STREAM,
-                                 headers=AUTH) as response:
+            async with http.post(
+                server.url + "/v1/chat/completions", json=STREAM, headers=AUTH
+            ) as response:
                 await response.read()
     await settled(server)
 
 
 async def _read_some(http: aiohttp.ClientSession, server: GatewayServer) -> None:
-    async with http.post(server.url + "/v1/chat/completions", json=STREAM,
-                         headers=AUTH) as response:
+    async with http.post(
+        server.url + "/v1/chat/completions", json=STREAM, headers=AUTH
+    ) as response:
         await response.read()
 
 
@@ -233,16 +253,19 @@ async def test_model_limits_skip_a_saturated_model_then_answer_capacity(
     raw["tiers"]["fast"] = ["gpt", "mock-model"]
     server = await start_gateway(raw)
     upstream.next(Behaviour(pace_s=0.3))
-    async with aiohttp.ClientSession() as http, http.post(
-        server.url + "/v1/chat/completions", json=STREAM, headers=AUTH
-    ) as first:
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(server.url + "/v1/chat/completions", json=STREAM, headers=AUTH) as first,
+    ):
         await first.content.readuntil(b"\n\n")
-        async with http.post(server.url + "/v1/chat/completions", json=STREAM,
-                             headers=AUTH) as second:
+        async with http.post(
+            server.url + "/v1/chat/completions", json=STREAM, headers=AUTH
+        ) as second:
             assert second.headers["x-gateway-model"] == "mock-model"
             await second.content.readuntil(b"\n\n")
-            async with http.post(server.url + "/v1/chat/completions", json=CHAT,
-                                 headers=AUTH) as third:
+            async with http.post(
+                server.url + "/v1/chat/completions", json=CHAT, headers=AUTH
+            ) as third:
                 assert third.status == 429
                 error = (await third.json())["error"]
                 assert error["code"] == "capacity"
@@ -259,23 +282,24 @@ async def test_process_max_concurrent_answers_capacity(
     server = await start_gateway(raw)
     upstream.next(Behaviour(pace_s=0.2))
     async with aiohttp.ClientSession() as http:
-        async with http.post(server.url + "/v1/chat/completions", json=STREAM,
-                             headers=AUTH) as streaming:
+        async with http.post(
+            server.url + "/v1/chat/completions", json=STREAM, headers=AUTH
+        ) as streaming:
             await streaming.content.readuntil(b"\n\n")
-            async with http.post(server.url + "/v1/chat/completions", json=CHAT,
-                                 headers=AUTH) as refused:
+            async with http.post(
+                server.url + "/v1/chat/completions", json=CHAT, headers=AUTH
+            ) as refused:
                 assert refused.status == 429
                 assert (await refused.json())["error"]["code"] == "capacity"
             await streaming.read()
         await asyncio.sleep(0.05)
-        async with http.post(server.url + "/v1/chat/completions", json=CHAT,
-                             headers=AUTH) as response:
+        async with http.post(
+            server.url + "/v1/chat/completions", json=CHAT, headers=AUTH
+        ) as response:
             assert response.status == 200
 
 
-async def test_rejections_are_counted(
-    upstream: FakeOpenAI, start_gateway: StartGateway
-) -> None:
+async def test_rejections_are_counted(upstream: FakeOpenAI, start_gateway: StartGateway) -> None:
     server = await start_gateway(limited_config(upstream.url, "memory", rpm=1))
     async with aiohttp.ClientSession() as http:
         for _ in range(3):
@@ -283,8 +307,11 @@ async def test_rejections_are_counted(
                 pass
         async with http.get(server.url + "/metrics") as response:
             text = await response.text()
-    line = next(line for line in text.splitlines()
-                if line.startswith('gateway_rate_limited_total{limit="requests",plan="limited"}'))
+    line = next(
+        line
+        for line in text.splitlines()
+        if line.startswith('gateway_rate_limited_total{limit="requests",plan="limited"}')
+    )
     assert float(line.split()[-1]) >= 2
 
 
@@ -326,8 +353,9 @@ async def test_three_replicas_admit_exactly_the_rpm(
     async with aiohttp.ClientSession() as http:
 
         async def one(i: int) -> int:
-            async with http.post(urls[i % 3] + "/v1/chat/completions", json=body,
-                                 headers=AUTH) as response:
+            async with http.post(
+                urls[i % 3] + "/v1/chat/completions", json=body, headers=AUTH
+            ) as response:
                 await response.read()
                 return response.status
 
@@ -354,8 +382,9 @@ async def test_three_replicas_never_exceed_max_concurrent_at_the_upstream(
     async with aiohttp.ClientSession() as http:
 
         async def one(i: int) -> int:
-            async with http.post(urls[i % 3] + "/v1/chat/completions", json=STREAM,
-                                 headers=AUTH) as response:
+            async with http.post(
+                urls[i % 3] + "/v1/chat/completions", json=STREAM, headers=AUTH
+            ) as response:
                 await response.read()
                 return response.status
 
@@ -374,12 +403,13 @@ async def test_a_killed_replicas_lease_expires(
     write_config(path, raw)
     port = free_port()
     process = await start_gateway_process(path, port)
-    limiter = RedisLimiter(redis_server.url, lease_ttl_s=1.5)
+    limiter = RedisLimiter(connect(redis_server.url), lease_ttl_s=1.5)
     upstream.next(Behaviour(pace_s=1.0, words=["w"] * 30))
     try:
         async with aiohttp.ClientSession() as http:
-            response = await http.post(f"http://127.0.0.1:{port}/v1/chat/completions",
-                                       json=STREAM, headers=AUTH)
+            response = await http.post(
+                f"http://127.0.0.1:{port}/v1/chat/completions", json=STREAM, headers=AUTH
+            )
             await response.content.readuntil(b"\n\n")
             assert await limiter.in_flight("key:app") == 1
             process.send_signal(signal.SIGKILL)
@@ -398,7 +428,9 @@ async def test_a_killed_replicas_lease_expires(
 
 @pytest.mark.parametrize("on_error", ["allow", "deny"])
 async def test_redis_down_then_back(
-    redis_server: RedisServer, upstream: FakeOpenAI, start_gateway: StartGateway,
+    redis_server: RedisServer,
+    upstream: FakeOpenAI,
+    start_gateway: StartGateway,
     on_error: str,
 ) -> None:
     raw = limited_config(upstream.url, "redis", redis_server.url, rpm=3)
@@ -407,8 +439,9 @@ async def test_redis_down_then_back(
     async with aiohttp.ClientSession() as http:
 
         async def status() -> int:
-            async with http.post(server.url + "/v1/chat/completions", json=CHAT,
-                                 headers=AUTH) as response:
+            async with http.post(
+                server.url + "/v1/chat/completions", json=CHAT, headers=AUTH
+            ) as response:
                 await response.read()
                 return response.status
 

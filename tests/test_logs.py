@@ -21,12 +21,18 @@ GATEWAY_KEY = "gw-client-secret-abcdef"
 def test_redaction_hides_configured_secrets_and_credential_shapes() -> None:
     REDACT.set_secrets([PROVIDER_KEY, GATEWAY_KEY])
     text = REDACT(
-        f'calling with {PROVIDER_KEY}; client sent {GATEWAY_KEY}; '
+        f"calling with {PROVIDER_KEY}; client sent {GATEWAY_KEY}; "
         '{"Authorization": "Bearer abc.def-ghi"}, x-api-key: anthropic-key-999, '
         'sk-ant-api03-XYZxyz123456 and api_key="hunter22"'
     )
-    for secret in (PROVIDER_KEY, GATEWAY_KEY, "abc.def-ghi", "anthropic-key-999",
-                   "XYZxyz123456", "hunter22"):
+    for secret in (
+        PROVIDER_KEY,
+        GATEWAY_KEY,
+        "abc.def-ghi",
+        "anthropic-key-999",
+        "XYZxyz123456",
+        "hunter22",
+    ):
         assert secret not in text
     assert text.count("[REDACTED]") >= 6
 
@@ -50,8 +56,7 @@ async def test_a_real_process_logs_json_lines_with_request_facts_and_no_secrets(
 ) -> None:
     raw = {
         "server": {"host": "127.0.0.1", "port": 0, "shutdown_grace_s": 1},
-        "providers": {"up": {"type": "openai", "base_url": upstream.url,
-                             "api_key": PROVIDER_KEY}},
+        "providers": {"up": {"type": "openai", "base_url": upstream.url, "api_key": PROVIDER_KEY}},
         "models": {"gpt": {"provider": "up"}},
         "tiers": {"fast": ["gpt"]},
         "routing": {"retries": 0},
@@ -66,8 +71,9 @@ async def test_a_real_process_logs_json_lines_with_request_facts_and_no_secrets(
     body = {"model": "fast", "messages": [{"role": "user", "content": "hi"}]}
     async with aiohttp.ClientSession() as http:
         for _ in range(2):
-            async with http.post(url, json=body,
-                                 headers={"Authorization": f"Bearer {GATEWAY_KEY}"}) as r:
+            async with http.post(
+                url, json=body, headers={"Authorization": f"Bearer {GATEWAY_KEY}"}
+            ) as r:
                 await r.read()
         async with http.post(url, json=body, headers={"Authorization": "Bearer wrong-key-77"}):
             pass

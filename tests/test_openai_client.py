@@ -225,8 +225,12 @@ async def test_upstream_server_error_is_internal_server_error(
 async def test_upstream_bad_request_is_relayed_as_the_clients_error(
     client: openai.AsyncOpenAI, upstream: FakeOpenAI
 ) -> None:
-    error = {"message": "Invalid value for 'temperature'.", "type": "invalid_request_error",
-             "param": "temperature", "code": "invalid_value"}
+    error = {
+        "message": "Invalid value for 'temperature'.",
+        "type": "invalid_request_error",
+        "param": "temperature",
+        "code": "invalid_value",
+    }
     upstream.next(Behaviour(status=400, error=error))
     with pytest.raises(openai.BadRequestError) as caught:
         await client.chat.completions.create(model="fast", messages=MESSAGES, temperature=9)

@@ -53,8 +53,9 @@ async def watched(
     path = tmp_path / "config.yaml"
     raw = two_route_config(upstream.url, second.url, "m1")
     write_config(path, raw)
-    server = GatewayServer(to_config(raw), "127.0.0.1", 0, config_path=str(path),
-                           reload_poll_s=0.05)
+    server = GatewayServer(
+        to_config(raw), "127.0.0.1", 0, config_path=str(path), reload_poll_s=0.05
+    )
     await server.start()
     yield server, path
     await server.stop()
@@ -79,8 +80,9 @@ async def test_an_edit_during_a_stream_keeps_the_stream_on_the_old_route(
     server, path = watched
     upstream.next(Behaviour(pace_s=0.2, words=["a", "b", "c", "d", "e", "f"]))
     async with aiohttp.ClientSession() as http:
-        async with http.post(server.url + "/v1/chat/completions",
-                             json={**BODY, "stream": True}) as streaming:
+        async with http.post(
+            server.url + "/v1/chat/completions", json={**BODY, "stream": True}
+        ) as streaming:
             first = await streaming.content.readuntil(b"\n\n")
             assert first.startswith(b"data:")
             write_config(path, two_route_config(upstream.url, second.url, "m2"))
@@ -96,7 +98,9 @@ async def test_an_edit_during_a_stream_keeps_the_stream_on_the_old_route(
 
 
 async def test_an_invalid_edit_changes_nothing_and_is_counted(
-    watched: tuple[GatewayServer, Path], upstream: FakeOpenAI, second: FakeOpenAI,
+    watched: tuple[GatewayServer, Path],
+    upstream: FakeOpenAI,
+    second: FakeOpenAI,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     server, path = watched
@@ -117,8 +121,10 @@ async def test_an_invalid_edit_changes_nothing_and_is_counted(
         return await errors() == before + 1
 
     await wait_for(counted)
-    assert any("tiers.fast[1]: unknown model 'no-such-model'" in str(r.__dict__.get("problems"))
-               for r in caplog.records)
+    assert any(
+        "tiers.fast[1]: unknown model 'no-such-model'" in str(r.__dict__.get("problems"))
+        for r in caplog.records
+    )
     write_config(path, "server: {port: [unclosed\n")
     await wait_for(lambda: _at_least(errors, before + 2))
     async with aiohttp.ClientSession() as http:
@@ -163,8 +169,9 @@ async def test_admin_reload_needs_an_admin_key(
     try:
         async with aiohttp.ClientSession() as http:
             for key, status in (("k-app", 403), ("k-ops", 200)):
-                async with http.post(server.url + "/admin/reload",
-                                     headers={"Authorization": f"Bearer {key}"}) as response:
+                async with http.post(
+                    server.url + "/admin/reload", headers={"Authorization": f"Bearer {key}"}
+                ) as response:
                     assert response.status == status
     finally:
         await server.stop()
@@ -177,8 +184,9 @@ async def test_a_removed_providers_session_closes_after_its_last_request(
     old_provider = server.process.current.providers["one"]
     upstream.next(Behaviour(pace_s=0.2))
     async with aiohttp.ClientSession() as http:
-        async with http.post(server.url + "/v1/chat/completions",
-                             json={**BODY, "stream": True}) as streaming:
+        async with http.post(
+            server.url + "/v1/chat/completions", json={**BODY, "stream": True}
+        ) as streaming:
             await streaming.content.readuntil(b"\n\n")
             raw = two_route_config(upstream.url, second.url, "m2")
             del raw["providers"]["one"]
@@ -254,8 +262,9 @@ async def test_sigterm_lets_a_running_stream_finish_refuses_new_ones_and_exits_0
     url = f"http://127.0.0.1:{port}"
     upstream.next(Behaviour(pace_s=0.15, words=["w"] * 10))
     async with aiohttp.ClientSession() as http:
-        async with http.post(url + "/v1/chat/completions",
-                             json={**BODY, "stream": True}) as streaming:
+        async with http.post(
+            url + "/v1/chat/completions", json={**BODY, "stream": True}
+        ) as streaming:
             await streaming.content.readuntil(b"\n\n")
             process.send_signal(signal.SIGTERM)
             await asyncio.sleep(0.3)
@@ -282,9 +291,10 @@ async def test_sigterm_ends_streams_still_running_after_the_grace_period_in_band
     process = await start_gateway_process(path, port)
     url = f"http://127.0.0.1:{port}"
     upstream.next(Behaviour(pace_s=0.5, words=["w"] * 40))
-    async with aiohttp.ClientSession() as http, http.post(
-        url + "/v1/chat/completions", json={**BODY, "stream": True}
-    ) as streaming:
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(url + "/v1/chat/completions", json={**BODY, "stream": True}) as streaming,
+    ):
         await streaming.content.readuntil(b"\n\n")
         process.send_signal(signal.SIGTERM)
         rest = await streaming.read()
@@ -328,12 +338,14 @@ async def test_limits_survive_a_reload(
     auth = {"Authorization": "Bearer k-app"}
     async with aiohttp.ClientSession() as http:
         for expected in (200, 200, 429):
-            async with http.post(server.url + "/v1/chat/completions", json=BODY,
-                                 headers=auth) as response:
+            async with http.post(
+                server.url + "/v1/chat/completions", json=BODY, headers=auth
+            ) as response:
                 assert response.status == expected
         raw["tiers"]["fast"] = ["m2"]  # a routing change, same plan
         write_config(path, raw)
         assert (await server.reloader.reload("test")).ok  # type: ignore[union-attr]
-        async with http.post(server.url + "/v1/chat/completions", json=BODY,
-                             headers=auth) as response:
+        async with http.post(
+            server.url + "/v1/chat/completions", json=BODY, headers=auth
+        ) as response:
             assert response.status == 429  # the minute's count survived the swap

@@ -38,8 +38,12 @@ def chain_config(first_url: str, second_url: str, **routing: Any) -> dict[str, A
             "b": {"type": "openai", "base_url": second_url},
         },
         "models": {
-            "model-a": {"provider": "a", "model": "a-id", "timeout": timeout,
-                        "fallbacks": ["model-b"]},
+            "model-a": {
+                "provider": "a",
+                "model": "a-id",
+                "timeout": timeout,
+                "fallbacks": ["model-b"],
+            },
             "model-b": {"provider": "b", "model": "b-id", "timeout": timeout},
             "lonely": {"provider": "a", "timeout": timeout},
         },
@@ -91,12 +95,19 @@ async def scrape(gateway: GatewayServer) -> str:
     ],
 )
 async def test_falls_back_on_each_trigger(
-    upstream: FakeOpenAI, second: FakeOpenAI, start_gateway: StartGateway, sdk_for: Any,
-    behaviour: Behaviour, reason: str,
+    upstream: FakeOpenAI,
+    second: FakeOpenAI,
+    start_gateway: StartGateway,
+    sdk_for: Any,
+    behaviour: Behaviour,
+    reason: str,
 ) -> None:
     gateway = await start_gateway(chain_config(upstream.url, second.url))
-    before = metric(await scrape(gateway), "gateway_fallbacks_total",
-                    {"from_model": "model-a", "to_model": "model-b", "reason": reason})
+    before = metric(
+        await scrape(gateway),
+        "gateway_fallbacks_total",
+        {"from_model": "model-a", "to_model": "model-b", "reason": reason},
+    )
     upstream.next(behaviour)
     raw = await ask(sdk_for(gateway))
     assert raw.parse().choices[0].message.content == "Second model"
@@ -104,10 +115,22 @@ async def test_falls_back_on_each_trigger(
     assert raw.headers["x-gateway-attempts"] == "2"
     assert second.requests[-1].body["model"] == "b-id"
     text = await scrape(gateway)
-    assert metric(text, "gateway_fallbacks_total", {"tier": "fast", "from_model": "model-a",
-                  "to_model": "model-b", "reason": reason}) == before + 1
-    assert metric(text, "gateway_upstream_errors_total",
-                  {"provider": "a", "model": "model-a", "reason": reason}) >= 1
+    assert (
+        metric(
+            text,
+            "gateway_fallbacks_total",
+            {"tier": "fast", "from_model": "model-a", "to_model": "model-b", "reason": reason},
+        )
+        == before + 1
+    )
+    assert (
+        metric(
+            text,
+            "gateway_upstream_errors_total",
+            {"provider": "a", "model": "model-a", "reason": reason},
+        )
+        >= 1
+    )
 
 
 async def test_falls_back_when_the_first_upstream_refuses_connections(
@@ -144,10 +167,15 @@ async def test_only_the_listed_kinds_move_on(
 async def test_context_length_moves_on_only_when_listed(
     upstream: FakeOpenAI, second: FakeOpenAI, start_gateway: StartGateway, sdk_for: Any
 ) -> None:
-    too_long = Behaviour(status=400, error={
-        "message": "This model's maximum context length is 4096 tokens.",
-        "type": "invalid_request_error", "param": "messages",
-        "code": "context_length_exceeded"})
+    too_long = Behaviour(
+        status=400,
+        error={
+            "message": "This model's maximum context length is 4096 tokens.",
+            "type": "invalid_request_error",
+            "param": "messages",
+            "code": "context_length_exceeded",
+        },
+    )
     plain = await start_gateway(chain_config(upstream.url, second.url))
     upstream.next(too_long)
     with pytest.raises(openai.BadRequestError) as caught:
@@ -155,9 +183,14 @@ async def test_context_length_moves_on_only_when_listed(
     assert caught.value.code == "context_length_exceeded"
     assert second.requests == []
 
-    listed = await start_gateway(chain_config(
-        upstream.url, second.url, retries=2,
-        fallback_on=["connect", "timeout", "429", "5xx", "context_length"]))
+    listed = await start_gateway(
+        chain_config(
+            upstream.url,
+            second.url,
+            retries=2,
+            fallback_on=["connect", "timeout", "429", "5xx", "context_length"],
+        )
+    )
     upstream.next(too_long)
     raw = await ask(sdk_for(listed))
     assert raw.headers["x-gateway-model"] == "model-b"
@@ -203,8 +236,9 @@ async def test_long_retry_after_moves_on_at_once(
 async def test_cooldown_skips_a_failing_model_then_tries_it_again(
     upstream: FakeOpenAI, second: FakeOpenAI, start_gateway: StartGateway, sdk_for: Any
 ) -> None:
-    gateway = await start_gateway(chain_config(
-        upstream.url, second.url, cooldown={"failures": 2, "seconds": 0.6}))
+    gateway = await start_gateway(
+        chain_config(upstream.url, second.url, cooldown={"failures": 2, "seconds": 0.6})
+    )
     client = sdk_for(gateway)
     upstream.next(Behaviour(status=500), Behaviour(status=500))
     for _ in range(2):
@@ -228,8 +262,9 @@ async def test_cooldown_skips_a_failing_model_then_tries_it_again(
 async def test_a_failed_half_open_try_cools_down_again_at_once(
     upstream: FakeOpenAI, second: FakeOpenAI, start_gateway: StartGateway, sdk_for: Any
 ) -> None:
-    gateway = await start_gateway(chain_config(
-        upstream.url, second.url, cooldown={"failures": 1, "seconds": 0.4}))
+    gateway = await start_gateway(
+        chain_config(upstream.url, second.url, cooldown={"failures": 1, "seconds": 0.4})
+    )
     client = sdk_for(gateway)
     upstream.next(Behaviour(status=500), Behaviour(status=500))
     await ask(client)
@@ -242,8 +277,9 @@ async def test_a_failed_half_open_try_cools_down_again_at_once(
 async def test_when_every_model_cools_down_the_least_recently_failed_is_tried(
     upstream: FakeOpenAI, second: FakeOpenAI, start_gateway: StartGateway, sdk_for: Any
 ) -> None:
-    gateway = await start_gateway(chain_config(
-        upstream.url, second.url, cooldown={"failures": 1, "seconds": 60}))
+    gateway = await start_gateway(
+        chain_config(upstream.url, second.url, cooldown={"failures": 1, "seconds": 60})
+    )
     client = sdk_for(gateway)
     upstream.next(Behaviour(status=500))
     second.next(Behaviour(status=500))
@@ -265,8 +301,12 @@ async def test_all_models_failed_lists_every_attempt(
     error = caught.value
     assert error.status_code == 503
     assert error.type == "all_models_failed" and error.code == "all_models_failed"
-    for part in ("model-a: 5xx, upstream status 500", "model-a: 5xx, upstream status 502",
-                 "model-b: 5xx, upstream status 503", "model-b: timeout"):
+    for part in (
+        "model-a: 5xx, upstream status 500",
+        "model-a: 5xx, upstream status 502",
+        "model-b: 5xx, upstream status 503",
+        "model-b: timeout",
+    ):
         assert part in error.message
     assert error.response.headers["x-should-retry"] == "true"
     assert error.response.headers["x-gateway-attempts"] == "4"
@@ -315,20 +355,30 @@ STREAM = {"model": "fast", "stream": True, "messages": MESSAGES}
 
 
 async def stream_text(gateway: GatewayServer) -> tuple[int, dict[str, str], bytes]:
-    async with aiohttp.ClientSession() as http, http.post(
-        gateway.url + "/v1/chat/completions", json=STREAM,
-        headers={"Authorization": f"Bearer {APP_KEY}"},
-    ) as response:
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(
+            gateway.url + "/v1/chat/completions",
+            json=STREAM,
+            headers={"Authorization": f"Bearer {APP_KEY}"},
+        ) as response,
+    ):
         return response.status, dict(response.headers), await response.read()
 
 
 @pytest.mark.parametrize(
     "behaviour",
-    [Behaviour(status=500), Behaviour(first_event_delay_s=3), Behaviour(error_event_after=0),
-     Behaviour(reset_before_headers=True)],
+    [
+        Behaviour(status=500),
+        Behaviour(first_event_delay_s=3),
+        Behaviour(error_event_after=0),
+        Behaviour(reset_before_headers=True),
+    ],
 )
 async def test_a_stream_falls_back_before_its_first_event(
-    upstream: FakeOpenAI, second: FakeOpenAI, start_gateway: StartGateway,
+    upstream: FakeOpenAI,
+    second: FakeOpenAI,
+    start_gateway: StartGateway,
     behaviour: Behaviour,
 ) -> None:
     gateway = await start_gateway(chain_config(upstream.url, second.url))
@@ -381,7 +431,10 @@ async def test_a_stream_whose_chain_fails_behind_keep_alives_ends_in_band(
 
 
 async def test_replicas_sharing_redis_share_cooldowns(
-    upstream: FakeOpenAI, second: FakeOpenAI, start_gateway: StartGateway, sdk_for: Any,
+    upstream: FakeOpenAI,
+    second: FakeOpenAI,
+    start_gateway: StartGateway,
+    sdk_for: Any,
     redis_server: Any,
 ) -> None:
     raw = chain_config(upstream.url, second.url, cooldown={"failures": 2, "seconds": 30})

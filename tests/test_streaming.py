@@ -17,7 +17,9 @@ from tests.fakes.openai_upstream import Behaviour, FakeOpenAI
 
 AUTH = {"Authorization": f"Bearer {APP_KEY}"}
 STREAM_BODY: dict[str, Any] = {
-    "model": "fast", "stream": True, "messages": [{"role": "user", "content": "hi"}]
+    "model": "fast",
+    "stream": True,
+    "messages": [{"role": "user", "content": "hi"}],
 }
 
 
@@ -28,9 +30,10 @@ async def read_events(response: aiohttp.ClientResponse) -> list[bytes]:
 
 
 async def test_sse_headers(gateway: GatewayServer) -> None:
-    async with aiohttp.ClientSession() as http, http.post(
-        gateway.url + "/v1/chat/completions", json=STREAM_BODY, headers=AUTH
-    ) as response:
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(gateway.url + "/v1/chat/completions", json=STREAM_BODY, headers=AUTH) as response,
+    ):
         assert response.status == 200
         assert response.headers["Content-Type"] == "text/event-stream"
         assert response.headers["Cache-Control"] == "no-cache, no-transform"
@@ -48,8 +51,9 @@ async def test_first_event_arrives_before_the_upstream_sends_the_second(
     client: openai.AsyncOpenAI, upstream: FakeOpenAI
 ) -> None:
     upstream.next(Behaviour(pace_s=0.3))
-    stream = await client.chat.completions.create(model="fast", messages=[
-        {"role": "user", "content": "hi"}], stream=True)
+    stream = await client.chat.completions.create(
+        model="fast", messages=[{"role": "user", "content": "hi"}], stream=True
+    )
     received: list[float] = []
     async for _chunk in stream:
         received.append(time.perf_counter())
@@ -64,9 +68,10 @@ async def test_upstream_events_are_relayed_as_the_upstreams_own_bytes(
     gateway: GatewayServer, upstream: FakeOpenAI
 ) -> None:
     upstream.next(Behaviour(crlf=True))
-    async with aiohttp.ClientSession() as http, http.post(
-        gateway.url + "/v1/chat/completions", json=STREAM_BODY, headers=AUTH
-    ) as response:
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(gateway.url + "/v1/chat/completions", json=STREAM_BODY, headers=AUTH) as response,
+    ):
         raw = await response.read()
     assert raw.count(b"\r\n\r\n") == 7  # role, 4 words, finish, [DONE]; usage chunk stripped
     assert raw.endswith(b"data: [DONE]\r\n\r\n")
@@ -128,9 +133,10 @@ async def test_keep_alive_comments_while_the_first_token_is_slow(
 ) -> None:
     gateway = await start_gateway(merged(base_config(upstream.url), server={"keepalive_s": 0.2}))
     upstream.next(Behaviour(first_event_delay_s=1.0))
-    async with aiohttp.ClientSession() as http, http.post(
-        gateway.url + "/v1/chat/completions", json=STREAM_BODY, headers=AUTH
-    ) as response:
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(gateway.url + "/v1/chat/completions", json=STREAM_BODY, headers=AUTH) as response,
+    ):
         assert response.status == 200
         events = await read_events(response)
     keepalives = [e for e in events if e == b": keep-alive"]
@@ -172,9 +178,12 @@ async def test_a_first_event_just_after_the_keep_alive_timer_names_the_model(
     gateway = await start_gateway(merged(base_config(upstream.url), server={"keepalive_s": 0.05}))
     for delay in (0.0, 0.03, 0.045, 0.05, 0.055, 0.08):
         upstream.next(Behaviour(first_event_delay_s=delay))
-        async with aiohttp.ClientSession() as http, http.post(
-            gateway.url + "/v1/chat/completions", json=STREAM_BODY, headers=AUTH
-        ) as response:
+        async with (
+            aiohttp.ClientSession() as http,
+            http.post(
+                gateway.url + "/v1/chat/completions", json=STREAM_BODY, headers=AUTH
+            ) as response,
+        ):
             events = await read_events(response)
         assert events[-1] == b"data: [DONE]"
         if events[0] == b": keep-alive":
@@ -221,9 +230,10 @@ async def test_upstream_reset_after_the_first_event_is_one_error_event_and_no_do
     gateway: GatewayServer, upstream: FakeOpenAI
 ) -> None:
     upstream.next(Behaviour(reset_after_events=3))
-    async with aiohttp.ClientSession() as http, http.post(
-        gateway.url + "/v1/chat/completions", json=STREAM_BODY, headers=AUTH
-    ) as response:
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(gateway.url + "/v1/chat/completions", json=STREAM_BODY, headers=AUTH) as response,
+    ):
         assert response.status == 200
         events = await read_events(response)
     assert len(events) == 4
@@ -251,9 +261,10 @@ async def test_upstream_error_event_mid_stream_is_relayed_and_ends_the_stream(
     gateway: GatewayServer, upstream: FakeOpenAI
 ) -> None:
     upstream.next(Behaviour(error_event_after=2))
-    async with aiohttp.ClientSession() as http, http.post(
-        gateway.url + "/v1/chat/completions", json=STREAM_BODY, headers=AUTH
-    ) as response:
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(gateway.url + "/v1/chat/completions", json=STREAM_BODY, headers=AUTH) as response,
+    ):
         events = await read_events(response)
     assert b"upstream broke mid-stream" in events[-1]
     assert b"[DONE]" not in b"".join(events)
@@ -267,9 +278,10 @@ async def test_first_token_timeout_is_504_when_nothing_was_sent(
     gateway = await start_gateway(raw)
     upstream.next(Behaviour(first_event_delay_s=5))
     started = time.perf_counter()
-    async with aiohttp.ClientSession() as http, http.post(
-        gateway.url + "/v1/chat/completions", json=STREAM_BODY, headers=AUTH
-    ) as response:
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(gateway.url + "/v1/chat/completions", json=STREAM_BODY, headers=AUTH) as response,
+    ):
         assert response.status == 504
         body = await response.json()
     assert body["error"]["type"] == "upstream_timeout"
@@ -284,9 +296,10 @@ async def test_first_token_timeout_after_keep_alives_is_an_in_band_error(
     raw["models"]["gpt-up"]["timeout"] = {"connect": 1, "first_token": 0.5, "total": 30}
     gateway = await start_gateway(raw)
     upstream.next(Behaviour(first_event_delay_s=5))
-    async with aiohttp.ClientSession() as http, http.post(
-        gateway.url + "/v1/chat/completions", json=STREAM_BODY, headers=AUTH
-    ) as response:
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(gateway.url + "/v1/chat/completions", json=STREAM_BODY, headers=AUTH) as response,
+    ):
         assert response.status == 200
         events = await read_events(response)
     assert events[0] == b": keep-alive"
@@ -302,9 +315,10 @@ async def test_a_stream_past_its_total_ends_with_an_in_band_timeout(
     gateway = await start_gateway(raw)
     upstream.next(Behaviour(pace_s=0.3))  # 7 events: about 1.8 s in all
     started = time.perf_counter()
-    async with aiohttp.ClientSession() as http, http.post(
-        gateway.url + "/v1/chat/completions", json=STREAM_BODY, headers=AUTH
-    ) as response:
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(gateway.url + "/v1/chat/completions", json=STREAM_BODY, headers=AUTH) as response,
+    ):
         assert response.status == 200
         events = await read_events(response)
     took = time.perf_counter() - started
@@ -324,9 +338,10 @@ async def test_a_stream_within_its_total_is_not_cut(
     raw["models"]["gpt-up"]["timeout"] = {"connect": 1, "first_token": 0.5, "total": 3}
     gateway = await start_gateway(raw)
     upstream.next(Behaviour(pace_s=0.2))
-    async with aiohttp.ClientSession() as http, http.post(
-        gateway.url + "/v1/chat/completions", json=STREAM_BODY, headers=AUTH
-    ) as response:
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(gateway.url + "/v1/chat/completions", json=STREAM_BODY, headers=AUTH) as response,
+    ):
         events = await read_events(response)
     assert events[-1] == b"data: [DONE]"
 
@@ -336,8 +351,11 @@ async def test_usage_chunk_is_kept_when_the_client_asked_and_stripped_otherwise(
 ) -> None:
     async with aiohttp.ClientSession() as http:
         for asked in (True, False):
-            body = {**STREAM_BODY, "stream_options": {"include_usage": True}} if asked else (
-                STREAM_BODY)
+            body = (
+                {**STREAM_BODY, "stream_options": {"include_usage": True}}
+                if asked
+                else (STREAM_BODY)
+            )
             async with http.post(
                 gateway.url + "/v1/chat/completions", json=body, headers=AUTH
             ) as response:

@@ -33,8 +33,13 @@ def usage_config(upstream_url: str, **usage: Any) -> dict[str, Any]:
     return {
         "server": {"host": "127.0.0.1", "port": 0, "shutdown_grace_s": 1},
         "providers": {"up": {"type": "openai", "base_url": upstream_url}},
-        "models": {"gpt": {"provider": "up", "model": "gpt-up",
-                           "price": {"input": 1.0, "output": 2.0, "cached_input": 0.5}}},
+        "models": {
+            "gpt": {
+                "provider": "up",
+                "model": "gpt-up",
+                "price": {"input": 1.0, "output": 2.0, "cached_input": 0.5},
+            }
+        },
         "tiers": {"fast": ["gpt"]},
         "routing": {"retries": 0},
         "plans": {"tiny": {"rpm": 1}},
@@ -52,9 +57,12 @@ def sdk(server: GatewayServer, key: str = APP) -> openai.AsyncOpenAI:
 
 
 async def usage(server: GatewayServer, key: str = ADMIN, **params: str) -> dict[str, Any]:
-    async with aiohttp.ClientSession() as http, http.get(
-        server.url + "/v1/usage", params=params, headers={"Authorization": f"Bearer {key}"}
-    ) as response:
+    async with (
+        aiohttp.ClientSession() as http,
+        http.get(
+            server.url + "/v1/usage", params=params, headers={"Authorization": f"Bearer {key}"}
+        ) as response,
+    ):
         assert response.status == 200, await response.text()
         result: dict[str, Any] = await response.json()
         return result
@@ -70,17 +78,25 @@ async def test_features_by_header_metadata_and_key_default(
     server = await start_gateway(usage_config(upstream.url))
     async with sdk(server) as client:
         await client.chat.completions.create(
-            model="fast", messages=MESSAGES, extra_headers={"X-Gateway-Feature": "support-triage"})
+            model="fast", messages=MESSAGES, extra_headers={"X-Gateway-Feature": "support-triage"}
+        )
         await client.chat.completions.create(
-            model="fast", messages=MESSAGES, metadata={"feature": "semantic-search"})
+            model="fast", messages=MESSAGES, metadata={"feature": "semantic-search"}
+        )
         await client.chat.completions.create(model="fast", messages=MESSAGES)
         # The header wins over metadata.
         await client.chat.completions.create(
-            model="fast", messages=MESSAGES, metadata={"feature": "semantic-search"},
-            extra_headers={"X-Gateway-Feature": "support-triage"})
+            model="fast",
+            messages=MESSAGES,
+            metadata={"feature": "semantic-search"},
+            extra_headers={"X-Gateway-Feature": "support-triage"},
+        )
     features = rows_by(await usage(server, group_by="feature"), "feature")
     assert {f: r["requests"] for f, r in features.items()} == {
-        "support-triage": 2, "semantic-search": 1, "chat-api": 1}
+        "support-triage": 2,
+        "semantic-search": 1,
+        "chat-api": 1,
+    }
     assert "feature" not in upstream.requests[1].body.get("metadata", {})
 
 
@@ -94,7 +110,8 @@ async def test_usage_sums_equal_what_the_upstream_reported(
         for _ in range(3):
             if stream:
                 chunks = await client.chat.completions.create(
-                    model="fast", messages=MESSAGES, stream=True)
+                    model="fast", messages=MESSAGES, stream=True
+                )
                 async for _chunk in chunks:
                     pass
             else:
@@ -102,8 +119,7 @@ async def test_usage_sums_equal_what_the_upstream_reported(
     row = rows_by(await usage(server, group_by="model,feature"), "model")["gpt"]
     assert row["feature"] == "chat-api"
     assert (row["requests"], row["errors"]) == (3, 0)
-    assert (row["prompt_tokens"], row["completion_tokens"], row["cached_tokens"]) == (
-        300, 120, 90)
+    assert (row["prompt_tokens"], row["completion_tokens"], row["cached_tokens"]) == (300, 120, 90)
     # three times (70 input at $1 + 30 cached at $0.5 + 40 output at $2) per million
     assert row["cost_usd"] == pytest.approx(3 * (70 + 15 + 80) / 1e6)
     assert row["latency_ms"]["p50"] > 0
@@ -119,7 +135,8 @@ async def test_a_client_disconnect_mid_stream_still_yields_a_cut_record(
         response = await http.post(
             server.url + "/v1/chat/completions",
             json={"model": "fast", "stream": True, "messages": MESSAGES},
-            headers={"Authorization": f"Bearer {APP}"})
+            headers={"Authorization": f"Bearer {APP}"},
+        )
         for _ in range(3):
             await response.content.readuntil(b"\n\n")
         response.close()
@@ -153,9 +170,25 @@ async def test_every_request_yields_a_record_rejected_and_failed_ones_too(
     records = [json.loads(line) for line in path.read_text().splitlines()]
     assert [r["status"] for r in records] == [502, 429, 404]
     fields = (
-        "ts", "request_id", "key", "user", "feature", "conversation", "tier", "model",
-        "provider", "stream", "status", "prompt_tokens", "completion_tokens", "cached_tokens",
-        "cost_usd", "latency_ms", "ttft_ms", "attempts", "error",
+        "ts",
+        "request_id",
+        "key",
+        "user",
+        "feature",
+        "conversation",
+        "tier",
+        "model",
+        "provider",
+        "stream",
+        "status",
+        "prompt_tokens",
+        "completion_tokens",
+        "cached_tokens",
+        "cost_usd",
+        "latency_ms",
+        "ttft_ms",
+        "attempts",
+        "error",
     )
     for record in records:
         assert set(fields) <= set(record)
@@ -171,8 +204,11 @@ async def test_context_fields_reach_the_record(
     server = await start_gateway(usage_config(upstream.url, sinks={"jsonl": str(path)}))
     async with sdk(server) as client:
         await client.chat.completions.create(
-            model="fast", messages=MESSAGES, user="body-user",
-            extra_headers={"X-Gateway-User": "end-user-9", "X-Gateway-Conversation": "conv-1"})
+            model="fast",
+            messages=MESSAGES,
+            user="body-user",
+            extra_headers={"X-Gateway-User": "end-user-9", "X-Gateway-Conversation": "conv-1"},
+        )
     await server.stop()
     record = json.loads(path.read_text().splitlines()[0])
     assert (record["user"], record["conversation"]) == ("end-user-9", "conv-1")
@@ -195,16 +231,23 @@ async def test_a_key_sees_only_its_own_usage_and_an_admin_sees_all(
 
 @pytest.mark.parametrize(
     ("params", "param"),
-    [({"group_by": "colour"}, "group_by"), ({"from": "yesterday"}, "from"),
-     ({"to": "2026-13-40"}, "to"), ({"from": "2026-11-20", "to": "2026-11-01"}, "from")],
+    [
+        ({"group_by": "colour"}, "group_by"),
+        ({"from": "yesterday"}, "from"),
+        ({"to": "2026-13-40"}, "to"),
+        ({"from": "2026-11-20", "to": "2026-11-01"}, "from"),
+    ],
 )
 async def test_bad_usage_parameters_are_400_naming_the_parameter(
     upstream: FakeOpenAI, start_gateway: StartGateway, params: dict[str, str], param: str
 ) -> None:
     server = await start_gateway(usage_config(upstream.url))
-    async with aiohttp.ClientSession() as http, http.get(
-        server.url + "/v1/usage", params=params, headers={"Authorization": f"Bearer {APP}"}
-    ) as response:
+    async with (
+        aiohttp.ClientSession() as http,
+        http.get(
+            server.url + "/v1/usage", params=params, headers={"Authorization": f"Bearer {APP}"}
+        ) as response,
+    ):
         assert response.status == 400
         error = (await response.json())["error"]
         assert error["param"] == param and error["type"] == "invalid_request_error"
@@ -236,8 +279,11 @@ async def scrape(server: GatewayServer) -> dict[tuple[str, tuple[tuple[str, str]
 
 
 def value(samples: dict[Any, float], name: str, **labels: str) -> float:
-    return sum(v for (n, ls), v in samples.items()
-               if n == name and all(dict(ls).get(k) == w for k, w in labels.items()))
+    return sum(
+        v
+        for (n, ls), v in samples.items()
+        if n == name and all(dict(ls).get(k) == w for k, w in labels.items())
+    )
 
 
 async def test_metrics_parse_and_carry_the_right_counts(
@@ -249,9 +295,9 @@ async def test_metrics_parse_and_carry_the_right_counts(
     async with sdk(server) as client:
         for _ in range(2):
             await client.chat.completions.create(
-                model="fast", messages=MESSAGES, extra_headers={"X-Gateway-Feature": "chat-api"})
-        stream = await client.chat.completions.create(
-            model="fast", messages=MESSAGES, stream=True)
+                model="fast", messages=MESSAGES, extra_headers={"X-Gateway-Feature": "chat-api"}
+            )
+        stream = await client.chat.completions.create(model="fast", messages=MESSAGES, stream=True)
         async for _chunk in stream:
             pass
         upstream.next(Behaviour(status=500))
@@ -262,25 +308,33 @@ async def test_metrics_parse_and_carry_the_right_counts(
     def delta(name: str, **labels: str) -> float:
         return value(after, name, **labels) - value(before, name, **labels)
 
-    assert delta("gateway_requests_total", tier="fast", model="gpt", feature="chat-api",
-                 status="200") == 3
+    assert (
+        delta("gateway_requests_total", tier="fast", model="gpt", feature="chat-api", status="200")
+        == 3
+    )
     assert delta("gateway_requests_total", status="502") == 1
     assert delta("gateway_tokens_total", feature="chat-api", model="gpt", kind="prompt") == 30
     assert delta("gateway_tokens_total", feature="chat-api", model="gpt", kind="cached") == 6
     assert delta("gateway_cost_usd_total", feature="chat-api", model="gpt") == pytest.approx(
-        3 * (8 * 1.0 + 2 * 0.5 + 4 * 2.0) / 1e6)
-    assert delta("gateway_request_duration_seconds_count", tier="fast", model="gpt",
-                 stream="false") == 3
+        3 * (8 * 1.0 + 2 * 0.5 + 4 * 2.0) / 1e6
+    )
+    assert (
+        delta("gateway_request_duration_seconds_count", tier="fast", model="gpt", stream="false")
+        == 3
+    )
     assert delta("gateway_time_to_first_token_seconds_count", tier="fast", model="gpt") == 1
     assert delta("gateway_overhead_seconds_count", stream="true") == 1
-    assert delta("gateway_upstream_errors_total", provider="up", model="gpt",
-                 reason="5xx") == 1
+    assert delta("gateway_upstream_errors_total", provider="up", model="gpt", reason="5xx") == 1
     assert value(after, "gateway_in_flight_requests", tier="fast") == 0
     # Buckets fit LLM calls: first tokens up to a minute, whole calls up to ten.
-    ttft_bounds = {float(dict(ls)["le"]) for (n, ls) in after
-                   if n == "gateway_time_to_first_token_seconds_bucket"}
-    duration_bounds = {float(dict(ls)["le"]) for (n, ls) in after
-                       if n == "gateway_request_duration_seconds_bucket"}
+    ttft_bounds = {
+        float(dict(ls)["le"])
+        for (n, ls) in after
+        if n == "gateway_time_to_first_token_seconds_bucket"
+    }
+    duration_bounds = {
+        float(dict(ls)["le"]) for (n, ls) in after if n == "gateway_request_duration_seconds_bucket"
+    }
     assert 60.0 in ttft_bounds and 600.0 in duration_bounds
 
 
@@ -291,8 +345,10 @@ async def test_an_unknown_feature_never_adds_a_label_value(
     async with sdk(server) as client:
         for i in range(5):
             await client.chat.completions.create(
-                model="fast", messages=MESSAGES,
-                extra_headers={"X-Gateway-Feature": f"made-up-{i}-{time.time()}"})
+                model="fast",
+                messages=MESSAGES,
+                extra_headers={"X-Gateway-Feature": f"made-up-{i}-{time.time()}"},
+            )
         with pytest.raises(openai.NotFoundError):
             await client.chat.completions.create(model="gpt-unknown", messages=MESSAGES)
     samples = await scrape(server)
@@ -338,16 +394,20 @@ async def test_two_replicas_with_the_redis_sink_see_each_others_usage(
     urls = [f"http://127.0.0.1:{port}" for port in ports]
     try:
         for url, count in zip(urls, (2, 3), strict=True):
-            async with openai.AsyncOpenAI(base_url=url + "/v1", api_key=APP,
-                                          max_retries=0) as client:
+            async with openai.AsyncOpenAI(
+                base_url=url + "/v1", api_key=APP, max_retries=0
+            ) as client:
                 for _ in range(count):
                     await client.chat.completions.create(model="fast", messages=MESSAGES)
         async with aiohttp.ClientSession() as http:
             for url in urls:
                 deadline = time.perf_counter() + 5
                 while True:
-                    async with http.get(url + "/v1/usage", params={"group_by": "key"},
-                                        headers={"Authorization": f"Bearer {ADMIN}"}) as r:
+                    async with http.get(
+                        url + "/v1/usage",
+                        params={"group_by": "key"},
+                        headers={"Authorization": f"Bearer {ADMIN}"},
+                    ) as r:
                         answer = await r.json()
                     rows = {row["key"]: row["requests"] for row in answer["data"]}
                     if rows.get("app") == 5:
@@ -373,14 +433,14 @@ async def test_jsonl_lines_are_whole_after_a_sigkill_during_load(
     url = f"http://127.0.0.1:{port}/v1/chat/completions"
     body = {"model": "fast", "messages": MESSAGES}
     async with aiohttp.ClientSession() as http:
-
         stop_at = time.perf_counter() + 20  # bounded, whatever happens
 
         async def load() -> None:
             while time.perf_counter() < stop_at:
                 try:
-                    async with http.post(url, json=body,
-                                         headers={"Authorization": f"Bearer {APP}"}) as r:
+                    async with http.post(
+                        url, json=body, headers={"Authorization": f"Bearer {APP}"}
+                    ) as r:
                         await r.read()
                 except aiohttp.ClientError:
                     return

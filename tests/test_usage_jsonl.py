@@ -72,7 +72,9 @@ def test_a_writer_killed_mid_load_leaves_only_whole_lines(tmp_path: Path) -> Non
     for round_ in range(4):
         writer = subprocess.Popen(
             [sys.executable, "-c", WRITER, str(path), str(round_)],
-            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
         )
         try:
             assert writer.stdout is not None and writer.stderr is not None

@@ -92,8 +92,12 @@ async def test_a_backlog_past_its_bound_drops_its_oldest_records_counted() -> No
         dropped_by_sink[name] = dropped_by_sink.get(name, 0) + n
 
     recorder = UsageRecorder(
-        [slow, fast], queue_size=500, batch_size=500, flush_interval_s=0.01,
-        backlog_size=1000, on_sink_drop=on_sink_drop,
+        [slow, fast],
+        queue_size=500,
+        batch_size=500,
+        flush_interval_s=0.01,
+        backlog_size=1000,
+        on_sink_drop=on_sink_drop,
     )
     recorder.start()
     for chunk in range(20):

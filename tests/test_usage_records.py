@@ -55,9 +55,27 @@ def make_record(**changes: Any) -> UsageRecord:
 
 def test_record_has_exactly_the_contract_fields_in_order() -> None:
     assert [f.name for f in dataclasses.fields(UsageRecord)] == [
-        "ts", "request_id", "key", "user", "feature", "conversation", "tier", "model",
-        "provider", "stream", "status", "prompt_tokens", "completion_tokens", "cached_tokens",
-        "cost_usd", "latency_ms", "ttft_ms", "attempts", "error", "cut", "estimated",
+        "ts",
+        "request_id",
+        "key",
+        "user",
+        "feature",
+        "conversation",
+        "tier",
+        "model",
+        "provider",
+        "stream",
+        "status",
+        "prompt_tokens",
+        "completion_tokens",
+        "cached_tokens",
+        "cost_usd",
+        "latency_ms",
+        "ttft_ms",
+        "attempts",
+        "error",
+        "cut",
+        "estimated",
     ]
 
 
@@ -213,9 +231,18 @@ async def test_memory_store_groups_filters_and_counts_errors() -> None:
     assert rows[("2025-03-09", "b")]["ttft_ms"] is None
     today = rows[("2025-03-10", "a")]
     assert today["requests"] == 2 and today["errors"] == 1 and today["cached_tokens"] == 4
-    assert set(today) == {"day", "model", "requests", "errors", "prompt_tokens",
-                          "completion_tokens", "cached_tokens", "cost_usd", "latency_ms",
-                          "ttft_ms"}
+    assert set(today) == {
+        "day",
+        "model",
+        "requests",
+        "errors",
+        "prompt_tokens",
+        "completion_tokens",
+        "cached_tokens",
+        "cost_usd",
+        "latency_ms",
+        "ttft_ms",
+    }
 
     # A key sees only its own records.
     own = await store.query(UsageQuery.from_params({"group_by": "key,user"}, now=NOW), "other")
@@ -271,5 +298,7 @@ async def test_memory_store_rebuilds_from_jsonl_files(tmp_path: Path) -> None:
     assert stats.records == 9 and stats.malformed == 1 and stats.files == 3
     body = await store.query(UsageQuery.from_params({"group_by": "day"}, now=NOW), None)
     assert [(r["day"], r["requests"]) for r in body["data"]] == [
-        ("2025-03-08", 3), ("2025-03-09", 3), ("2025-03-10", 3)
+        ("2025-03-08", 3),
+        ("2025-03-09", 3),
+        ("2025-03-10", 3),
     ]

@@ -98,8 +98,15 @@ async def test_stream_is_trimmed_to_about_maxlen_and_holds_the_records(client: R
 
 @pytest.mark.parametrize(
     "group_by",
-    [(), ("day",), ("feature", "model"), ("tier", "key"), ("user",), ("model", "user"),
-     ("day", "feature", "model", "tier", "key", "user")],
+    [
+        (),
+        ("day",),
+        ("feature", "model"),
+        ("tier", "key"),
+        ("user",),
+        ("model", "user"),
+        ("day", "feature", "model", "tier", "key", "user"),
+    ],
 )
 @pytest.mark.parametrize("key_filter", [None, "k1"])
 async def test_aggregates_answer_any_grouping_like_the_records_do(

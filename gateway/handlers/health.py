@@ -32,8 +32,9 @@ async def readyz(request: web.Request) -> web.StreamResponse:
         if process.current.config.limits.on_backend_error == "deny":
             reasons.append("limits backend unreachable (on_backend_error: deny)")
         else:
-            degraded.append("limits backend unreachable: serving without limits "
-                            "(on_backend_error: allow)")
+            degraded.append(
+                "limits backend unreachable: serving without limits (on_backend_error: allow)"
+            )
     if reasons:
         body = {"status": "not_ready", "reasons": reasons + degraded}
         return json_response(orjson.dumps(body), 503)

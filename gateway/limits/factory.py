@@ -6,21 +6,25 @@ from gateway.config import LimitsConfig
 from gateway.cooldown import CooldownStore, MemoryCooldowns
 from gateway.limits.base import Limiter
 from gateway.limits.memory import MemoryLimiter
+from gateway.store.redis import SharedRedis
 
 
-def build_limiter(config: LimitsConfig) -> Limiter:
-    """`memory`: this process only; `redis`: shared by every replica through `redis_url`."""
+def build_limiter(config: LimitsConfig, redis: SharedRedis | None) -> Limiter:
+    """`memory`: this process only; `redis`: shared by every replica, on the process's one
+    Redis client."""
     if config.backend == "redis":
         from gateway.limits.redis import RedisLimiter
 
-        return RedisLimiter(config.redis_url, lease_ttl_s=config.lease_ttl_s)
+        assert redis is not None, "limits.backend redis needs the process's Redis"
+        return RedisLimiter(redis.client, lease_ttl_s=config.lease_ttl_s)
     return MemoryLimiter(lease_ttl_s=config.lease_ttl_s)
 
 
-def build_cooldowns(config: LimitsConfig) -> CooldownStore:
+def build_cooldowns(config: LimitsConfig, redis: SharedRedis | None) -> CooldownStore:
     """Cooldowns live where the limits do, so replicas sharing limits share cooldowns."""
     if config.backend == "redis":
         from gateway.cooldown_redis import RedisCooldowns
 
-        return RedisCooldowns(config.redis_url)
+        assert redis is not None, "limits.backend redis needs the process's Redis"
+        return RedisCooldowns(redis.client)
     return MemoryCooldowns()

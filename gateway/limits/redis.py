@@ -25,10 +25,7 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
-from redis.asyncio import BlockingConnectionPool, Redis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.asyncio import Redis
 from redis.exceptions import NoScriptError, RedisError
 
 from gateway.limits.base import WINDOW_S, Admission, Limiter, LimiterUnavailable, LimitSpec
@@ -42,34 +39,6 @@ KEEP_MS = 1000.0
 # Errors that mean "Redis cannot be asked now". OSError covers socket errors and timeouts that
 # escape redis-py's own classes.
 BACKEND_ERRORS: tuple[type[BaseException], ...] = (RedisError, OSError)
-
-
-def connect(
-    url: str,
-    *,
-    socket_timeout: float = 0.5,
-    connect_timeout: float = 0.5,
-    max_connections: int = 64,
-    pool_timeout: float = 2.0,
-    health_check_interval: int = 30,
-) -> Redis:
-    """A pooled client with short timeouts, so that a dead Redis costs a request little.
-
-    Under a burst the pool makes callers wait (up to `pool_timeout`) for a free connection
-    rather than failing at once. A command that hits a dead connection (Redis restarted) is retried
-    once, at once, on a fresh one; timeouts are not retried, because the script may have run.
-    """
-    pool = BlockingConnectionPool.from_url(
-        url,
-        max_connections=max_connections,
-        timeout=pool_timeout,
-        socket_timeout=socket_timeout,
-        socket_connect_timeout=connect_timeout,
-        health_check_interval=health_check_interval,
-        retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
-        decode_responses=True,
-    )
-    return Redis.from_pool(pool)
 
 
 class LuaScript:
@@ -238,25 +207,13 @@ class RedisLimiter(Limiter):
 
     def __init__(
         self,
-        url: str,
+        client: Redis,
         *,
         lease_ttl_s: float = 60.0,
         window_s: float = WINDOW_S,
         prefix: str = "gw",
-        socket_timeout: float = 0.5,
-        connect_timeout: float = 0.5,
-        max_connections: int = 64,
-        pool_timeout: float = 2.0,
-        health_check_interval: int = 30,
     ) -> None:
-        self._redis = connect(
-            url,
-            socket_timeout=socket_timeout,
-            connect_timeout=connect_timeout,
-            max_connections=max_connections,
-            pool_timeout=pool_timeout,
-            health_check_interval=health_check_interval,
-        )
+        self._redis = client  # the process's shared client: closed by its owner, not here
         self._batcher = ScriptBatcher(self._redis)
         self._ttl_ms = lease_ttl_s * 1000.0
         self._window_ms = window_s * 1000.0
@@ -381,4 +338,3 @@ class RedisLimiter(Limiter):
 
     async def aclose(self) -> None:
         await self._batcher.wait_idle()
-        await self._redis.aclose()

@@ -9,13 +9,19 @@ first event, `total` for the whole call.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import aiohttp
 import orjson
+from pydantic import field_validator
 
-from gateway.config import AnthropicProviderConfig
+from gateway.config_base import (
+    ConfigModel,
+    PositiveInt,
+    check_http_url,
+)
 from gateway.errors import UpstreamFailure
+from gateway.failures import FailureKind
 from gateway.providers.anthropic_request import structured_tool_name, translate_request
 from gateway.providers.anthropic_response import (
     failure_from_error_object,
@@ -32,6 +38,21 @@ from gateway.providers.http import (
     json_object,
     stream_deadline,
 )
+
+
+class AnthropicProviderConfig(ConfigModel):
+    type: Literal["anthropic"]
+    base_url: str = "https://api.anthropic.com"
+    api_key: str | None = None
+    anthropic_version: str = "2023-06-01"
+    headers: dict[str, str] = {}
+    max_connections: PositiveInt = 1000
+    default_max_tokens: PositiveInt = 4096
+
+    @field_validator("base_url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        return check_http_url(value)
 
 
 class AnthropicEventStream(EventStream):
@@ -95,7 +116,7 @@ class AnthropicProvider(HTTPProvider):
         if message.get("type") == "error":
             raise failure_from_error_object(body, message.get("error"), what)
         if message.get("type") != "message" or not isinstance(message.get("content"), list):
-            raise UpstreamFailure("bad_response", f"{what}: answer is not a message")
+            raise UpstreamFailure(FailureKind.BAD_RESPONSE, f"{what}: answer is not a message")
         answer = translate_response(
             message, structured_tool=structured_tool_name(call.body), model=call.body.get("model")
         )
@@ -117,7 +138,7 @@ class AnthropicProvider(HTTPProvider):
                     raise failure_from_error_object(body, parsed.get("error"), what)
                 raise failure_from_status(500, body, response.headers, what)
             raise UpstreamFailure(
-                "bad_response", f"{what}: expected an event stream, got {content_type!r}"
+                FailureKind.BAD_RESPONSE, f"{what}: expected an event stream, got {content_type!r}"
             )
         options = call.body.get("stream_options")
         translator = StreamTranslator(
@@ -131,9 +152,13 @@ class AnthropicProvider(HTTPProvider):
     async def embeddings(self, call: UpstreamCall) -> JsonAnswer:
         message = f"{self.name}: Anthropic does not support embeddings"
         raise UpstreamFailure(
-            "unsupported",
+            FailureKind.UNSUPPORTED,
             message,
             status=400,
-            upstream_error={"message": message, "type": "invalid_request_error",
-                            "param": "model", "code": None},
+            upstream_error={
+                "message": message,
+                "type": "invalid_request_error",
+                "param": "model",
+                "code": None,
+            },
         )

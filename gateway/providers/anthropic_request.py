@@ -18,6 +18,7 @@ from typing import Any
 import orjson
 
 from gateway.errors import UpstreamFailure
+from gateway.failures import FailureKind
 
 JSON_OBJECT_INSTRUCTION = (
     "Respond only with a single valid JSON object. Do not add any text before or after it."
@@ -34,7 +35,7 @@ def invalid_request(message: str, param: str | None = None) -> UpstreamFailure:
     """A request Anthropic cannot serve as asked: a clear 400, never a silent drop, unless
     another model of the chain can serve it (kind `unsupported` lets routing move on)."""
     error: dict[str, Any] = {"message": message, "type": "invalid_request_error", "param": param}
-    return UpstreamFailure("unsupported", message, status=400, upstream_error=error)
+    return UpstreamFailure(FailureKind.UNSUPPORTED, message, status=400, upstream_error=error)
 
 
 def structured_tool_name(body: dict[str, Any]) -> str | None:
@@ -193,8 +194,10 @@ def _image_block(image: Any, place: str) -> dict[str, Any]:
         raise invalid_request(f"{place}: image_url.url is missing", place)
     if url.startswith("data:"):
         media_type, data = _parse_data_url(url, place)
-        return {"type": "image", "source": {"type": "base64", "media_type": media_type,
-                                            "data": data}}
+        return {
+            "type": "image",
+            "source": {"type": "base64", "media_type": media_type, "data": data},
+        }
     return {"type": "image", "source": {"type": "url", "url": url}}
 
 
@@ -207,8 +210,10 @@ def _document_block(file: Any, place: str) -> dict[str, Any]:
     media_type, data = _parse_data_url(data_url, place)
     if media_type != "application/pdf":
         raise invalid_request(f"{place}: only PDF files are supported, not {media_type}", place)
-    return {"type": "document", "source": {"type": "base64", "media_type": media_type,
-                                           "data": data}}
+    return {
+        "type": "document",
+        "source": {"type": "base64", "media_type": media_type, "data": data},
+    }
 
 
 def _parse_data_url(url: str, place: str) -> tuple[str, str]:
@@ -229,12 +234,14 @@ def _assistant_blocks(message: dict[str, Any], where: str) -> list[dict[str, Any
         function = call.get("function") if isinstance(call, dict) else None
         if not isinstance(function, dict) or not call.get("id") or not function.get("name"):
             raise invalid_request(f"{place} needs an id and a function name", place)
-        blocks.append({
-            "type": "tool_use",
-            "id": call["id"],
-            "name": function["name"],
-            "input": _arguments(function.get("arguments"), f"{place}.function.arguments"),
-        })
+        blocks.append(
+            {
+                "type": "tool_use",
+                "id": call["id"],
+                "name": function["name"],
+                "input": _arguments(function.get("arguments"), f"{place}.function.arguments"),
+            }
+        )
     return blocks
 
 

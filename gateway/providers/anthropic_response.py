@@ -111,12 +111,16 @@ def translate_response(
                 if structured is None:
                     structured = arguments_json(block.get("input"))
                 continue
-            tool_calls.append({
-                "id": block.get("id"),
-                "type": "function",
-                "function": {"name": block.get("name"),
-                             "arguments": arguments_json(block.get("input"))},
-            })
+            tool_calls.append(
+                {
+                    "id": block.get("id"),
+                    "type": "function",
+                    "function": {
+                        "name": block.get("name"),
+                        "arguments": arguments_json(block.get("input")),
+                    },
+                }
+            )
         # thinking, redacted_thinking and server tool blocks have no OpenAI counterpart.
 
     content: str | None
@@ -139,13 +143,16 @@ def translate_response(
         "object": "chat.completion",
         "created": int(time.time()) if created is None else created,
         "model": message.get("model") or model,
-        "choices": [{
-            "index": 0,
-            "message": answer_message,
-            "logprobs": None,
-            "finish_reason": finish_reason(message.get("stop_reason"),
-                                           tool_calls=bool(tool_calls)),
-        }],
+        "choices": [
+            {
+                "index": 0,
+                "message": answer_message,
+                "logprobs": None,
+                "finish_reason": finish_reason(
+                    message.get("stop_reason"), tool_calls=bool(tool_calls)
+                ),
+            }
+        ],
         "usage": openai_usage(message.get("usage")),
         "system_fingerprint": None,
     }

@@ -24,6 +24,7 @@ from typing import Any
 import orjson
 
 from gateway.errors import UpstreamFailure
+from gateway.failures import FailureKind
 from gateway.providers.anthropic_response import (
     arguments_json,
     completion_id,
@@ -83,10 +84,12 @@ class StreamTranslator:
             parsed = orjson.loads(data)
         except orjson.JSONDecodeError as exc:
             raise UpstreamFailure(
-                "bad_response", f"{self._what}: stream event is not JSON: {data[:200]!r}"
+                FailureKind.BAD_RESPONSE, f"{self._what}: stream event is not JSON: {data[:200]!r}"
             ) from exc
         if not isinstance(parsed, dict):
-            raise UpstreamFailure("bad_response", f"{self._what}: stream event is not an object")
+            raise UpstreamFailure(
+                FailureKind.BAD_RESPONSE, f"{self._what}: stream event is not an object"
+            )
         return self.handle(parsed, data)
 
     def handle(self, event: dict[str, Any], raw: bytes = b"") -> list[bytes]:
@@ -99,8 +102,7 @@ class StreamTranslator:
         if kind == "message_start":
             return self._message_start(event.get("message"))
         if kind == "content_block_start":
-            return self._start() + self._block_start(event.get("index"),
-                                                     event.get("content_block"))
+            return self._start() + self._block_start(event.get("index"), event.get("content_block"))
         if kind == "content_block_delta":
             return self._start() + self._block_delta(event.get("index"), event.get("delta"))
         if kind == "content_block_stop":
@@ -115,7 +117,7 @@ class StreamTranslator:
         """The upstream ended its stream: raise unless it was complete."""
         if not self.done:
             raise UpstreamFailure(
-                "reset", f"{self._what}: the stream ended before message_stop"
+                FailureKind.RESET, f"{self._what}: the stream ended before message_stop"
             )
 
     # --- chunks ---------------------------------------------------------------------------
@@ -174,17 +176,21 @@ class StreamTranslator:
             return []
         state = self._blocks[index] = _Block("tool", tool_index=self._tool_calls)
         self._tool_calls += 1
-        out = [self._tool_delta(
-            state.tool_index,
-            id=block.get("id"),
-            type="function",
-            function={"name": block.get("name"), "arguments": ""},
-        )]
+        out = [
+            self._tool_delta(
+                state.tool_index,
+                id=block.get("id"),
+                type="function",
+                function={"name": block.get("name"), "arguments": ""},
+            )
+        ]
         if initial_input:
             state.wrote_input = True
-            out.append(self._tool_delta(
-                state.tool_index, function={"arguments": arguments_json(initial_input)}
-            ))
+            out.append(
+                self._tool_delta(
+                    state.tool_index, function={"arguments": arguments_json(initial_input)}
+                )
+            )
         return out
 
     def _block_delta(self, index: Any, delta: Any) -> list[bytes]:
@@ -237,15 +243,21 @@ class StreamTranslator:
             out.append(self._chunk({}, "stop"))
         if self._include_usage:
             usage = openai_usage({**self._start_usage, **self._delta_usage})
-            out.append(encode_data(orjson.dumps({
-                "id": self._id,
-                "object": "chat.completion.chunk",
-                "created": self._created,
-                "model": self._model,
-                "system_fingerprint": None,
-                "choices": [],
-                "usage": usage,
-            })))
+            out.append(
+                encode_data(
+                    orjson.dumps(
+                        {
+                            "id": self._id,
+                            "object": "chat.completion.chunk",
+                            "created": self._created,
+                            "model": self._model,
+                            "system_fingerprint": None,
+                            "choices": [],
+                            "usage": usage,
+                        }
+                    )
+                )
+            )
         out.append(DONE)
         self.done = True
         return out

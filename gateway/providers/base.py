@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from gateway.config import ModelConfig, TimeoutConfig
+if TYPE_CHECKING:
+    from gateway.config import ModelConfig, TimeoutConfig
 
 
 @dataclass(slots=True)

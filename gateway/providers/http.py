@@ -16,6 +16,7 @@ from multidict import CIMultiDictProxy
 from yarl import URL
 
 from gateway.errors import UpstreamFailure
+from gateway.failures import FailureKind
 from gateway.providers.base import Provider, UpstreamCall
 from gateway.sse import EventSplitter
 
@@ -58,17 +59,17 @@ def _classify(exc: BaseException, what: str) -> UpstreamFailure | None:
     if isinstance(exc, UpstreamFailure):
         return None
     if isinstance(exc, aiohttp.ConnectionTimeoutError):
-        return UpstreamFailure("connect", f"{what}: connect timed out")
+        return UpstreamFailure(FailureKind.CONNECT, f"{what}: connect timed out")
     if isinstance(exc, aiohttp.ServerTimeoutError | TimeoutError):
-        return UpstreamFailure("timeout", f"{what}: timed out")
+        return UpstreamFailure(FailureKind.TIMEOUT, f"{what}: timed out")
     if isinstance(exc, aiohttp.ClientConnectorError):
-        return UpstreamFailure("connect", f"{what}: cannot connect ({exc.os_error})")
+        return UpstreamFailure(FailureKind.CONNECT, f"{what}: cannot connect ({exc.os_error})")
     if isinstance(exc, aiohttp.ServerDisconnectedError | aiohttp.ClientPayloadError):
-        return UpstreamFailure("reset", f"{what}: connection reset by the upstream")
+        return UpstreamFailure(FailureKind.RESET, f"{what}: connection reset by the upstream")
     if isinstance(exc, aiohttp.ClientConnectionError | ConnectionError):
-        return UpstreamFailure("reset", f"{what}: connection error ({exc})")
+        return UpstreamFailure(FailureKind.RESET, f"{what}: connection error ({exc})")
     if isinstance(exc, aiohttp.ClientError):
-        return UpstreamFailure("bad_response", f"{what}: {type(exc).__name__}: {exc}")
+        return UpstreamFailure(FailureKind.BAD_RESPONSE, f"{what}: {type(exc).__name__}: {exc}")
     return None
 
 
@@ -100,9 +101,9 @@ def json_object(body: bytes, what: str) -> dict[str, Any]:
     try:
         parsed = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
-        raise UpstreamFailure("bad_response", f"{what}: answer is not JSON") from exc
+        raise UpstreamFailure(FailureKind.BAD_RESPONSE, f"{what}: answer is not JSON") from exc
     if not isinstance(parsed, dict):
-        raise UpstreamFailure("bad_response", f"{what}: answer is not a JSON object")
+        raise UpstreamFailure(FailureKind.BAD_RESPONSE, f"{what}: answer is not a JSON object")
     return parsed
 
 
@@ -146,18 +147,18 @@ def failure_from_status(
     error = parse_error_body(body)
     message = f"{what}: HTTP {status}: {error.get('message')}"
     if status == 429:
-        kind = "429"
+        kind = FailureKind.RATE_LIMITED
     elif status >= 500:
-        kind = "5xx"
+        kind = FailureKind.SERVER_ERROR
     elif status == 408:
-        kind = "timeout"
+        kind = FailureKind.TIMEOUT
     elif status in (400, 413, 422) and (
         error.get("code") == "context_length_exceeded"
         or _CONTEXT_LENGTH.search(str(error.get("message", "")))
     ):
-        kind = "context_length"
+        kind = FailureKind.CONTEXT_LENGTH
     else:
-        kind = "client_error"
+        kind = FailureKind.CLIENT_ERROR
     return UpstreamFailure(
         kind,
         message,
@@ -185,9 +186,7 @@ class HTTPEventStream:
         self._errors = upstream_errors(what)  # stateless: one per stream, not one per read
         self._expired = False
         self._deadline = (
-            None
-            if deadline is None
-            else asyncio.get_running_loop().call_at(deadline, self._expire)
+            None if deadline is None else asyncio.get_running_loop().call_at(deadline, self._expire)
         )
 
     def _expire(self) -> None:
@@ -196,7 +195,7 @@ class HTTPEventStream:
 
     def _timed_out(self) -> UpstreamFailure:
         what = self._errors.what
-        return UpstreamFailure("timeout", f"{what}: the stream passed its total timeout")
+        return UpstreamFailure(FailureKind.TIMEOUT, f"{what}: the stream passed its total timeout")
 
     async def next_raw_events(self) -> list[bytes] | None:
         try:
@@ -215,7 +214,7 @@ class HTTPEventStream:
                     if events:
                         return events
         except UpstreamFailure as failure:
-            if self._expired and failure.kind != "timeout":
+            if self._expired and failure.kind is not FailureKind.TIMEOUT:
                 raise self._timed_out() from failure
             raise
 
@@ -226,7 +225,6 @@ class HTTPEventStream:
             self._response.release()
         else:
             self._response.close()
-
 
 
 async def read_error_and_raise(response: aiohttp.ClientResponse, what: str) -> None:

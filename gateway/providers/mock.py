@@ -15,22 +15,78 @@ import math
 import re
 import struct
 import time
-from typing import Any
+from typing import Any, Literal
 
 import orjson
+from pydantic import Field
 
-from gateway.config import MockProviderConfig
+from gateway.config_base import (
+    ConfigModel,
+    NonNegativeFloat,
+    PositiveInt,
+)
 from gateway.errors import UpstreamFailure
+from gateway.failures import FailureKind
 from gateway.providers.base import EventStream, JsonAnswer, Provider, UpstreamCall, Usage
 from gateway.providers.openai import encode_base64_floats
 from gateway.sse import DONE, encode_data
 from gateway.tokens import text_tokens
 
+
+class MockProviderConfig(ConfigModel):
+    """The built-in provider: deterministic text, no network."""
+
+    type: Literal["mock"]
+    first_token_ms: NonNegativeFloat = 0
+    pace_ms: NonNegativeFloat = 0  # between stream chunks
+    completion_tokens: PositiveInt = 16  # answer length when the request sets no max_tokens
+    fail_status: int | None = Field(default=None, ge=400, le=599)  # always fail with this status
+    embedding_dimensions: PositiveInt = 8
+
+
 _WORDS = (
-    "the", "gateway", "answers", "every", "request", "with", "words", "chosen", "from", "this",
-    "short", "list", "so", "that", "tests", "and", "demos", "see", "real", "text", "arrive",
-    "at", "a", "steady", "pace", "while", "nothing", "leaves", "the", "machine", "and", "the",
-    "same", "prompt", "always", "gets", "the", "same", "reply", "token", "by", "token",
+    "the",
+    "gateway",
+    "answers",
+    "every",
+    "request",
+    "with",
+    "words",
+    "chosen",
+    "from",
+    "this",
+    "short",
+    "list",
+    "so",
+    "that",
+    "tests",
+    "and",
+    "demos",
+    "see",
+    "real",
+    "text",
+    "arrive",
+    "at",
+    "a",
+    "steady",
+    "pace",
+    "while",
+    "nothing",
+    "leaves",
+    "the",
+    "machine",
+    "and",
+    "the",
+    "same",
+    "prompt",
+    "always",
+    "gets",
+    "the",
+    "same",
+    "reply",
+    "token",
+    "by",
+    "token",
 )
 
 _DIRECTIVE = re.compile(r"mock:([a-z_]+)=(\d+)")
@@ -40,9 +96,7 @@ def _text_of(content: Any) -> str:
     if isinstance(content, str):
         return content
     if isinstance(content, list):
-        return " ".join(
-            part.get("text", "") for part in content if isinstance(part, dict)
-        )
+        return " ".join(part.get("text", "") for part in content if isinstance(part, dict))
     return ""
 
 
@@ -82,8 +136,7 @@ class _Plan:
         self.prompt_tokens = estimate_tokens(prompt)
         seed = int.from_bytes(hashlib.sha256(prompt.encode()).digest()[:4], "big")
         self.tokens = [
-            ("" if i == 0 else " ") + _WORDS[(seed + i) % len(_WORDS)]
-            for i in range(self.n_tokens)
+            ("" if i == 0 else " ") + _WORDS[(seed + i) % len(_WORDS)] for i in range(self.n_tokens)
         ]
         if self.tokens:
             self.tokens[0] = self.tokens[0].capitalize()
@@ -108,7 +161,13 @@ class _Plan:
 
     def raise_if_failing(self, what: str) -> None:
         if self.status is not None and self.status >= 400:
-            kind = "429" if self.status == 429 else "5xx" if self.status >= 500 else "client_error"
+            kind = (
+                FailureKind.RATE_LIMITED
+                if self.status == 429
+                else FailureKind.SERVER_ERROR
+                if self.status >= 500
+                else FailureKind.CLIENT_ERROR
+            )
             raise UpstreamFailure(
                 kind,
                 f"{what}: HTTP {self.status}: mock failure as asked",
@@ -142,8 +201,12 @@ class _MockStream(EventStream):
         yield chunk({"role": "assistant", "content": "", "refusal": None}, None)
         for i, token in enumerate(plan.tokens):
             if plan.fail_after is not None and i >= plan.fail_after:
-                error = {"message": "mock failure mid-stream as asked", "type": "server_error",
-                         "param": None, "code": None}
+                error = {
+                    "message": "mock failure mid-stream as asked",
+                    "type": "server_error",
+                    "param": None,
+                    "code": None,
+                }
                 yield encode_data(orjson.dumps({"error": error}))
                 return
             if plan.pace_s:
@@ -197,9 +260,7 @@ class MockProvider(Provider):
             "service_tier": "default",
             "system_fingerprint": None,
         }
-        return JsonAnswer(
-            orjson.dumps(answer), Usage(plan.prompt_tokens, plan.n_tokens, 0)
-        )
+        return JsonAnswer(orjson.dumps(answer), Usage(plan.prompt_tokens, plan.n_tokens, 0))
 
     async def chat_stream(self, call: UpstreamCall) -> EventStream:
         plan = _Plan(self.config, call.body)
@@ -212,7 +273,9 @@ class MockProvider(Provider):
         body = call.body
         if self.config.fail_status is not None:
             raise UpstreamFailure(
-                "5xx" if self.config.fail_status >= 500 else "client_error",
+                FailureKind.SERVER_ERROR
+                if self.config.fail_status >= 500
+                else FailureKind.CLIENT_ERROR,
                 f"{self.name}/{call.model_name}: HTTP {self.config.fail_status}: mock failure",
                 status=self.config.fail_status,
             )

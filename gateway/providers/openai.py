@@ -8,13 +8,19 @@ from __future__ import annotations
 
 import base64
 import struct
-from typing import Any
+from typing import Any, Literal
 
 import aiohttp
 import orjson
+from pydantic import field_validator
 
-from gateway.config import OpenAIProviderConfig
+from gateway.config_base import (
+    ConfigModel,
+    PositiveInt,
+    check_http_url,
+)
 from gateway.errors import UpstreamFailure
+from gateway.failures import FailureKind
 from gateway.providers.base import EventStream, JsonAnswer, UpstreamCall, usage_from_openai
 from gateway.providers.http import (
     HTTPEventStream,
@@ -24,6 +30,19 @@ from gateway.providers.http import (
     json_object,
     stream_deadline,
 )
+
+
+class OpenAIProviderConfig(ConfigModel):
+    type: Literal["openai"]
+    base_url: str
+    api_key: str | None = None
+    headers: dict[str, str] = {}
+    max_connections: PositiveInt = 1000
+
+    @field_validator("base_url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        return check_http_url(value)
 
 
 class _OpenAIEventStream(HTTPEventStream, EventStream):
@@ -59,7 +78,7 @@ class OpenAIProvider(HTTPProvider):
         body, parsed = await self._json(call, "/chat/completions")
         if not isinstance(parsed.get("choices"), list):
             raise UpstreamFailure(
-                "bad_response", f"{self.name}/{call.model_name}: answer has no choices"
+                FailureKind.BAD_RESPONSE, f"{self.name}/{call.model_name}: answer has no choices"
             )
         return JsonAnswer(body, usage_from_openai(parsed.get("usage")))
 
@@ -73,7 +92,7 @@ class OpenAIProvider(HTTPProvider):
             if b'"error"' in body:
                 raise failure_from_status(500, body, response.headers, what)
             raise UpstreamFailure(
-                "bad_response", f"{what}: expected an event stream, got {content_type!r}"
+                FailureKind.BAD_RESPONSE, f"{what}: expected an event stream, got {content_type!r}"
             )
         return _OpenAIEventStream(response, what, deadline)
 
@@ -82,7 +101,7 @@ class OpenAIProvider(HTTPProvider):
         data = parsed.get("data")
         if not isinstance(data, list):
             raise UpstreamFailure(
-                "bad_response", f"{self.name}/{call.model_name}: answer has no data"
+                FailureKind.BAD_RESPONSE, f"{self.name}/{call.model_name}: answer has no data"
             )
         if call.body.get("encoding_format") == "base64" and any(
             isinstance(item, dict) and isinstance(item.get("embedding"), list) for item in data
@@ -95,6 +114,7 @@ class OpenAIProvider(HTTPProvider):
                     item["embedding"] = encode_base64_floats(vector)
             body = orjson.dumps(parsed)
         return JsonAnswer(body, usage_from_openai(parsed.get("usage")))
+
 
 def encode_base64_floats(vector: list[float]) -> str:
     """OpenAI's base64 embedding encoding: little-endian float32, base64."""

@@ -31,8 +31,14 @@ OVERFLOW = LAST_BUCKET + 1
 PERCENTILES = (("p50", 0.50), ("p95", 0.95), ("p99", 0.99))
 
 # Counter names: also the metric names of the Redis layout.
-INT_METRICS = ("requests", "errors", "prompt_tokens", "completion_tokens", "cached_tokens",
-               "ttft_count")
+INT_METRICS = (
+    "requests",
+    "errors",
+    "prompt_tokens",
+    "completion_tokens",
+    "cached_tokens",
+    "ttft_count",
+)
 FLOAT_METRICS = ("cost_usd", "latency_ms_sum", "ttft_ms_sum")
 LAT_PREFIX = "lat_b"
 TTFT_PREFIX = "ttft_b"

@@ -56,9 +56,7 @@ class UsageQuery:
     end: datetime
 
     @classmethod
-    def from_params(
-        cls, params: Mapping[str, str], now: datetime | None = None
-    ) -> UsageQuery:
+    def from_params(cls, params: Mapping[str, str], now: datetime | None = None) -> UsageQuery:
         """Parse query parameters; raise UsageQueryError naming the bad one."""
         now = now if now is not None else datetime.now(UTC)
         group_by = parse_group_by(params.get("group_by"))

@@ -11,6 +11,7 @@ from typing import Any
 
 from gateway.config import UsageConfig
 from gateway.metrics import USAGE_DROPPED
+from gateway.store.redis import SharedRedis
 from gateway.usage.build import build_sinks
 from gateway.usage.memory_store import MemoryUsageStore
 from gateway.usage.query import UsageQuery, UsageStore, UsageUnavailable
@@ -21,18 +22,17 @@ log = logging.getLogger("gateway.usage")
 
 
 class UsageService:
-    def __init__(self, config: UsageConfig, redis_url: str) -> None:
+    def __init__(self, config: UsageConfig, redis: SharedRedis | None) -> None:
         self.config = config
         self.memory = MemoryUsageStore()
         self._redis: Any = None
         self.redis_store: UsageStore | None = None
         if config.sinks.redis:
             # Imported only here: a gateway without the Redis sink never loads the client.
-            from redis.asyncio import Redis
-
             from gateway.usage.redis_store import RedisUsageStore
 
-            self._redis = Redis.from_url(redis_url, socket_timeout=2, socket_connect_timeout=1)
+            assert redis is not None, "usage.sinks.redis needs the process's Redis"
+            self._redis = redis.client  # shared: closed by the process, not here
             self.redis_store = RedisUsageStore(self._redis)
         self.recorder = UsageRecorder(
             build_sinks(config, self._redis),
@@ -45,8 +45,10 @@ class UsageService:
         path = self.config.sinks.jsonl
         if path:
             stats = await asyncio.to_thread(self.memory.load_jsonl, path)
-            log.info("usage rebuilt from jsonl", extra={"path": path, "records": stats.records,
-                                                        "malformed": stats.malformed})
+            log.info(
+                "usage rebuilt from jsonl",
+                extra={"path": path, "records": stats.records, "malformed": stats.malformed},
+            )
         self.recorder.start()
 
     def record(self, record: UsageRecord, at: float | None = None) -> None:
@@ -65,5 +67,3 @@ class UsageService:
 
     async def aclose(self, timeout_s: float) -> None:
         await self.recorder.aclose(timeout_s)
-        if self._redis is not None:
-            await self._redis.aclose()

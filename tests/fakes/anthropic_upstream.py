@@ -139,8 +139,18 @@ class FakeAnthropic(LoopbackServer):
         if not isinstance(messages, list) or not messages:
             return 400, "messages: at least one message is required"
         unknown = set(body) - {
-            "model", "messages", "max_tokens", "system", "stop_sequences", "temperature",
-            "top_p", "top_k", "metadata", "tools", "tool_choice", "stream",
+            "model",
+            "messages",
+            "max_tokens",
+            "system",
+            "stop_sequences",
+            "temperature",
+            "top_p",
+            "top_k",
+            "metadata",
+            "tools",
+            "tool_choice",
+            "stream",
         }
         if unknown:
             return 400, f"{sorted(unknown)[0]}: Extra inputs are not permitted"
@@ -150,9 +160,9 @@ class FakeAnthropic(LoopbackServer):
             if role not in ("user", "assistant"):
                 return 400, f"messages.{i}.role: Input should be 'user' or 'assistant'"
             if i == 0 and role != "user":
-                return 400, "messages: first message must use the \"user\" role"
+                return 400, 'messages: first message must use the "user" role'
             if i and messages[i - 1].get("role") == role:
-                return 400, "messages: roles must alternate between \"user\" and \"assistant\""
+                return 400, 'messages: roles must alternate between "user" and "assistant"'
             content = message.get("content")
             blocks = [text(content)] if isinstance(content, str) else content
             if not isinstance(blocks, list) or not blocks:
@@ -166,20 +176,28 @@ class FakeAnthropic(LoopbackServer):
                 if block.get("type") == "tool_result" and (
                     block.get("tool_use_id") not in previous_tool_ids
                 ):
-                    return 400, (f"messages.{i}: unexpected `tool_use_id` found in "
-                                 "`tool_result` blocks")
+                    return 400, (
+                        f"messages.{i}: unexpected `tool_use_id` found in `tool_result` blocks"
+                    )
             previous_tool_ids = tool_ids
         return None
 
     # --- answers -----------------------------------------------------------------------------
 
-    def _error(self, status: int, message: str, kind: str | None = None,
-               headers: dict[str, str] | None = None) -> web.Response:
-        payload = {"type": "error",
-                   "error": {"type": kind or ERROR_TYPES.get(status, "api_error"),
-                             "message": message}}
-        return web.json_response(payload, status=status,
-                                 headers={"request-id": "req_fake", **(headers or {})})
+    def _error(
+        self,
+        status: int,
+        message: str,
+        kind: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> web.Response:
+        payload = {
+            "type": "error",
+            "error": {"type": kind or ERROR_TYPES.get(status, "api_error"), "message": message},
+        }
+        return web.json_response(
+            payload, status=status, headers={"request-id": "req_fake", **(headers or {})}
+        )
 
     def _usage(self, reply: Reply, output_tokens: int) -> dict[str, Any]:
         return {
@@ -216,17 +234,25 @@ class FakeAnthropic(LoopbackServer):
         if reply.delay_s:
             await asyncio.sleep(reply.delay_s)
         if reply.status >= 400:
-            return self._error(reply.status, reply.error_message or f"fake error {reply.status}",
-                               reply.error_type, reply.headers)
+            return self._error(
+                reply.status,
+                reply.error_message or f"fake error {reply.status}",
+                reply.error_type,
+                reply.headers,
+            )
         if body.get("stream"):
             return await self._stream(request, reply, body)
-        return web.json_response(self._message(reply, body, streaming=False),
-                                 headers={"request-id": "req_fake", **reply.headers})
+        return web.json_response(
+            self._message(reply, body, streaming=False),
+            headers={"request-id": "req_fake", **reply.headers},
+        )
 
     def _events(self, reply: Reply, body: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
         events: list[tuple[str, dict[str, Any]]] = [
-            ("message_start", {"type": "message_start",
-                               "message": self._message(reply, body, streaming=True)}),
+            (
+                "message_start",
+                {"type": "message_start", "message": self._message(reply, body, streaming=True)},
+            ),
             ("ping", {"type": "ping"}),
         ]
         size = max(1, reply.chunk_chars)
@@ -238,38 +264,61 @@ class FakeAnthropic(LoopbackServer):
                 start = {**block, "input": {}}
                 whole = orjson.dumps(block["input"]).decode() if block["input"] else ""
                 delta_type, key = "input_json_delta", "partial_json"
-            events.append(("content_block_start", {"type": "content_block_start",
-                                                   "index": index, "content_block": start}))
-            pieces = [whole[i:i + size] for i in range(0, len(whole), size)] or [""]
+            events.append(
+                (
+                    "content_block_start",
+                    {"type": "content_block_start", "index": index, "content_block": start},
+                )
+            )
+            pieces = [whole[i : i + size] for i in range(0, len(whole), size)] or [""]
             for piece in pieces:
-                events.append(("content_block_delta", {
-                    "type": "content_block_delta", "index": index,
-                    "delta": {"type": delta_type, key: piece}}))
-            events.append(("content_block_stop", {"type": "content_block_stop",
-                                                  "index": index}))
-        events.append(("message_delta", {
-            "type": "message_delta",
-            "delta": {"stop_reason": reply.stop_reason, "stop_sequence": reply.stop_sequence},
-            "usage": {"output_tokens": reply.output_tokens},
-        }))
+                events.append(
+                    (
+                        "content_block_delta",
+                        {
+                            "type": "content_block_delta",
+                            "index": index,
+                            "delta": {"type": delta_type, key: piece},
+                        },
+                    )
+                )
+            events.append(("content_block_stop", {"type": "content_block_stop", "index": index}))
+        events.append(
+            (
+                "message_delta",
+                {
+                    "type": "message_delta",
+                    "delta": {
+                        "stop_reason": reply.stop_reason,
+                        "stop_sequence": reply.stop_sequence,
+                    },
+                    "usage": {"output_tokens": reply.output_tokens},
+                },
+            )
+        )
         events.append(("message_stop", {"type": "message_stop"}))
         return events
 
-    async def _stream(self, request: web.Request, reply: Reply,
-                      body: dict[str, Any]) -> web.StreamResponse:
-        response = web.StreamResponse(headers={
-            "Content-Type": "text/event-stream; charset=utf-8",
-            "Cache-Control": "no-cache",
-            "request-id": "req_fake",
-            **reply.headers,
-        })
+    async def _stream(
+        self, request: web.Request, reply: Reply, body: dict[str, Any]
+    ) -> web.StreamResponse:
+        response = web.StreamResponse(
+            headers={
+                "Content-Type": "text/event-stream; charset=utf-8",
+                "Cache-Control": "no-cache",
+                "request-id": "req_fake",
+                **reply.headers,
+            }
+        )
         await response.prepare(request)
         for i, (name, payload) in enumerate(self._events(reply, body)):
             if reply.cut_after is not None and i == reply.cut_after:
                 break
             if reply.error_event_after is not None and i == reply.error_event_after:
-                error = {"type": "error", "error": {"type": reply.error_event_type,
-                                                    "message": "Overloaded"}}
+                error = {
+                    "type": "error",
+                    "error": {"type": reply.error_event_type, "message": "Overloaded"},
+                }
                 await response.write(b"event: error\ndata: " + orjson.dumps(error) + b"\n\n")
                 break
             if i and reply.pace_s:

@@ -154,8 +154,12 @@ class FakeOpenAI(LoopbackServer):
                 "usage": self._usage(behaviour),
                 "system_fingerprint": None,
             }
-            headers = {"Server": "fake-upstream/1.0", "Set-Cookie": "session=secret",
-                       "openai-organization": "org-secret", **behaviour.headers}
+            headers = {
+                "Server": "fake-upstream/1.0",
+                "Set-Cookie": "session=secret",
+                "openai-organization": "org-secret",
+                **behaviour.headers,
+            }
             return web.json_response(answer, headers=headers)
         except asyncio.CancelledError:
             self._saw_disconnect()
@@ -167,14 +171,22 @@ class FakeOpenAI(LoopbackServer):
         self, request: web.Request, behaviour: Behaviour, body: dict[str, Any]
     ) -> web.StreamResponse:
         response = web.StreamResponse(
-            headers={"Content-Type": "text/event-stream", "Server": "fake-upstream/1.0",
-                     "Set-Cookie": "session=secret", **behaviour.headers}
+            headers={
+                "Content-Type": "text/event-stream",
+                "Server": "fake-upstream/1.0",
+                "Set-Cookie": "session=secret",
+                **behaviour.headers,
+            }
         )
         await response.prepare(request)
         options = body.get("stream_options") or {}
         include_usage = bool(options.get("include_usage"))
-        base = {"id": "chatcmpl-fake", "object": "chat.completion.chunk",
-                "created": 1700000000, "model": body.get("model")}
+        base = {
+            "id": "chatcmpl-fake",
+            "object": "chat.completion.chunk",
+            "created": 1700000000,
+            "model": body.get("model"),
+        }
         extra = {"usage": None} if include_usage else {}
 
         def chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
@@ -203,8 +215,14 @@ class FakeOpenAI(LoopbackServer):
                     request.transport.abort()
                     return response
                 if behaviour.error_event_after is not None and i == behaviour.error_event_after:
-                    error = {"error": {"message": "upstream broke mid-stream",
-                                       "type": "server_error", "param": None, "code": None}}
+                    error = {
+                        "error": {
+                            "message": "upstream broke mid-stream",
+                            "type": "server_error",
+                            "param": None,
+                            "code": None,
+                        }
+                    }
                     await response.write(b"data: " + orjson.dumps(error) + newline + newline)
                     return response
                 await response.write(b"data: " + payload + newline + newline)
@@ -228,14 +246,22 @@ class FakeOpenAI(LoopbackServer):
             import struct
 
             data = [
-                {"object": "embedding", "index": i,
-                 "embedding": base64.b64encode(struct.pack("<3f", *v)).decode()}
+                {
+                    "object": "embedding",
+                    "index": i,
+                    "embedding": base64.b64encode(struct.pack("<3f", *v)).decode(),
+                }
                 for i, v in enumerate(vectors)
             ]
         else:  # `garbage` here: floats although base64 was asked, as some servers do
-            data = [{"object": "embedding", "index": i, "embedding": v}
-                    for i, v in enumerate(vectors)]
-        return web.json_response({
-            "object": "list", "data": data, "model": body.get("model"),
-            "usage": {"prompt_tokens": 5, "total_tokens": 5},
-        })
+            data = [
+                {"object": "embedding", "index": i, "embedding": v} for i, v in enumerate(vectors)
+            ]
+        return web.json_response(
+            {
+                "object": "list",
+                "data": data,
+                "model": body.get("model"),
+                "usage": {"prompt_tokens": 5, "total_tokens": 5},
+            }
+        )

@@ -1,0 +1,1 @@
+"""Shared state stores: the one Redis client of a process."""
