@@ -41,7 +41,7 @@ def _check_config(path: str) -> int:
 
 def _serve(args: argparse.Namespace) -> int:
     from gateway.logs import setup_logging
-    from gateway.server import GatewayServer, serve_until_signalled
+    from gateway.server.serving import GatewayServer, serve_until_signalled
 
     path = args.config or default_config_path()
     try:

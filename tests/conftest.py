@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from gateway.config import GatewayConfig, parse_config
-from gateway.server import GatewayServer
+from gateway.server.serving import GatewayServer
 from tests.fakes.openai_upstream import FakeOpenAI
 
 pytest_plugins = ["tests.redis_server"]

@@ -10,7 +10,7 @@ from typing import Any
 import openai
 import pytest
 
-from gateway.server import GatewayServer
+from gateway.server.serving import GatewayServer
 from tests.conftest import StartGateway
 from tests.fakes.anthropic_upstream import FakeAnthropic, Reply, text, tool_use
 from tests.fakes.openai_upstream import FakeOpenAI

@@ -97,7 +97,7 @@ def test_serve_with_a_bad_config_exits_1_naming_the_problem(tmp_path: Path) -> N
 def test_serving_freezes_startup_objects_and_collects_young_garbage_less_often() -> None:
     import gc
 
-    from gateway.server import GC_YOUNG_THRESHOLD, tune_gc
+    from gateway.server.serving import GC_YOUNG_THRESHOLD, tune_gc
 
     before = gc.get_threshold()
     try:

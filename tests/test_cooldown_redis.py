@@ -9,8 +9,8 @@ import pytest
 from redis.asyncio import Redis
 
 from gateway.config import LimitsConfig
-from gateway.cooldown import CooldownStore, MemoryCooldowns
-from gateway.cooldown_redis import RedisCooldowns
+from gateway.limits.cooldowns import CooldownStore, MemoryCooldowns
+from gateway.limits.cooldowns_redis import RedisCooldowns
 from gateway.limits.factory import build_cooldowns, build_limiter
 from gateway.limits.memory import MemoryLimiter
 from gateway.limits.redis import RedisLimiter

@@ -18,7 +18,7 @@ import aiohttp
 import openai
 import pytest
 
-from gateway.server import GatewayServer
+from gateway.server.serving import GatewayServer
 from tests.conftest import APP_KEY, StartGateway
 
 ADMIN_KEY = "gw-test-dashboard-admin"

@@ -8,7 +8,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from gateway.server import GatewayServer
+from gateway.server.serving import GatewayServer
 from tests.conftest import APP_KEY, StartGateway, base_config, free_port, merged
 from tests.fakes.openai_upstream import Behaviour, FakeOpenAI
 

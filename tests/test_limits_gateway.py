@@ -15,7 +15,7 @@ import openai
 import pytest
 
 from gateway.limits.redis import RedisLimiter
-from gateway.server import GatewayServer
+from gateway.server.serving import GatewayServer
 from gateway.store.redis import connect
 from tests.conftest import StartGateway, free_port
 from tests.fakes.openai_upstream import Behaviour, FakeOpenAI

@@ -14,7 +14,7 @@ from typing import Any
 import openai
 import pytest
 
-from gateway.server import GatewayServer
+from gateway.server.serving import GatewayServer
 from tests.conftest import APP_KEY, StartGateway
 from tests.node_clients import PACKAGE_JSON, cache_root, node_modules, run_node
 

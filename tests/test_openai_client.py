@@ -8,7 +8,7 @@ import struct
 import openai
 import pytest
 
-from gateway.server import GatewayServer
+from gateway.server.serving import GatewayServer
 from tests.conftest import APP_KEY, FREE_KEY, UPSTREAM_KEY
 from tests.fakes.openai_upstream import Behaviour, FakeOpenAI
 

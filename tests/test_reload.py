@@ -15,7 +15,7 @@ import aiohttp
 import pytest
 import yaml
 
-from gateway.server import GatewayServer
+from gateway.server.serving import GatewayServer
 from tests.conftest import free_port, to_config
 from tests.fakes.openai_upstream import Behaviour, FakeOpenAI
 from tests.gateway_process import log_path, start_gateway_process, write_config

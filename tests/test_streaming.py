@@ -11,7 +11,7 @@ import openai
 import orjson
 import pytest
 
-from gateway.server import GatewayServer
+from gateway.server.serving import GatewayServer
 from tests.conftest import APP_KEY, StartGateway, base_config, merged
 from tests.fakes.openai_upstream import Behaviour, FakeOpenAI
 

@@ -16,7 +16,7 @@ import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from gateway.server import GatewayServer
+from gateway.server.serving import GatewayServer
 from tests.conftest import StartGateway, free_port
 from tests.fakes.openai_upstream import Behaviour, FakeOpenAI
 from tests.gateway_process import start_gateway_process, write_config

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from gateway.config import LimitsConfig
-from gateway.cooldown import CooldownStore, MemoryCooldowns
 from gateway.limits.base import Limiter
+from gateway.limits.cooldowns import CooldownStore, MemoryCooldowns
 from gateway.limits.memory import MemoryLimiter
 from gateway.store.redis import SharedRedis
 
@@ -23,7 +23,7 @@ def build_limiter(config: LimitsConfig, redis: SharedRedis | None) -> Limiter:
 def build_cooldowns(config: LimitsConfig, redis: SharedRedis | None) -> CooldownStore:
     """Cooldowns live where the limits do, so replicas sharing limits share cooldowns."""
     if config.backend == "redis":
-        from gateway.cooldown_redis import RedisCooldowns
+        from gateway.limits.cooldowns_redis import RedisCooldowns
 
         assert redis is not None, "limits.backend redis needs the process's Redis"
         return RedisCooldowns(redis.client)

@@ -9,8 +9,8 @@ import orjson
 from aiohttp import web
 
 from gateway.errors import ModelNotFound
-from gateway.handlers.common import begin
-from gateway.relay import json_response
+from gateway.http.request import begin
+from gateway.http.stream import json_response
 
 # OpenAI's model objects carry a creation time; the gateway's names exist since it started.
 _STARTED = int(time.time())

@@ -15,12 +15,12 @@ from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from gateway.auth import Principal
+from gateway.pipeline.auth import Principal
 from gateway.providers.base import Usage
 
 if TYPE_CHECKING:
-    from gateway.admission import Hold
-    from gateway.runtime import Runtime
+    from gateway.pipeline.admission import Hold
+    from gateway.pipeline.runtime import Runtime
     from gateway.tokens import TokenEstimate
 
 SERVER = "llm-gateway"  # replaces aiohttp's own Server header, and any upstream's

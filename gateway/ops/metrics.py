@@ -5,7 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from gateway import metrics as collectors
-from gateway.handlers.common import PROCESS
+from gateway.http.request import PROCESS
 
 
 async def metrics(request: web.Request) -> web.StreamResponse:

@@ -9,12 +9,12 @@ import signal
 
 from aiohttp import web
 
-from gateway.app import create_app, create_metrics_app
 from gateway.config import GatewayConfig
 from gateway.limits.factory import build_cooldowns, build_limiter
-from gateway.process import GatewayProcess
-from gateway.reload import POLL_S, Reloader
-from gateway.runtime import build_runtime
+from gateway.pipeline.process import GatewayProcess
+from gateway.pipeline.runtime import build_runtime
+from gateway.server.app import create_app, create_metrics_app
+from gateway.server.reload import POLL_S, Reloader
 from gateway.store.redis import SharedRedis, redis_url, uses_redis
 
 log = logging.getLogger("gateway.server")

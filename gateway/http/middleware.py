@@ -10,10 +10,10 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from gateway.context import RequestState, request_id_from
 from gateway.errors import GatewayError, MethodNotAllowed, NotFound
-from gateway.handlers.common import PROCESS, STATE
-from gateway.settle import finish
+from gateway.http.request import PROCESS, STATE
+from gateway.pipeline.context import RequestState, request_id_from
+from gateway.pipeline.settle import finish
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 log = logging.getLogger("gateway.access")

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from gateway.auth import Principal
 from gateway.config import GatewayConfig
 from gateway.errors import InvalidRequest, ModelNotFound, PermissionDenied
+from gateway.pipeline.auth import Principal
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,9 +6,8 @@ from typing import Any
 
 from aiohttp import web
 
-from gateway.context import apply_request_context
 from gateway.errors import InvalidRequest
-from gateway.handlers.common import (
+from gateway.http.request import (
     PROCESS,
     admit,
     begin,
@@ -16,8 +15,9 @@ from gateway.handlers.common import (
     read_json_object,
     require,
 )
+from gateway.http.stream import FirstEvents, first_events, json_response, relay_stream
+from gateway.pipeline.context import apply_request_context
 from gateway.providers.base import JsonAnswer, UpstreamCall
-from gateway.relay import FirstEvents, first_events, json_response, relay_stream
 
 
 def validate_chat(body: dict[str, Any]) -> bool:

@@ -14,9 +14,9 @@ from importlib import resources
 from aiohttp import web
 
 from gateway.errors import NotFound
-from gateway.handlers.admin import require_admin
-from gateway.handlers.common import PROCESS
-from gateway.handlers.usage import answer_usage
+from gateway.http.request import PROCESS
+from gateway.ops.admin import require_admin
+from gateway.ops.usage import answer_usage
 
 # The page's files and their content types; nothing else under /dashboard/ is served.
 ASSETS = {

@@ -9,8 +9,8 @@ import orjson
 from aiohttp import web
 
 from gateway.errors import InvalidRequest
-from gateway.handlers.common import PROCESS, begin
-from gateway.relay import json_response
+from gateway.http.request import PROCESS, begin
+from gateway.http.stream import json_response
 from gateway.usage.query import UsageQuery, UsageQueryError
 
 

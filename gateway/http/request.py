@@ -7,15 +7,15 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from gateway.admission import ModelGate, admit_key, take_process_slot
-from gateway.attempts import AttemptLoop
-from gateway.context import RequestState
 from gateway.errors import InvalidRequest, RequestTooLarge
 from gateway.metrics import IN_FLIGHT
-from gateway.process import GatewayProcess
-from gateway.reload import Reloader
-from gateway.routing import Route
-from gateway.runtime import Runtime
+from gateway.pipeline.admission import ModelGate, admit_key, take_process_slot
+from gateway.pipeline.attempts import AttemptLoop
+from gateway.pipeline.context import RequestState
+from gateway.pipeline.process import GatewayProcess
+from gateway.pipeline.routing import Route
+from gateway.pipeline.runtime import Runtime
+from gateway.server.reload import Reloader
 from gateway.tokens import TokenEstimate
 
 PROCESS = web.AppKey("process", GatewayProcess)

@@ -6,11 +6,11 @@ from typing import Any
 
 from aiohttp import web
 
-from gateway.context import apply_request_context
 from gateway.errors import InvalidRequest
-from gateway.handlers.common import admit, begin, invalid_type, read_json_object, require
+from gateway.http.request import admit, begin, invalid_type, read_json_object, require
+from gateway.http.stream import json_response
+from gateway.pipeline.context import apply_request_context
 from gateway.providers.base import JsonAnswer, UpstreamCall
-from gateway.relay import json_response
 
 
 def validate_embeddings(body: dict[str, Any]) -> None:

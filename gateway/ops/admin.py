@@ -6,8 +6,8 @@ import orjson
 from aiohttp import web
 
 from gateway.errors import GatewayError, PermissionDenied, ServiceUnavailable
-from gateway.handlers.common import RELOADER, begin
-from gateway.relay import json_response
+from gateway.http.request import RELOADER, begin
+from gateway.http.stream import json_response
 
 
 def require_admin(request: web.Request) -> None:

@@ -20,8 +20,8 @@ from pathlib import Path
 from gateway.config import ConfigError, GatewayConfig, load_config
 from gateway.metrics import CONFIG_RELOADS
 from gateway.periodic import Periodic
-from gateway.process import GatewayProcess
-from gateway.runtime import build_runtime
+from gateway.pipeline.process import GatewayProcess
+from gateway.pipeline.runtime import build_runtime
 
 log = logging.getLogger("gateway.reload")
 

@@ -12,12 +12,12 @@ import logging
 import math
 from dataclasses import dataclass
 
-from gateway.context import RequestState
 from gateway.errors import GatewayError, RateLimited, ServiceUnavailable, retry_headers
 from gateway.limits.base import Admission, LimiterUnavailable, LimitSpec
 from gateway.metrics import LIMITER_ERRORS, RATE_LIMITED
-from gateway.process import GatewayProcess
-from gateway.runtime import Runtime
+from gateway.pipeline.context import RequestState
+from gateway.pipeline.process import GatewayProcess
+from gateway.pipeline.runtime import Runtime
 from gateway.tokens import TokenEstimate
 
 log = logging.getLogger("gateway.admission")

@@ -7,9 +7,9 @@ import asyncio
 import orjson
 from aiohttp import web
 
-from gateway.handlers.common import PROCESS
+from gateway.http.request import PROCESS
+from gateway.http.stream import json_response
 from gateway.limits.base import LimiterUnavailable
-from gateway.relay import json_response
 
 PING_TIMEOUT_S = 1.0
 

@@ -11,13 +11,13 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
-from gateway.auth import Authenticator
 from gateway.config import GatewayConfig
 from gateway.errors import ServiceUnavailable
 from gateway.logs import REDACT, config_secrets
+from gateway.pipeline.auth import Authenticator
+from gateway.pipeline.routing import Router
 from gateway.providers.base import Provider
 from gateway.providers.registry import build_provider
-from gateway.routing import Router
 
 log = logging.getLogger("gateway.runtime")
 

@@ -19,10 +19,10 @@ from collections.abc import Awaitable, Callable
 import orjson
 from aiohttp import web
 
-from gateway.context import RequestState
-from gateway.drain import Drain
 from gateway.errors import GatewayError, ServiceUnavailable, UpstreamFailure
 from gateway.failures import FailureKind
+from gateway.pipeline.context import RequestState
+from gateway.pipeline.drain import Drain
 from gateway.providers.base import EventStream, usage_from_openai
 from gateway.sse import KEEPALIVE, encode_data, event_data
 

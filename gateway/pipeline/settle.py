@@ -11,11 +11,11 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from gateway.admission import release_nowait
 from gateway.config import GatewayConfig
-from gateway.context import RequestState
 from gateway.metrics import IN_FLIGHT, NO_MODEL, TTFT, request_series, spend_series
-from gateway.process import GatewayProcess
+from gateway.pipeline.admission import release_nowait
+from gateway.pipeline.context import RequestState
+from gateway.pipeline.process import GatewayProcess
 from gateway.usage.record import UsageRecord, ts_from_epoch
 
 

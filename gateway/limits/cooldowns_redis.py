@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 from redis.asyncio import Redis
 
-from gateway.cooldown import CooldownStore, ModelHealth
+from gateway.limits.cooldowns import CooldownStore, ModelHealth
 from gateway.limits.redis import LuaScript
 
 _HEALTH = LuaScript(

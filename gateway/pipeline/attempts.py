@@ -18,8 +18,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, TypeVar
 
 from gateway.config import GatewayConfig
-from gateway.context import RequestState
-from gateway.cooldown import HEALTHY, CooldownStore, ModelHealth
 from gateway.errors import (
     AllModelsFailed,
     GatewayError,
@@ -28,11 +26,13 @@ from gateway.errors import (
     retry_headers,
 )
 from gateway.failures import FailureKind
+from gateway.limits.cooldowns import HEALTHY, CooldownStore, ModelHealth
 from gateway.metrics import FALLBACKS, MODEL_AVAILABLE, UPSTREAM_ERRORS
-from gateway.routing import Route
+from gateway.pipeline.context import RequestState
+from gateway.pipeline.routing import Route
 
 if TYPE_CHECKING:
-    from gateway.admission import ModelGate
+    from gateway.pipeline.admission import ModelGate
 
 log = logging.getLogger("gateway.attempts")
 

@@ -6,11 +6,12 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from gateway.handlers import admin, chat, dashboard, embeddings, health, metrics, models, usage
-from gateway.handlers.common import PROCESS, RELOADER
-from gateway.middleware import gateway_middleware
-from gateway.process import GatewayProcess
-from gateway.reload import Reloader
+from gateway.http.middleware import gateway_middleware
+from gateway.http.request import PROCESS, RELOADER
+from gateway.ingress import chat, embeddings, models
+from gateway.ops import admin, dashboard, health, metrics, usage
+from gateway.pipeline.process import GatewayProcess
+from gateway.server.reload import Reloader
 
 
 def create_app(process: GatewayProcess, reloader: Reloader | None = None) -> web.Application:

@@ -12,11 +12,11 @@ import logging
 from collections.abc import Coroutine
 from typing import Any
 
-from gateway.cooldown import CooldownStore, MemoryCooldowns
-from gateway.drain import Drain
 from gateway.limits.base import Limiter
+from gateway.limits.cooldowns import CooldownStore, MemoryCooldowns
 from gateway.limits.keeper import LeaseKeeper
-from gateway.runtime import Runtime
+from gateway.pipeline.drain import Drain
+from gateway.pipeline.runtime import Runtime
 from gateway.store.redis import SharedRedis
 from gateway.usage.service import UsageService
 

@@ -1,1 +1,0 @@
-"""HTTP handlers: thin, they parse, call the layers below, and answer."""
