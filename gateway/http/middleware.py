@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from gateway.errors import GatewayError, MethodNotAllowed, NotFound
+from gateway.http.answers import error_response
 from gateway.http.request import PROCESS, STATE
 from gateway.pipeline.context import RequestState, request_id_from
 from gateway.pipeline.settle import finish
@@ -18,19 +19,6 @@ from gateway.pipeline.settle import finish
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 log = logging.getLogger("gateway.access")
 errors_log = logging.getLogger("gateway.error")
-
-
-def error_response(error: GatewayError, state: RequestState) -> web.Response:
-    response = web.Response(
-        body=error.body_bytes(), status=error.status, content_type="application/json"
-    )
-    response.headers.update(error.headers)
-    state.stamp(response.headers)
-    response.headers["x-should-retry"] = "true" if error.should_retry else "false"
-    if error.status == 413:
-        # The rest of the body is not read: the connection cannot be reused.
-        response.force_close()
-    return response
 
 
 def _from_aiohttp(request: web.Request, exc: web.HTTPException) -> GatewayError:

@@ -1,10 +1,13 @@
-"""Writing answers to the client: whole JSON bodies, and SSE streams event by event.
+"""Writing a stream to the client, event by event.
 
-A stream is started by waiting for the upstream's first data event before answering, so that a
-failure up to then still gets a real HTTP status (and, with routing, a fallback). If the first
-event is slow, the answer is committed after `keepalive_s` and `: keep-alive` comments are sent
-until it comes. From the first event on, each upstream event is written as the upstream's own
-bytes the moment it is complete; only usage and error events are parsed.
+A stream starts once the pipeline has an upstream that gave a first event (`ModelCall.
+chat_stream`), so a failure up to then still gets a real HTTP status (and, with routing, a
+fallback). If that is slow, the answer is committed after `keepalive_s` and `: keep-alive`
+comments are sent until it comes. From the first event on, each upstream event is written the
+moment it is complete: as the upstream's own bytes when the client speaks chat completions (the
+`ClientStream` default), or translated into the client's API by a `ClientStream` of its ingress.
+What each event is (usage, error, the end) is decided by `providers.chat_events.classify`;
+this module only acts on it and writes.
 """
 
 from __future__ import annotations
@@ -12,19 +15,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import re
 import time
 from collections.abc import Awaitable, Callable
 
-import orjson
 from aiohttp import web
 
 from gateway.errors import GatewayError, ServiceUnavailable, UpstreamFailure
-from gateway.failures import FailureKind
 from gateway.pipeline.context import RequestState
 from gateway.pipeline.drain import Drain
-from gateway.providers.base import EventStream, usage_from_openai
-from gateway.sse import KEEPALIVE, encode_data, event_data
+from gateway.providers.base import EventStream
+from gateway.providers.chat_events import CONTENT, EventKind, EventVerdict, classify, may_matter
+from gateway.providers.upstream import OpenedStream
+from gateway.sse import KEEPALIVE, encode_data
 
 log = logging.getLogger("gateway.relay")
 
@@ -35,99 +37,30 @@ SSE_HEADERS = {
     "Connection": "keep-alive",
 }
 
-_USAGE_OBJECT = re.compile(rb'"usage"\s*:\s*\{')
-_ERROR_OBJECT = re.compile(rb'^\s*\{\s*"error"\s*:')
-_EMPTY_CHOICES = re.compile(rb'"choices"\s*:\s*\[\s*\]')
-
 SHUTTING_DOWN = ServiceUnavailable(
     "The gateway is shutting down and ended this stream; retry the request.",
     code="shutting_down",
 )
 
-StreamOpener = Callable[[], Awaitable[EventStream]]
-FirstEvents = tuple[EventStream, list[bytes]]
 
+class ClientStream:
+    """How upstream chat events reach the client. This one is chat completions' own: events
+    pass through as the upstream's bytes, a usage-only chunk the client did not ask for is
+    dropped, and an error goes in-band as an OpenAI error event. An ingress whose API differs
+    overrides `passthrough`, `translate` and `error_event`."""
 
-def json_response(body: bytes, status: int = 200) -> web.Response:
-    return web.Response(body=body, status=status, content_type="application/json")
+    passthrough = True
 
+    def __init__(self, *, strip_usage: bool) -> None:
+        self.strip_usage = strip_usage
 
-def _may_matter(event: bytes) -> bool:
-    """Whether an event may carry usage, an error or the end of the stream. Only those are
-    read; the rest (nearly all: the content deltas) are relayed without even slicing out
-    their payload. Substring tests first, as they are several times cheaper than a regex;
-    a false match only costs the exact look. (OpenAI's chunks all carry `"usage":null` once
-    usage is asked for: only an object counts.)"""
-    return (
-        b"[DONE]" in event
-        or b'"error"' in event
-        or (b'"usage"' in event and _USAGE_OBJECT.search(event) is not None)
-    )
+    def translate(self, event: bytes, verdict: EventVerdict) -> list[bytes]:
+        """The client's events for one upstream event (only called when not passthrough)."""
+        return [event] if verdict.relay else []
 
-
-def _is_data(event: bytes) -> bool:
-    """Whether an event has data (a comment or keep-alive has none)."""
-    return event.startswith(b"data:") or _payload(event) is not None
-
-
-def _payload(event: bytes) -> bytes | None:
-    if event.startswith(b"data: ") and event.endswith(b"\n\n") and b"\n" not in event[6:-2]:
-        return event[6:-2]
-    return event_data(event)
-
-
-def error_event(error: GatewayError) -> bytes:
-    return encode_data(error.body_bytes())
-
-
-def _failure_from_event(payload: bytes, what: str) -> UpstreamFailure:
-    try:
-        error = orjson.loads(payload).get("error")
-    except (orjson.JSONDecodeError, AttributeError):
-        error = None
-    error = error if isinstance(error, dict) else {"message": str(error)}
-    return UpstreamFailure(
-        FailureKind.SERVER_ERROR,
-        f"{what}: error event: {error.get('message')}",
-        status=500,
-        upstream_error=error,
-    )
-
-
-async def first_events(open_stream: StreamOpener, what: str, within_s: float) -> FirstEvents:
-    """Open an upstream stream and read up to its first data event, within `within_s` (the
-    model's first-token timeout). Everything that fails here fails before the client has
-    seen any of it, so routing may still retry or fall back."""
-    try:
-        async with asyncio.timeout(within_s):
-            return await _first_events(open_stream, what)
-    except TimeoutError as exc:
-        raise UpstreamFailure(
-            FailureKind.TIMEOUT, f"{what}: no first event within {within_s:g}s"
-        ) from exc
-
-
-async def _first_events(open_stream: StreamOpener, what: str) -> FirstEvents:
-    """Leading comments are dropped (the gateway's own keep-alives stand in for them); an
-    error event or an empty stream is a failure."""
-    stream = await open_stream()
-    try:
-        while True:
-            events = await stream.next_events()
-            if events is None:
-                raise UpstreamFailure(
-                    FailureKind.BAD_RESPONSE, f"{what}: stream ended before any event"
-                )
-            data_events = [e for e in events if _is_data(e)]
-            if not data_events:
-                continue
-            first = _payload(data_events[0])
-            if first is not None and _ERROR_OBJECT.match(first):
-                raise _failure_from_event(first, what)
-            return stream, data_events
-    except BaseException:
-        await stream.aclose(completed=False)
-        raise
+    def error_event(self, error: GatewayError) -> bytes:
+        """The in-band error that ends a stream already begun."""
+        return encode_data(error.body_bytes())
 
 
 class _KeepAlives:
@@ -180,10 +113,10 @@ class _KeepAlives:
 async def relay_stream(
     request: web.Request,
     state: RequestState,
-    start: Callable[[], Awaitable[FirstEvents]],
+    start: Callable[[], Awaitable[OpenedStream]],
     *,
     keepalive_s: float,
-    strip_usage: bool,
+    client: ClientStream,
     drain: Drain,
 ) -> web.StreamResponse:
     """Relay a stream to the client. `start` finds an upstream that gives a first event (with
@@ -192,7 +125,7 @@ async def relay_stream(
     comments, and a failure after that can only be reported in-band."""
     response = web.StreamResponse(status=200, headers=SSE_HEADERS)
     keepalives = _KeepAlives(request, response, state, keepalive_s)
-    opened: FirstEvents | None = None
+    opened: OpenedStream | None = None
     try:
         try:
             with state.waiting_upstream():
@@ -203,20 +136,20 @@ async def relay_stream(
         state.error = state.error or error.message
         if not response.prepared:
             raise
-        await _end_with_error(response, error)
+        await _end_with_error(response, client.error_event(error))
         return response
     except asyncio.CancelledError:
         if opened is not None:
             # Cancelled while the keep-alives stopped: nobody will read this stream.
             await opened[0].aclose(completed=False)
         if drain.grace_over and response.prepared:
-            await _end_with_error(response, SHUTTING_DOWN)
+            await _end_with_error(response, client.error_event(SHUTTING_DOWN))
         raise
 
     stream, first = opened
     if not response.prepared:
         await _begin(response, request, state)
-    await _pump(response, state, stream, first, strip_usage, drain)
+    await _pump(response, state, stream, first, client, drain)
     return response
 
 
@@ -230,32 +163,30 @@ async def _pump(
     state: RequestState,
     stream: EventStream,
     events: list[bytes] | None,
-    strip_usage: bool,
+    client: ClientStream,
     drain: Drain,
 ) -> None:
     """Write events as they come until the upstream ends, fails or the client leaves."""
     saw_done = False
     completed = False
+    passthrough = client.passthrough
+    strip_usage = client.strip_usage
     waiting = state.waiting_upstream()  # one timer object for the whole stream
     try:
         while events is not None:
             out: list[bytes] = []
             for event in events:
-                if not _may_matter(event):
+                if passthrough and not may_matter(event):
                     out.append(event)  # a content delta or a comment: relayed, unread
                     continue
-                payload = _payload(event)
-                if payload is not None:
-                    if payload == b"[DONE]":
-                        saw_done = True
-                    elif _USAGE_OBJECT.search(payload):
-                        parsed = orjson.loads(payload)
-                        state.usage = usage_from_openai(parsed.get("usage")) or state.usage
-                        if strip_usage and _EMPTY_CHOICES.search(payload):
-                            continue
-                    elif _ERROR_OBJECT.match(payload):
-                        state.error = payload.decode("utf-8", "replace")[:500]
-                out.append(event)
+                verdict = classify(event, strip_usage=strip_usage)
+                if verdict is not CONTENT:
+                    saw_done = _note(state, verdict) or saw_done
+                if passthrough:
+                    if verdict.relay:
+                        out.append(event)
+                else:
+                    out.extend(client.translate(event, verdict))
             if out:
                 await response.write(out[0] if len(out) == 1 else b"".join(out))
                 state.streamed_events += len(out)
@@ -270,7 +201,7 @@ async def _pump(
     except UpstreamFailure as failure:
         state.stream_cut = True
         state.error = failure.message
-        await _end_with_error(response, failure.to_client_error())
+        await _end_with_error(response, client.error_event(failure.to_client_error()))
     except ConnectionResetError:
         state.stream_cut = True
         state.error = "client disconnected"
@@ -279,7 +210,7 @@ async def _pump(
         state.stream_cut = True
         if drain.grace_over:
             state.error = "ended by gateway shutdown"
-            await _end_with_error(response, SHUTTING_DOWN)
+            await _end_with_error(response, client.error_event(SHUTTING_DOWN))
         else:
             state.error = "client disconnected"
         raise
@@ -290,8 +221,19 @@ async def _pump(
             await response.write_eof()
 
 
-async def _end_with_error(response: web.StreamResponse, error: GatewayError) -> None:
+def _note(state: RequestState, verdict: EventVerdict) -> bool:
+    """Record what an event that matters says; True for the end of the stream."""
+    if verdict.kind is EventKind.DONE:
+        return True
+    if verdict.kind is EventKind.USAGE:
+        state.usage = verdict.usage or state.usage
+    elif verdict.kind is EventKind.ERROR:
+        state.error = verdict.error
+    return False
+
+
+async def _end_with_error(response: web.StreamResponse, event: bytes) -> None:
     """The stream has begun: the error goes in-band, and there is no [DONE]."""
     with contextlib.suppress(ConnectionResetError):
-        await response.write(error_event(error))
+        await response.write(event)
         await response.write_eof()

@@ -7,17 +7,13 @@ from typing import Any
 from aiohttp import web
 
 from gateway.errors import InvalidRequest
-from gateway.http.request import (
-    PROCESS,
-    admit,
-    begin,
-    invalid_type,
-    read_json_object,
-    require,
-)
-from gateway.http.stream import FirstEvents, first_events, json_response, relay_stream
+from gateway.http.answers import json_response
+from gateway.http.body import read_json_object
+from gateway.http.request import PROCESS, begin
+from gateway.http.stream import ClientStream, relay_stream
+from gateway.ingress.openai_params import invalid_type, require
 from gateway.pipeline.context import apply_request_context
-from gateway.providers.base import JsonAnswer, UpstreamCall
+from gateway.pipeline.request import admit
 
 
 def validate_chat(body: dict[str, Any]) -> bool:
@@ -65,51 +61,24 @@ def validate_chat(body: dict[str, Any]) -> bool:
 
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
-    runtime, state = begin(request, api_call=True)
+    runtime, state, principal = begin(request, api_call=True)
     body = await read_json_object(request, runtime.max_body_bytes)
     state.stream = validate_chat(body)
-    apply_request_context(state, request.headers, body)
-    assert state.principal is not None
-    route = runtime.router.resolve(body.get("model"), state.principal)
-    attempts = await admit(request, runtime, state, route, body, completion=True)
-
-    def call_for(model_name: str) -> UpstreamCall:
-        upstream_body = {**body, "model": runtime.config.upstream_id(model_name)}
-        if state.stream:
-            # Always ask for usage; the relay hides the usage-only chunk again from a client
-            # that did not ask for it.
-            options = body.get("stream_options") or {}
-            upstream_body["stream_options"] = {**options, "include_usage": True}
-        return UpstreamCall(
-            model_name, runtime.config.models[model_name], upstream_body, state.request_id
-        )
-
+    apply_request_context(state, principal, request.headers, body)
+    call = await admit(
+        request.app[PROCESS], runtime, state, principal, body.get("model"), body, completion=True
+    )
     if not state.stream:
-
-        async def answer_from(model_name: str) -> JsonAnswer:
-            with state.waiting_upstream():
-                return await runtime.provider_for(model_name).chat(call_for(model_name))
-
-        answer = await attempts.run(answer_from)
-        state.usage = answer.usage
+        answer = await call.chat(body)
         return json_response(answer.body)
-
-    async def first_events_from(model_name: str) -> FirstEvents:
-        call = call_for(model_name)
-        provider = runtime.provider_for(model_name)
-        return await first_events(
-            lambda: provider.chat_stream(call),
-            f"{provider.name}/{model_name}",
-            # The first event must also come within the whole call's total.
-            min(call.model.timeout.first_token, call.model.timeout.total),
-        )
-
     options = body.get("stream_options") or {}
     return await relay_stream(
         request,
         state,
-        lambda: attempts.run(first_events_from),
+        lambda: call.chat_stream(body),
         keepalive_s=runtime.config.server.keepalive_s,
-        strip_usage=options.get("include_usage") is not True,
+        # The gateway always asks upstreams for usage; a client that did not ask for it does
+        # not get the usage-only chunk.
+        client=ClientStream(strip_usage=options.get("include_usage") is not True),
         drain=request.app[PROCESS].drain,
     )

@@ -7,10 +7,12 @@ from typing import Any
 from aiohttp import web
 
 from gateway.errors import InvalidRequest
-from gateway.http.request import admit, begin, invalid_type, read_json_object, require
-from gateway.http.stream import json_response
+from gateway.http.answers import json_response
+from gateway.http.body import read_json_object
+from gateway.http.request import PROCESS, begin
+from gateway.ingress.openai_params import invalid_type, require
 from gateway.pipeline.context import apply_request_context
-from gateway.providers.base import JsonAnswer, UpstreamCall
+from gateway.pipeline.request import admit
 
 
 def validate_embeddings(body: dict[str, Any]) -> None:
@@ -54,24 +56,12 @@ def validate_embeddings(body: dict[str, Any]) -> None:
 
 
 async def embeddings(request: web.Request) -> web.StreamResponse:
-    runtime, state = begin(request, api_call=True)
+    runtime, state, principal = begin(request, api_call=True)
     body = await read_json_object(request, runtime.max_body_bytes)
     validate_embeddings(body)
-    apply_request_context(state, request.headers, body)
-    assert state.principal is not None
-    route = runtime.router.resolve(body["model"], state.principal)
-    attempts = await admit(request, runtime, state, route, body, completion=False)
-
-    async def embed_with(model_name: str) -> JsonAnswer:
-        call = UpstreamCall(
-            model_name,
-            runtime.config.models[model_name],
-            {**body, "model": runtime.config.upstream_id(model_name)},
-            state.request_id,
-        )
-        with state.waiting_upstream():
-            return await runtime.provider_for(model_name).embeddings(call)
-
-    answer = await attempts.run(embed_with)
-    state.usage = answer.usage
+    apply_request_context(state, principal, request.headers, body)
+    call = await admit(
+        request.app[PROCESS], runtime, state, principal, body["model"], body, completion=False
+    )
+    answer = await call.embeddings(body)
     return json_response(answer.body)

@@ -9,8 +9,8 @@ import orjson
 from aiohttp import web
 
 from gateway.errors import ModelNotFound
+from gateway.http.answers import json_response
 from gateway.http.request import begin
-from gateway.http.stream import json_response
 
 # OpenAI's model objects carry a creation time; the gateway's names exist since it started.
 _STARTED = int(time.time())
@@ -21,18 +21,16 @@ def _model_object(name: str, owner: str) -> dict[str, Any]:
 
 
 async def list_models(request: web.Request) -> web.StreamResponse:
-    runtime, state = begin(request)
-    assert state.principal is not None
-    names = runtime.router.visible_names(state.principal)
+    runtime, _, principal = begin(request)
+    names = runtime.router.visible_names(principal)
     data = [_model_object(name, owner) for name, owner in names]
     return json_response(orjson.dumps({"object": "list", "data": data}))
 
 
 async def get_model(request: web.Request) -> web.StreamResponse:
-    runtime, state = begin(request)
-    assert state.principal is not None
+    runtime, _, principal = begin(request)
     wanted = request.match_info["model"]
-    for name, owner in runtime.router.visible_names(state.principal):
+    for name, owner in runtime.router.visible_names(principal):
         if name == wanted:
             return json_response(orjson.dumps(_model_object(name, owner)))
     raise ModelNotFound(

@@ -6,13 +6,16 @@ import orjson
 from aiohttp import web
 
 from gateway.errors import GatewayError, PermissionDenied, ServiceUnavailable
-from gateway.http.request import RELOADER, begin
-from gateway.http.stream import json_response
+from gateway.http.answers import json_response
+from gateway.http.request import begin
+from gateway.ops.reload import Reloader
+
+RELOADER = web.AppKey("reloader", Reloader)
 
 
 def require_admin(request: web.Request) -> None:
-    _, state = begin(request)
-    if state.principal is None or not state.principal.admin:
+    _, _, principal = begin(request)
+    if not principal.admin:
         raise PermissionDenied("This endpoint needs an admin key.", code="admin_required")
 
 

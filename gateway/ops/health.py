@@ -7,8 +7,8 @@ import asyncio
 import orjson
 from aiohttp import web
 
+from gateway.http.answers import json_response
 from gateway.http.request import PROCESS
-from gateway.http.stream import json_response
 from gateway.limits.base import LimiterUnavailable
 
 PING_TIMEOUT_S = 1.0

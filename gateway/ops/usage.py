@@ -9,15 +9,14 @@ import orjson
 from aiohttp import web
 
 from gateway.errors import InvalidRequest
+from gateway.http.answers import json_response
 from gateway.http.request import PROCESS, begin
-from gateway.http.stream import json_response
 from gateway.usage.query import UsageQuery, UsageQueryError
 
 
 async def usage(request: web.Request) -> web.StreamResponse:
-    _, state = begin(request)
-    assert state.principal is not None
-    return await answer_usage(request, None if state.principal.admin else state.principal.name)
+    _, _, principal = begin(request)
+    return await answer_usage(request, None if principal.admin else principal.name)
 
 
 async def answer_usage(request: web.Request, key_filter: str | None) -> web.Response:

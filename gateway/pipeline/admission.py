@@ -1,7 +1,8 @@
 """Admission: whether a request may go on, under the process's, the key's and a model's limits.
 
-A refused request never reaches an upstream. Every admission taken is recorded on the request
-state as a `Hold` and released when the request settles, whatever way it ends. When the limits
+A refused request never reaches an upstream. Every admission taken registers its own give-back
+on the request's lease (`RequestLease`), so it is released when the request settles, whatever
+way it ends. When the limits
 backend cannot be asked, `limits.on_backend_error` decides: `allow` serves (and counts it),
 `deny` answers 503.
 """
@@ -11,11 +12,13 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
+from functools import partial
 
 from gateway.errors import GatewayError, RateLimited, ServiceUnavailable, retry_headers
 from gateway.limits.base import Admission, LimiterUnavailable, LimitSpec
 from gateway.metrics import LIMITER_ERRORS, RATE_LIMITED
 from gateway.pipeline.context import RequestState
+from gateway.pipeline.lease import GiveBack, Outcome
 from gateway.pipeline.process import GatewayProcess
 from gateway.pipeline.runtime import Runtime
 from gateway.tokens import TokenEstimate
@@ -111,7 +114,11 @@ def take_process_slot(process: GatewayProcess, runtime: Runtime, state: RequestS
             headers=retry_headers(1.0),
         )
     process.in_flight += 1
-    state.holds_process_slot = True
+    state.lease.take(partial(_leave_slot, process))
+
+
+def _leave_slot(process: GatewayProcess, _outcome: Outcome) -> None:
+    process.in_flight -= 1
 
 
 def _plan_label(state: RequestState) -> str:
@@ -142,10 +149,12 @@ async def admit_key(
     _keep(process, state, Hold(subject, admission))
 
 
-def _keep(process: GatewayProcess, state: RequestState, hold: Hold) -> None:
-    state.holds.append(hold)
+def _keep(process: GatewayProcess, state: RequestState, hold: Hold) -> GiveBack:
+    """Hold `hold` for the request: its lease renewed while it lasts, and given back (its
+    tokens settled) when the request settles. Returns the give-back, for `give_back_now`."""
     if hold.admission.lease_id is not None:
         process.leases.hold(hold.subject, hold.admission.lease_id)
+    return state.lease.take(lambda outcome: release_nowait(process, hold, outcome.tokens))
 
 
 async def release(process: GatewayProcess, hold: Hold, actual_tokens: int | None) -> None:
@@ -176,7 +185,7 @@ class ModelGate:
         self.runtime = runtime
         self.state = state
         self.estimate = estimate
-        self._holds: dict[str, Hold] = {}
+        self._holds: dict[str, tuple[Hold, GiveBack]] = {}
         self.waits: dict[str, float] = {}  # saturated model → its true wait
 
     async def take(self, model: str) -> bool:
@@ -195,16 +204,16 @@ class ModelGate:
             self.waits[model] = admission.retry_after if admission.retry_after else 1.0
             return False
         hold = Hold(subject, admission)
-        self._holds[model] = hold
-        _keep(self.process, self.state, hold)
+        self._holds[model] = (hold, _keep(self.process, self.state, hold))
         return True
 
     async def give_back(self, model: str) -> None:
         """The attempt at `model` failed: its room is free for others at once."""
-        hold = self._holds.pop(model, None)
-        if hold is not None:
-            self.state.holds.remove(hold)
-            await release(self.process, hold, 0)
+        held = self._holds.pop(model, None)
+        if held is not None:
+            hold, give_back = held
+            if self.state.lease.forget(give_back):
+                await release(self.process, hold, 0)
 
     def capacity_error(self) -> GatewayError:
         wait = min(self.waits.values(), default=1.0)

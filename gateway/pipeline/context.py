@@ -16,10 +16,10 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from gateway.pipeline.auth import Principal
+from gateway.pipeline.lease import RequestLease
 from gateway.providers.base import Usage
 
 if TYPE_CHECKING:
-    from gateway.pipeline.admission import Hold
     from gateway.pipeline.runtime import Runtime
     from gateway.tokens import TokenEstimate
 
@@ -66,12 +66,11 @@ class RequestState:
     estimate: TokenEstimate | None = None  # set once the request is routed
     streamed_events: int = 0  # data events relayed: the completion count of a cut stream
     upstream_wait_s: float = 0.0  # time spent waiting on upstreams, for the overhead metric
-    holds: list[Hold] = field(default_factory=list)
-    holds_process_slot: bool = False
+    # What the request holds, each with its give-back; closed when the request settles.
+    lease: RequestLease = field(default_factory=RequestLease)
     ratelimit_headers: dict[str, str] = field(default_factory=dict)
     runtime: Runtime | None = None  # the runtime this request started on, to its end
     api_call: bool = False  # a /v1 call that counts in the request metrics
-    in_flight_tier: str | None = None
 
     def stamp(self, headers: MutableMapping[str, str]) -> None:
         """Write the headers every answer carries: the request id, where it went, the key's
@@ -108,7 +107,7 @@ class UpstreamWait:
 
 
 def apply_request_context(
-    state: RequestState, headers: Mapping[str, str], body: dict[str, Any]
+    state: RequestState, principal: Principal, headers: Mapping[str, str], body: dict[str, Any]
 ) -> None:
     """Fill feature, user and conversation; remove gateway-only fields from `body`.
 
@@ -125,8 +124,7 @@ def apply_request_context(
             body["metadata"] = rest
         else:
             del body["metadata"]
-    principal_feature = state.principal.feature if state.principal else None
-    feature = headers.get("x-gateway-feature") or body_feature or principal_feature
+    feature = headers.get("x-gateway-feature") or body_feature or principal.feature
     state.feature = str(feature) if feature else "unknown"
     user = headers.get("x-gateway-user") or body.get("user")
     state.user = str(user) if user else None

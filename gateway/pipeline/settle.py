@@ -9,81 +9,27 @@ up by it. Queued settles are sent before the limiter closes at shutdown.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 
 from gateway.config import GatewayConfig
-from gateway.metrics import IN_FLIGHT, NO_MODEL, TTFT, request_series, spend_series
-from gateway.pipeline.admission import release_nowait
+from gateway.metrics import NO_MODEL, TTFT, request_series, spend_series
 from gateway.pipeline.context import RequestState
+from gateway.pipeline.cost import Tokens, cost_usd, feature_label, tokens_of
+from gateway.pipeline.lease import Outcome
 from gateway.pipeline.process import GatewayProcess
 from gateway.usage.record import UsageRecord, ts_from_epoch
 
 
-@dataclass(slots=True)  # not frozen: made for every request (see UsageRecord)
-class Tokens:
-    prompt: int = 0
-    completion: int = 0
-    cached: int = 0
-    estimated: bool = False
-
-    @property
-    def total(self) -> int:
-        return self.prompt + self.completion
-
-
-def tokens_of(state: RequestState) -> Tokens:
-    """The upstream's own count; for a stream cut before its usage arrived, the estimate of
-    what was sent so far (and says so); nothing when no upstream answered."""
-    if state.usage is not None:
-        usage = state.usage
-        return Tokens(usage.prompt_tokens, usage.completion_tokens, usage.cached_tokens)
-    if state.first_token_at is not None:
-        prompt = state.estimate.prompt if state.estimate is not None else 0
-        return Tokens(prompt, state.streamed_events, 0, estimated=True)
-    return Tokens()
-
-
-def feature_label(config: GatewayConfig, feature: str) -> str:
-    """Metric label values are bounded: a feature not in `usage.features` counts as other."""
-    return feature if feature in config.usage.features else "other"
-
-
-def cost_usd(config: GatewayConfig, model: str, tokens: Tokens) -> float:
-    """USD from the model's price per million tokens; cached input at its own price."""
-    if model not in config.models:
-        return 0.0
-    price = config.models[model].price
-    cached = min(tokens.cached, tokens.prompt)
-    cached_price = price.cached_input if price.cached_input is not None else price.input
-    return (
-        (tokens.prompt - cached) * price.input
-        + cached * cached_price
-        + tokens.completion * price.output
-    ) / 1_000_000
-
-
 def finish(process: GatewayProcess, state: RequestState, status: int) -> None:
-    """Account for a finished request; release what it held."""
-    if state.holds_process_slot:
-        process.in_flight -= 1
-        state.holds_process_slot = False
-    if state.in_flight_tier is not None:
-        IN_FLIGHT.labels(state.in_flight_tier).dec()
-        state.in_flight_tier = None
+    """Account for a finished request, then close its lease: everything it held is given
+    back (token reservations corrected by the tokens it used), its runtime last."""
     tokens = tokens_of(state)
     runtime = state.runtime
-    if runtime is not None:
-        state.runtime = None
-        if state.api_call:
-            cost = cost_usd(runtime.config, state.model, tokens)
-            _observe(runtime.config, state, status, tokens, cost)
-            process.usage.record(_record(state, status, tokens, cost), state.started_wall)
-        process.request_done(runtime)
-    if state.holds:
-        holds, state.holds = state.holds, []
-        # Given back without awaiting: at once in memory, queued for Redis's next pipeline.
-        for hold in holds:
-            release_nowait(process, hold, tokens.total)
+    if runtime is not None and state.api_call:
+        cost = cost_usd(runtime.config, state.model, tokens)
+        _observe(runtime.config, state, status, tokens, cost)
+        process.usage.record(_record(state, status, tokens, cost), state.started_wall)
+    # Given back without awaiting: at once in memory, queued for Redis's next pipeline.
+    state.lease.close(Outcome(tokens.total))
 
 
 def _observe(

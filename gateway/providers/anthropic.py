@@ -36,8 +36,8 @@ from gateway.providers.http import (
     failure_from_status,
     is_event_stream,
     json_object,
-    stream_deadline,
 )
+from gateway.providers.upstream import stream_deadline
 
 
 class AnthropicProviderConfig(ConfigModel):

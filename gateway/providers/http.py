@@ -5,7 +5,6 @@ upstream's error answer."""
 from __future__ import annotations
 
 import asyncio
-import functools
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -18,6 +17,7 @@ from yarl import URL
 from gateway.errors import UpstreamFailure
 from gateway.failures import FailureKind
 from gateway.providers.base import Provider, UpstreamCall
+from gateway.providers.upstream import client_timeout
 from gateway.sse import EventSplitter
 
 USER_AGENT = "llm-gateway/0.1"
@@ -43,16 +43,6 @@ def new_session(max_connections: int) -> aiohttp.ClientSession:
     # merges more cheaply than defaults plus skip_auto_headers (measured: ~15k instructions
     # per call).
     return aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=None))
-
-
-@functools.lru_cache(maxsize=256)
-def client_timeout(connect: float, total: float | None) -> aiohttp.ClientTimeout:
-    """aiohttp's timeout for one call, built once per distinct model timeout. The first-token
-    timeout is not here: a stream bounds its first event itself, and a whole answer has no
-    first token to wait for (an upstream sends it, headers and all, when it has generated all
-    of it), so only `total` bounds it. A stream's `total` is its own deadline timer
-    (`HTTPEventStream`): aiohttp's would wrap every read of the stream in a timer context."""
-    return aiohttp.ClientTimeout(total=total, sock_connect=connect)
 
 
 def _classify(exc: BaseException, what: str) -> UpstreamFailure | None:
@@ -168,11 +158,6 @@ def failure_from_status(
     )
 
 
-def stream_deadline(call: UpstreamCall) -> float:
-    """The loop time by which a stream starting now must have ended: its model's `total`."""
-    return asyncio.get_running_loop().time() + call.timeout.total
-
-
 class HTTPEventStream:
     """Reads an upstream's SSE body chunk by chunk and hands back whole events, until the
     stream ends or its deadline (the model's `total`, counted from the call's start) passes:
@@ -277,19 +262,15 @@ class HTTPProvider(Provider):
         self, call: UpstreamCall, address: str, body: dict[str, Any], *, stream: bool
     ) -> aiohttp.ClientResponse:
         """POST `body`; returns a 2xx response (to be released by the caller), or raises the
-        classified failure. The call is bounded by the model's `connect` and `total` timeouts;
-        a stream's first event is bounded by the caller, around this call and the first read."""
-        timeout = call.timeout
+        classified failure, under the timeouts `upstream.client_timeout` decides."""
         headers = self._stream_headers if stream else self._json_headers
-        # A stream's total is its event stream's own deadline (see HTTPEventStream).
-        total = None if stream else timeout.total
         what = self.what(call)
         with upstream_errors(what):
             response = await self.session.post(
                 self.url(address),
                 data=orjson.dumps(body),
                 headers={**headers, "X-Request-Id": call.request_id},
-                timeout=client_timeout(timeout.connect, total),
+                timeout=client_timeout(call, stream=stream),
             )
         if response.status >= 400:
             try:

@@ -7,11 +7,12 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from gateway.http.middleware import gateway_middleware
-from gateway.http.request import PROCESS, RELOADER
+from gateway.http.request import PROCESS
 from gateway.ingress import chat, embeddings, models
 from gateway.ops import admin, dashboard, health, metrics, usage
+from gateway.ops.admin import RELOADER
+from gateway.ops.reload import Reloader
 from gateway.pipeline.process import GatewayProcess
-from gateway.server.reload import Reloader
 
 
 def create_app(process: GatewayProcess, reloader: Reloader | None = None) -> web.Application:

@@ -11,10 +11,10 @@ from aiohttp import web
 
 from gateway.config import GatewayConfig
 from gateway.limits.factory import build_cooldowns, build_limiter
+from gateway.ops.reload import POLL_S, Reloader
 from gateway.pipeline.process import GatewayProcess
 from gateway.pipeline.runtime import build_runtime
 from gateway.server.app import create_app, create_metrics_app
-from gateway.server.reload import POLL_S, Reloader
 from gateway.store.redis import SharedRedis, redis_url, uses_redis
 
 log = logging.getLogger("gateway.server")

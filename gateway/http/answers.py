@@ -1,0 +1,25 @@
+"""Whole answers written to the client: a JSON body, or a gateway error in OpenAI's shape."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from gateway.errors import GatewayError
+from gateway.pipeline.context import RequestState
+
+
+def json_response(body: bytes, status: int = 200) -> web.Response:
+    return web.Response(body=body, status=status, content_type="application/json")
+
+
+def error_response(error: GatewayError, state: RequestState) -> web.Response:
+    response = web.Response(
+        body=error.body_bytes(), status=error.status, content_type="application/json"
+    )
+    response.headers.update(error.headers)
+    state.stamp(response.headers)
+    response.headers["x-should-retry"] = "true" if error.should_retry else "false"
+    if error.status == 413:
+        # The rest of the body is not read: the connection cannot be reused.
+        response.force_close()
+    return response

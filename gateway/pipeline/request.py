@@ -1,0 +1,137 @@
+"""The seam every ingress API uses: begin a request, route and admit it, call the models.
+
+An ingress module (one per API a client speaks) parses and validates the client's body,
+turns it into the canonical request the pipeline carries (an OpenAI chat or embeddings body),
+and calls, in order:
+
+    runtime, principal = begin(process, state, authorization, api_key, api_call=True)
+    ... read and check the body, apply_request_context(state, principal, headers, body) ...
+    call = await admit(process, runtime, state, principal, body["model"], body, completion=True)
+    answer = await call.chat(body)           # or call.chat_stream(body), call.embeddings(body)
+
+then writes the answer (or relays the stream) in its client's API. Routing, retries, fallback,
+cooldowns, key and model limits, timeouts, usage and metrics all happen below this seam, the
+same for every API. Nothing here touches HTTP.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gateway.metrics import IN_FLIGHT
+from gateway.pipeline.admission import ModelGate, admit_key, take_process_slot
+from gateway.pipeline.attempts import AttemptLoop
+from gateway.pipeline.auth import Principal
+from gateway.pipeline.context import RequestState
+from gateway.pipeline.process import GatewayProcess
+from gateway.pipeline.runtime import Runtime
+from gateway.providers.base import JsonAnswer, UpstreamCall
+from gateway.providers.upstream import OpenedStream, open_stream
+from gateway.tokens import TokenEstimate
+
+
+def begin(
+    process: GatewayProcess,
+    state: RequestState,
+    authorization: str | None,
+    api_key: str | None,
+    *,
+    api_call: bool,
+) -> tuple[Runtime, Principal]:
+    """Take this request's runtime snapshot (to its end) and authenticate the caller. An API
+    call (one that goes upstream) also takes a slot under `server.max_concurrent`."""
+    runtime = process.current
+    state.runtime = runtime
+    runtime.enter()
+    state.lease.take(lambda _: process.request_done(runtime))
+    state.api_call = api_call
+    principal = runtime.auth.authenticate(authorization, api_key)
+    state.principal = principal
+    if api_call:
+        take_process_slot(process, runtime, state)
+    return runtime, principal
+
+
+async def admit(
+    process: GatewayProcess,
+    runtime: Runtime,
+    state: RequestState,
+    principal: Principal,
+    requested_model: object,
+    body: dict[str, Any],
+    *,
+    completion: bool,
+) -> ModelCall:
+    """Route the request, count it in flight, admit it under the key's plan (reserving its
+    token estimate when a tpm limit applies), and give back the call that runs the attempts
+    (each model's own limits are asked as it is tried)."""
+    route = runtime.router.resolve(requested_model, principal)
+    state.tier = route.tier
+    in_flight = IN_FLIGHT.labels(route.tier)
+    in_flight.inc()
+    state.lease.take(lambda _: in_flight.dec())
+    state.estimate = estimate = TokenEstimate(body, completion=completion)
+    await admit_key(process, runtime, state, estimate)
+    models = runtime.config.models
+    attempts = AttemptLoop(
+        runtime.config,
+        process.cooldowns,
+        state,
+        route,
+        lambda name: models[name].provider,
+        gate=ModelGate(process, runtime, state, estimate),
+    )
+    return ModelCall(runtime, state, attempts)
+
+
+class ModelCall:
+    """One admitted request: runs its attempts down the route's chain, each one a call to a
+    model with the body's `model` replaced by that model's upstream id."""
+
+    __slots__ = ("attempts", "runtime", "state")
+
+    def __init__(self, runtime: Runtime, state: RequestState, attempts: AttemptLoop) -> None:
+        self.runtime = runtime
+        self.state = state
+        self.attempts = attempts
+
+    def _call(self, model_name: str, body: dict[str, Any]) -> UpstreamCall:
+        config = self.runtime.config
+        return UpstreamCall(
+            model_name,
+            config.models[model_name],
+            {**body, "model": config.upstream_id(model_name)},
+            self.state.request_id,
+        )
+
+    async def chat(self, body: dict[str, Any]) -> JsonAnswer:
+        """A whole chat completion; its usage goes on the request state."""
+
+        async def attempt(model_name: str) -> JsonAnswer:
+            with self.state.waiting_upstream():
+                provider = self.runtime.provider_for(model_name)
+                return await provider.chat(self._call(model_name, body))
+
+        answer = await self.attempts.run(attempt)
+        self.state.usage = answer.usage
+        return answer
+
+    async def chat_stream(self, body: dict[str, Any]) -> OpenedStream:
+        """A chat stream from the first model that gives a first event. The caller relays it
+        (and the time it waits here counts as the upstream's)."""
+
+        async def attempt(model_name: str) -> OpenedStream:
+            provider = self.runtime.provider_for(model_name)
+            return await open_stream(provider, self._call(model_name, body))
+
+        return await self.attempts.run(attempt)
+
+    async def embeddings(self, body: dict[str, Any]) -> JsonAnswer:
+        async def attempt(model_name: str) -> JsonAnswer:
+            with self.state.waiting_upstream():
+                provider = self.runtime.provider_for(model_name)
+                return await provider.embeddings(self._call(model_name, body))
+
+        answer = await self.attempts.run(attempt)
+        self.state.usage = answer.usage
+        return answer

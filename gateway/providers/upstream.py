@@ -1,0 +1,105 @@
+"""The upstream call: one attempt at one model, with every timeout the gateway applies to it.
+
+This is the one place that decides how long an upstream may take:
+- `connect`: opening the connection (aiohttp's `sock_connect`);
+- `total`: the whole call; for a whole answer aiohttp's own total, for a stream its own deadline
+  timer (`HTTPEventStream`), counted from the call's start;
+- `first_token`: a stream's first data event, bounded here around opening the stream and
+  reading up to that event, and never later than `total`.
+It is also where a stream asks the upstream for usage (`stream_options.include_usage`), which
+the gateway needs for every usage record whether or not the client asked for it.
+
+Handlers never see a timeout: they get an answer, an opened stream, or an `UpstreamFailure`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from typing import Any
+
+import aiohttp
+
+from gateway.errors import UpstreamFailure
+from gateway.failures import FailureKind
+from gateway.providers.base import EventStream, Provider, UpstreamCall
+from gateway.providers.chat_events import (
+    failure_from_error_event,
+    is_data,
+    is_error_payload,
+    payload,
+)
+
+OpenedStream = tuple[EventStream, list[bytes]]  # the stream and its first data events
+
+
+@functools.lru_cache(maxsize=256)
+def _client_timeout(connect: float, total: float | None) -> aiohttp.ClientTimeout:
+    return aiohttp.ClientTimeout(total=total, sock_connect=connect)
+
+
+def client_timeout(call: UpstreamCall, *, stream: bool) -> aiohttp.ClientTimeout:
+    """aiohttp's timeout for one call, built once per distinct model timeout. A whole answer
+    has no first token to wait for (an upstream sends it, headers and all, when it has
+    generated all of it), so `total` bounds it. A stream's `total` is its own deadline timer
+    (`stream_deadline`): aiohttp's would wrap every read of the stream in a timer context."""
+    timeout = call.timeout
+    return _client_timeout(timeout.connect, None if stream else timeout.total)
+
+
+def stream_deadline(call: UpstreamCall) -> float:
+    """The loop time by which a stream starting now must have ended: its model's `total`."""
+    return asyncio.get_running_loop().time() + call.timeout.total
+
+
+def first_event_within(call: UpstreamCall) -> float:
+    """A stream's first event must come within `first_token`, and within the whole call's
+    `total` too."""
+    timeout = call.timeout
+    return min(timeout.first_token, timeout.total)
+
+
+def ask_for_usage(body: dict[str, Any]) -> None:
+    """Make a streaming chat body (the call's own copy) ask for the usage chunk, whatever the
+    client asked: every usage record needs the upstream's count."""
+    options = body.get("stream_options") or {}
+    body["stream_options"] = {**options, "include_usage": True}
+
+
+async def open_stream(provider: Provider, call: UpstreamCall) -> OpenedStream:
+    """Open a chat stream and read up to its first data event, within `first_event_within`.
+    Everything that fails here fails before the client has seen any of it, so routing may
+    still retry or fall back."""
+    ask_for_usage(call.body)
+    what = f"{provider.name}/{call.model_name}"
+    within_s = first_event_within(call)
+    try:
+        async with asyncio.timeout(within_s):
+            return await _first_events(provider, call, what)
+    except TimeoutError as exc:
+        raise UpstreamFailure(
+            FailureKind.TIMEOUT, f"{what}: no first event within {within_s:g}s"
+        ) from exc
+
+
+async def _first_events(provider: Provider, call: UpstreamCall, what: str) -> OpenedStream:
+    """Leading comments are dropped (the gateway's own keep-alives stand in for them); an
+    error event or an empty stream is a failure."""
+    stream = await provider.chat_stream(call)
+    try:
+        while True:
+            events = await stream.next_events()
+            if events is None:
+                raise UpstreamFailure(
+                    FailureKind.BAD_RESPONSE, f"{what}: stream ended before any event"
+                )
+            data_events = [e for e in events if is_data(e)]
+            if not data_events:
+                continue
+            first = payload(data_events[0])
+            if first is not None and is_error_payload(first):
+                raise failure_from_error_event(first, what)
+            return stream, data_events
+    except BaseException:
+        await stream.aclose(completed=False)
+        raise
