@@ -24,6 +24,7 @@ from gateway.config_base import (
     PositiveFloat,
     PositiveInt,
 )
+from gateway.providers.base import TimeoutConfig
 from gateway.providers.registry import PROVIDER_TYPES, ProviderConfig
 
 Path_ = tuple[str | int, ...]
@@ -60,15 +61,6 @@ class PriceConfig(_Model):
     input: NonNegativeFloat = 0
     output: NonNegativeFloat = 0
     cached_input: NonNegativeFloat | None = None  # None: cached input priced as input
-
-
-class TimeoutConfig(_Model):
-    """Seconds. `connect`: to open a connection. `first_token`: a stream's first event (a
-    whole answer has no first token; only `total` bounds it). `total`: the whole call."""
-
-    connect: PositiveFloat = 5
-    first_token: PositiveFloat = 60
-    total: PositiveFloat = 600
 
 
 class LimitConfig(_Model):

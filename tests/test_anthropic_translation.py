@@ -784,7 +784,7 @@ def upstream_call(first_token: float = 10, total: float = 20, **body: Any) -> Up
         model="claude-x",
         timeout=TimeoutConfig(connect=2, first_token=first_token, total=total),
     )
-    return UpstreamCall("claude", model, {"model": "claude-x", **body}, "req-1")
+    return UpstreamCall("claude", model.timeout, {"model": "claude-x", **body}, "req-1")
 
 
 async def read_all(stream: EventStream) -> list[Any]:

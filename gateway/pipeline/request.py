@@ -99,7 +99,7 @@ class ModelCall:
         config = self.runtime.config
         return UpstreamCall(
             model_name,
-            config.models[model_name],
+            config.models[model_name].timeout,
             {**body, "model": config.upstream_id(model_name)},
             self.state.request_id,
         )

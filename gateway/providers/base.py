@@ -10,10 +10,19 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from gateway.config import ModelConfig, TimeoutConfig
+from gateway.config_base import ConfigModel, PositiveFloat
+
+
+
+class TimeoutConfig(ConfigModel):
+    """Seconds. `connect`: to open a connection. `first_token`: a stream's first event (a
+    whole answer has no first token; only `total` bounds it). `total`: the whole call."""
+
+    connect: PositiveFloat = 5
+    first_token: PositiveFloat = 60
+    total: PositiveFloat = 600
 
 
 @dataclass(slots=True)
@@ -43,13 +52,9 @@ class UpstreamCall:
     """One attempt at one model: the body to send (model id already the upstream's own)."""
 
     model_name: str
-    model: ModelConfig
+    timeout: TimeoutConfig  # the model's `timeout:`
     body: dict[str, Any]
     request_id: str
-
-    @property
-    def timeout(self) -> TimeoutConfig:
-        return self.model.timeout
 
 
 @dataclass(slots=True)
