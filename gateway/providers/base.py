@@ -15,7 +15,6 @@ from typing import Any
 from gateway.config_base import ConfigModel, PositiveFloat
 
 
-
 class TimeoutConfig(ConfigModel):
     """Seconds. `connect`: to open a connection. `first_token`: a stream's first event (a
     whole answer has no first token; only `total` bounds it). `total`: the whole call."""
