@@ -48,6 +48,7 @@ def make_record(**changes: Any) -> UsageRecord:
         "error": None,
         "cut": False,
         "estimated": False,
+        "api": "chat",
     }
     values.update(changes)
     return UsageRecord(**values)
@@ -76,6 +77,7 @@ def test_record_has_exactly_the_contract_fields_in_order() -> None:
         "error",
         "cut",
         "estimated",
+        "api",
     ]
 
 

@@ -6,9 +6,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
 from gateway.errors import GatewayError, MethodNotAllowed, NotFound
 from gateway.http.answers import error_response
@@ -29,45 +30,67 @@ def _from_aiohttp(request: web.Request, exc: web.HTTPException) -> GatewayError:
     return GatewayError(exc.reason, status=exc.status, error_type="invalid_request_error")
 
 
-@web.middleware
-async def gateway_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    state = RequestState(request_id_from(request.headers.get("x-request-id")))
-    request[STATE] = state
-    status = 499  # stays so when the client went away first
-    process = request.app[PROCESS]
-    task = asyncio.current_task()
-    process.drain.serving(task)
-    try:
-        response: web.StreamResponse = await handler(request)
-        if not response.prepared:  # a stream stamped its headers and was sent already
-            state.stamp(response.headers)
-            # Sent here rather than by aiohttp after this returns: the client has its answer
-            # before the bookkeeping below (metrics, usage record), not after it.
-            await response.prepare(request)
-            await response.write_eof()
-        status = response.status
-        return response
-    except GatewayError as error:
-        state.error = state.error or error.message
-        status = error.status
+ErrorWriter = Callable[[GatewayError, RequestState], web.Response]
+
+
+def gateway_middleware(
+    error_writers: Sequence[tuple[str, ErrorWriter]] = (),
+) -> Middleware:
+    """The middleware. `error_writers`: (path prefix, writer) for the APIs whose errors are
+    not in OpenAI's shape (`/v1/messages` speaks Anthropic's); the first matching prefix
+    writes the error, else OpenAI's envelope."""
+
+    def write_error(request: web.Request, error: GatewayError, state: RequestState) -> web.Response:
+        path = request.path
+        for prefix, writer in error_writers:
+            if path.startswith(prefix):
+                return writer(error, state)
         return error_response(error, state)
-    except web.HTTPException as exc:
-        if exc.status < 400:
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        state = RequestState(request_id_from(request.headers.get("x-request-id")))
+        request[STATE] = state
+        status = 499  # stays so when the client went away first
+        process = request.app[PROCESS]
+        task = asyncio.current_task()
+        process.drain.serving(task)
+        try:
+            response: web.StreamResponse = await handler(request)
+            if not response.prepared:  # a stream stamped its headers and was sent already
+                state.stamp(response.headers)
+                # Sent here rather than by aiohttp after this returns: the client has its answer
+                # before the bookkeeping below (metrics, usage record), not after it.
+                await response.prepare(request)
+                await response.write_eof()
+            status = response.status
+            return response
+        except GatewayError as error:
+            state.error = state.error or error.message
+            answer = write_error(request, error, state)
+            status = answer.status  # the dialect's own (Anthropic answers 529 for 503)
+            return answer
+        except web.HTTPException as exc:
+            if exc.status < 400:
+                raise
+            answer = write_error(request, _from_aiohttp(request, exc), state)
+            status = answer.status
+            return answer
+        except (asyncio.CancelledError, ConnectionResetError):
+            state.error = state.error or "client disconnected"
             raise
-        mapped = _from_aiohttp(request, exc)
-        status = mapped.status
-        return error_response(mapped, state)
-    except (asyncio.CancelledError, ConnectionResetError):
-        state.error = state.error or "client disconnected"
-        raise
-    except Exception:
-        errors_log.exception("unhandled error", extra={"request_id": state.request_id})
-        status = 500
-        return error_response(GatewayError("The gateway failed to process the request."), state)
-    finally:
-        process.drain.served(task)
-        finish(process, state, status)
-        _access_log(request, state, status)
+        except Exception:
+            errors_log.exception("unhandled error", extra={"request_id": state.request_id})
+            status = 500
+            return write_error(
+                request, GatewayError("The gateway failed to process the request."), state
+            )
+        finally:
+            process.drain.served(task)
+            finish(process, state, status)
+            _access_log(request, state, status)
+
+    return middleware
 
 
 def _access_log(request: web.Request, state: RequestState, status: int) -> None:

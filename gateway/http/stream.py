@@ -4,10 +4,11 @@ A stream starts once the pipeline has an upstream that gave a first event (`Mode
 chat_stream`), so a failure up to then still gets a real HTTP status (and, with routing, a
 fallback). If that is slow, the answer is committed after `keepalive_s` and `: keep-alive`
 comments are sent until it comes. From the first event on, each upstream event is written the
-moment it is complete: as the upstream's own bytes when the client speaks chat completions (the
-`ClientStream` default), or translated into the client's API by a `ClientStream` of its ingress.
-What each event is (usage, error, the end) is decided by `providers.chat_events.classify`;
-this module only acts on it and writes.
+moment it is complete, as the bytes the stream gives: the upstream's own when the client speaks
+the upstream's API, or already translated into the client's API by the stream its ingress
+opened. What each event is (usage, error, the end) is decided by the client API's
+`ClientStream.classify` (for chat, `providers.chat_events.classify`); this module only acts on
+the verdict and writes.
 """
 
 from __future__ import annotations
@@ -44,19 +45,23 @@ SHUTTING_DOWN = ServiceUnavailable(
 
 
 class ClientStream:
-    """How upstream chat events reach the client. This one is chat completions' own: events
-    pass through as the upstream's bytes, a usage-only chunk the client did not ask for is
-    dropped, and an error goes in-band as an OpenAI error event. An ingress whose API differs
-    overrides `passthrough`, `translate` and `error_event`."""
+    """What the client's API makes of a stream. By default chat completions': the events pass
+    through as the upstream's bytes, a usage-only chunk the client did not ask for is dropped,
+    an error goes in-band as an OpenAI error event, keep-alives are SSE comments. An ingress
+    whose API differs (its events already translated below, by the stream it opened) gives
+    its own `needs_look`, `classify`, `keepalive` and `error_event`."""
 
-    passthrough = True
+    keepalive = KEEPALIVE
 
     def __init__(self, *, strip_usage: bool) -> None:
         self.strip_usage = strip_usage
+        # False for an event that is surely content, to relay unread (nearly all of them);
+        # True for one that may carry usage, an error or the end. A plain function, not a
+        # method: it runs on every event of every stream.
+        self.needs_look: Callable[[bytes], bool] = may_matter
 
-    def translate(self, event: bytes, verdict: EventVerdict) -> list[bytes]:
-        """The client's events for one upstream event (only called when not passthrough)."""
-        return [event] if verdict.relay else []
+    def classify(self, event: bytes) -> EventVerdict:
+        return classify(event, strip_usage=self.strip_usage)
 
     def error_event(self, error: GatewayError) -> bytes:
         """The in-band error that ends a stream already begun."""
@@ -75,7 +80,9 @@ class _KeepAlives:
         response: web.StreamResponse,
         state: RequestState,
         every_s: float,
+        keepalive: bytes,
     ) -> None:
+        self._keepalive = keepalive
         self._request = request
         self._response = response
         self._state = state
@@ -94,7 +101,7 @@ class _KeepAlives:
         with contextlib.suppress(ConnectionResetError):
             await _begin(self._response, self._request, self._state)
             while not self._stopped.is_set():
-                await self._response.write(KEEPALIVE)
+                await self._response.write(self._keepalive)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stopped.wait(), self._every_s)
 
@@ -124,7 +131,7 @@ async def relay_stream(
     is sent unless it takes longer than `keepalive_s`: then the answer begins with keep-alive
     comments, and a failure after that can only be reported in-band."""
     response = web.StreamResponse(status=200, headers=SSE_HEADERS)
-    keepalives = _KeepAlives(request, response, state, keepalive_s)
+    keepalives = _KeepAlives(request, response, state, keepalive_s, client.keepalive)
     opened: OpenedStream | None = None
     try:
         try:
@@ -169,24 +176,21 @@ async def _pump(
     """Write events as they come until the upstream ends, fails or the client leaves."""
     saw_done = False
     completed = False
-    passthrough = client.passthrough
-    strip_usage = client.strip_usage
+    needs_look = client.needs_look
+    classify_event = client.classify
     waiting = state.waiting_upstream()  # one timer object for the whole stream
     try:
         while events is not None:
             out: list[bytes] = []
             for event in events:
-                if passthrough and not may_matter(event):
+                if not needs_look(event):
                     out.append(event)  # a content delta or a comment: relayed, unread
                     continue
-                verdict = classify(event, strip_usage=strip_usage)
+                verdict = classify_event(event)
                 if verdict is not CONTENT:
                     saw_done = _note(state, verdict) or saw_done
-                if passthrough:
-                    if verdict.relay:
-                        out.append(event)
-                else:
-                    out.extend(client.translate(event, verdict))
+                if verdict.relay:
+                    out.append(event)
             if out:
                 await response.write(out[0] if len(out) == 1 else b"".join(out))
                 state.streamed_events += len(out)

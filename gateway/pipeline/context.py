@@ -45,6 +45,7 @@ class RequestState:
     """What the gateway knows and decides about one request."""
 
     request_id: str
+    api: str = "chat"  # the API the client spoke: chat, embeddings, messages, ...
     started: float = field(default_factory=time.perf_counter)
     started_wall: float = field(default_factory=time.time)
     principal: Principal | None = None
@@ -77,6 +78,8 @@ class RequestState:
         rate-limit state. Called on each answer just before it is sent."""
         unknown = self.committed_before_answer
         headers["x-request-id"] = self.request_id
+        if self.api == "messages":
+            headers["request-id"] = self.request_id  # where the anthropic SDKs look for it
         headers["x-gateway-tier"] = self.tier
         headers["x-gateway-model"] = "" if unknown else self.model
         headers["x-gateway-attempts"] = "" if unknown else str(self.attempts)

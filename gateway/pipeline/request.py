@@ -16,7 +16,8 @@ same for every API. Nothing here touches HTTP.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, TypeVar
 
 from gateway.metrics import IN_FLIGHT
 from gateway.pipeline.admission import ModelGate, admit_key, take_process_slot
@@ -25,9 +26,11 @@ from gateway.pipeline.auth import Principal
 from gateway.pipeline.context import RequestState
 from gateway.pipeline.process import GatewayProcess
 from gateway.pipeline.runtime import Runtime
-from gateway.providers.base import JsonAnswer, UpstreamCall
+from gateway.providers.base import JsonAnswer, Provider, UpstreamCall
 from gateway.providers.upstream import OpenedStream, open_stream
 from gateway.tokens import TokenEstimate
+
+T = TypeVar("T")
 
 
 def begin(
@@ -95,14 +98,32 @@ class ModelCall:
         self.state = state
         self.attempts = attempts
 
-    def _call(self, model_name: str, body: dict[str, Any]) -> UpstreamCall:
+    def upstream_call(
+        self,
+        model_name: str,
+        body: dict[str, Any],
+        headers: Mapping[str, str] | None = None,
+    ) -> UpstreamCall:
+        """The call to `model_name`: `body` with its `model` replaced by the upstream's own id
+        (a new dict: the call's own), under the model's timeouts."""
         config = self.runtime.config
-        return UpstreamCall(
+        call = UpstreamCall(
             model_name,
             config.models[model_name].timeout,
             {**body, "model": config.upstream_id(model_name)},
             self.state.request_id,
         )
+        if headers:
+            call.headers = headers
+        return call
+
+    def provider_for(self, model_name: str) -> Provider:
+        return self.runtime.provider_for(model_name)
+
+    async def run(self, attempt: Callable[[str], Awaitable[T]]) -> T:
+        """Run `attempt(model_name)` down the chain: for an ingress whose calls differ by
+        model (native to some providers, translated for others)."""
+        return await self.attempts.run(attempt)
 
     async def chat(self, body: dict[str, Any]) -> JsonAnswer:
         """A whole chat completion; its usage goes on the request state."""
@@ -110,7 +131,7 @@ class ModelCall:
         async def attempt(model_name: str) -> JsonAnswer:
             with self.state.waiting_upstream():
                 provider = self.runtime.provider_for(model_name)
-                return await provider.chat(self._call(model_name, body))
+                return await provider.chat(self.upstream_call(model_name, body))
 
         answer = await self.attempts.run(attempt)
         self.state.usage = answer.usage
@@ -122,7 +143,7 @@ class ModelCall:
 
         async def attempt(model_name: str) -> OpenedStream:
             provider = self.runtime.provider_for(model_name)
-            return await open_stream(provider, self._call(model_name, body))
+            return await open_stream(provider, self.upstream_call(model_name, body))
 
         return await self.attempts.run(attempt)
 
@@ -130,7 +151,7 @@ class ModelCall:
         async def attempt(model_name: str) -> JsonAnswer:
             with self.state.waiting_upstream():
                 provider = self.runtime.provider_for(model_name)
-                return await provider.embeddings(self._call(model_name, body))
+                return await provider.embeddings(self.upstream_call(model_name, body))
 
         answer = await self.attempts.run(attempt)
         self.state.usage = answer.usage

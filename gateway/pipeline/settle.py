@@ -78,4 +78,5 @@ def _record(state: RequestState, status: int, tokens: Tokens, cost: float) -> Us
         error=state.error,
         cut=state.stream_cut,
         estimated=tokens.estimated,
+        api=state.api,
     )

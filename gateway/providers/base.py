@@ -9,10 +9,13 @@ Failures are raised as `UpstreamFailure`, classified so routing can decide what 
 from __future__ import annotations
 
 import abc
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from gateway.config_base import ConfigModel, PositiveFloat
+from gateway.errors import UpstreamFailure
+from gateway.failures import FailureKind
 
 
 class TimeoutConfig(ConfigModel):
@@ -54,6 +57,7 @@ class UpstreamCall:
     timeout: TimeoutConfig  # the model's `timeout:`
     body: dict[str, Any]
     request_id: str
+    headers: Mapping[str, str] | None = None  # the client's headers to forward (anthropic-beta)
 
 
 @dataclass(slots=True)
@@ -95,6 +99,29 @@ class Provider(abc.ABC):
     @abc.abstractmethod
     async def embeddings(self, call: UpstreamCall) -> JsonAnswer:
         """Embeddings, in the `encoding_format` the body asks for."""
+
+    # Whether the provider takes an Anthropic Messages body as the client sent it. None does
+    # yet: the Messages ingress translates to chat for every provider until native
+    # passthrough (`messages`, `messages_stream`, `count_tokens`) is built.
+    speaks_messages = False
+
+    async def messages(self, call: UpstreamCall) -> JsonAnswer:
+        """A whole Anthropic message, the upstream's own bytes."""
+        raise self._no_messages()
+
+    async def messages_stream(self, call: UpstreamCall) -> EventStream:
+        """An Anthropic Messages stream, the upstream's own events."""
+        raise self._no_messages()
+
+    async def count_tokens(self, call: UpstreamCall) -> JsonAnswer:
+        """Anthropic's count_tokens answer, the upstream's own bytes."""
+        raise self._no_messages()
+
+    def _no_messages(self) -> UpstreamFailure:
+        return UpstreamFailure(
+            FailureKind.UNSUPPORTED,
+            f"{self.name}: does not speak the Anthropic Messages API natively",
+        )
 
     async def aclose(self) -> None:  # noqa: B027 - providers without resources need nothing
         """Close pooled connections."""

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
@@ -71,21 +72,47 @@ async def open_stream(provider: Provider, call: UpstreamCall) -> OpenedStream:
     Everything that fails here fails before the client has seen any of it, so routing may
     still retry or fall back."""
     ask_for_usage(call.body)
+    return await open_events(provider.chat_stream, provider, call, _chat_first_failure)
+
+
+FirstFailure = Callable[[bytes, str], UpstreamFailure | None]
+
+
+def _chat_first_failure(event: bytes, what: str) -> UpstreamFailure | None:
+    first = payload(event)
+    if first is not None and is_error_payload(first):
+        return failure_from_error_event(first, what)
+    return None
+
+
+async def open_events(
+    opener: Callable[[UpstreamCall], Awaitable[EventStream]],
+    provider: Provider,
+    call: UpstreamCall,
+    first_failure: FirstFailure,
+) -> OpenedStream:
+    """Open a stream with `opener` and read up to its first data event, within
+    `first_event_within`; `first_failure` says whether that event is an error."""
     what = f"{provider.name}/{call.model_name}"
     within_s = first_event_within(call)
     try:
         async with asyncio.timeout(within_s):
-            return await _first_events(provider, call, what)
+            return await _first_events(opener, call, what, first_failure)
     except TimeoutError as exc:
         raise UpstreamFailure(
             FailureKind.TIMEOUT, f"{what}: no first event within {within_s:g}s"
         ) from exc
 
 
-async def _first_events(provider: Provider, call: UpstreamCall, what: str) -> OpenedStream:
+async def _first_events(
+    opener: Callable[[UpstreamCall], Awaitable[EventStream]],
+    call: UpstreamCall,
+    what: str,
+    first_failure: FirstFailure,
+) -> OpenedStream:
     """Leading comments are dropped (the gateway's own keep-alives stand in for them); an
     error event or an empty stream is a failure."""
-    stream = await provider.chat_stream(call)
+    stream = await opener(call)
     try:
         while True:
             events = await stream.next_events()
@@ -96,9 +123,9 @@ async def _first_events(provider: Provider, call: UpstreamCall, what: str) -> Op
             data_events = [e for e in events if is_data(e)]
             if not data_events:
                 continue
-            first = payload(data_events[0])
-            if first is not None and is_error_payload(first):
-                raise failure_from_error_event(first, what)
+            failure = first_failure(data_events[0], what)
+            if failure is not None:
+                raise failure
             return stream, data_events
     except BaseException:
         await stream.aclose(completed=False)

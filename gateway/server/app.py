@@ -9,6 +9,7 @@ from aiohttp import web
 from gateway.http.middleware import gateway_middleware
 from gateway.http.request import PROCESS
 from gateway.ingress import chat, embeddings, models
+from gateway.ingress.messages import handler as messages
 from gateway.ops import admin, dashboard, health, metrics, usage
 from gateway.ops.admin import RELOADER
 from gateway.ops.reload import Reloader
@@ -18,12 +19,16 @@ from gateway.pipeline.process import GatewayProcess
 def create_app(process: GatewayProcess, reloader: Reloader | None = None) -> web.Application:
     # Bodies are read by the handlers under `server.max_body_mb`; aiohttp's own limit is
     # lifted so that one does not answer first with a differently shaped 413.
-    app = web.Application(middlewares=[gateway_middleware], client_max_size=2**62)
+    # Errors on Anthropic's paths are in Anthropic's dialect; everywhere else in OpenAI's.
+    middleware = gateway_middleware([("/v1/messages", messages.error_response)])
+    app = web.Application(middlewares=[middleware], client_max_size=2**62)
     app[PROCESS] = process
     if reloader is not None:
         app[RELOADER] = reloader
     app.router.add_post("/v1/chat/completions", chat.chat_completions)
     app.router.add_post("/v1/embeddings", embeddings.embeddings)
+    app.router.add_post("/v1/messages", messages.messages)
+    app.router.add_post("/v1/messages/count_tokens", messages.count_tokens)
     app.router.add_get("/v1/models", models.list_models)
     app.router.add_get("/v1/models/{model}", models.get_model)
     app.router.add_get("/v1/usage", usage.usage)

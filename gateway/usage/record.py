@@ -72,6 +72,7 @@ class UsageRecord:
     error: str | None
     cut: bool  # a stream that ended before the upstream finished it
     estimated: bool  # tokens estimated: the upstream never reported usage
+    api: str  # the API the client spoke: chat, embeddings, messages, responses, completions
 
     @property
     def day(self) -> str:
@@ -158,5 +159,6 @@ _FIELDS: dict[str, tuple[type, bool, Any]] = {
     "error": (str, True, None),
     "cut": (bool, False, False),
     "estimated": (bool, False, False),
+    "api": (str, False, "chat"),
 }
 assert tuple(_FIELDS) == tuple(f.name for f in dataclasses.fields(UsageRecord))

@@ -40,6 +40,8 @@ class Behaviour:
     prompt_tokens: int = 11
     completion_tokens: int | None = None  # default: the number of words
     cached_tokens: int = 0
+    # tool calls to answer with (each {"id", "name", "arguments"}), after any words
+    tool_calls: list[dict[str, str]] = field(default_factory=list)
 
 
 @dataclass
@@ -143,12 +145,14 @@ class FakeOpenAI(LoopbackServer):
                         "index": 0,
                         "message": {
                             "role": "assistant",
-                            "content": "".join(behaviour.words),
+                            "content": "".join(behaviour.words)
+                            or (None if behaviour.tool_calls else ""),
                             "refusal": None,
                             "annotations": [],
+                            **_tool_calls_field(behaviour),
                         },
                         "logprobs": None,
-                        "finish_reason": "stop",
+                        "finish_reason": "tool_calls" if behaviour.tool_calls else "stop",
                     }
                 ],
                 "usage": self._usage(behaviour),
@@ -195,7 +199,16 @@ class FakeOpenAI(LoopbackServer):
 
         events: list[bytes] = [orjson.dumps(chunk({"role": "assistant", "content": ""}))]
         events += [orjson.dumps(chunk({"content": w})) for w in behaviour.words]
-        events.append(orjson.dumps(chunk({}, "stop")))
+        for i, call in enumerate(behaviour.tool_calls):
+            # As OpenAI streams them: id and name first, then the arguments in pieces.
+            head = {"index": i, "id": call["id"], "type": "function"}
+            head["function"] = {"name": call["name"], "arguments": ""}
+            events.append(orjson.dumps(chunk({"tool_calls": [head]})))
+            half = len(call["arguments"]) // 2
+            for piece in (call["arguments"][:half], call["arguments"][half:]):
+                fragment = {"index": i, "function": {"arguments": piece}}
+                events.append(orjson.dumps(chunk({"tool_calls": [fragment]})))
+        events.append(orjson.dumps(chunk({}, "tool_calls" if behaviour.tool_calls else "stop")))
         if include_usage:
             events.append(orjson.dumps({**base, "choices": [], "usage": self._usage(behaviour)}))
         if not behaviour.no_done:
@@ -265,3 +278,17 @@ class FakeOpenAI(LoopbackServer):
                 "usage": {"prompt_tokens": 5, "total_tokens": 5},
             }
         )
+
+
+def _tool_calls_field(behaviour: Behaviour) -> dict[str, Any]:
+    if not behaviour.tool_calls:
+        return {}
+    calls = [
+        {
+            "id": call["id"],
+            "type": "function",
+            "function": {"name": call["name"], "arguments": call["arguments"]},
+        }
+        for call in behaviour.tool_calls
+    ]
+    return {"tool_calls": calls}

@@ -1,0 +1,197 @@
+"""POST /v1/messages and /v1/messages/count_tokens: Anthropic's Messages API.
+
+Each model of the route is called the way its provider speaks: an `anthropic` provider gets
+the body as the client sent it (only `model` replaced, gateway-only fields removed,
+`anthropic-beta` forwarded) and its answer or stream comes back as its own bytes; any other
+provider gets the body translated to chat completions, and its answer or stream is translated
+back. Both kinds may sit in one fallback chain: the client sees one Anthropic answer either way.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from gateway.errors import GatewayError, InvalidRequest
+from gateway.http.answers import json_response
+from gateway.http.body import json_type, read_json_object
+from gateway.http.request import PROCESS, begin
+from gateway.http.stream import relay_stream
+from gateway.ingress.messages.errors import anthropic_status, error_body
+from gateway.ingress.messages.from_chat import message_from_chat, new_message_id
+from gateway.ingress.messages.stream import ChatToMessagesStream, MessagesClientStream
+from gateway.ingress.messages.stream_from_chat import MessagesStreamWriter
+from gateway.ingress.messages.to_chat import chat_request
+from gateway.pipeline.context import RequestState, apply_request_context
+from gateway.pipeline.request import ModelCall, admit
+from gateway.providers.base import JsonAnswer
+from gateway.providers.messages_events import open_messages_stream
+from gateway.providers.upstream import OpenedStream, open_stream
+from gateway.tokens import TokenEstimate
+
+API = "messages"
+
+
+def _invalid(message: str) -> InvalidRequest:
+    return InvalidRequest(message)
+
+
+def validate_messages(body: dict[str, Any], *, count_only: bool = False) -> bool:
+    """What the gateway itself relies on, in Anthropic's wording (`field: problem`). Returns
+    whether a stream was asked for."""
+    model = body.get("model")
+    if model is None:
+        raise _invalid("model: Field required")
+    if not isinstance(model, str) or not model:
+        raise _invalid(f"model: Input should be a valid string, not {json_type(model)}")
+    messages = body.get("messages")
+    if messages is None:
+        raise _invalid("messages: Field required")
+    if not isinstance(messages, list):
+        raise _invalid(f"messages: Input should be a valid list, not {json_type(messages)}")
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict):
+            raise _invalid(f"messages.{i}: Input should be a valid dictionary")
+        if message.get("role") not in ("user", "assistant"):
+            raise _invalid(f"messages.{i}.role: Input should be 'user' or 'assistant'")
+    if count_only:
+        return False
+    max_tokens = body.get("max_tokens")
+    if max_tokens is None:
+        raise _invalid("max_tokens: Field required")
+    if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1:
+        raise _invalid("max_tokens: Input should be a positive integer")
+    stream = body.get("stream")
+    if stream is not None and not isinstance(stream, bool):
+        raise _invalid("stream: Input should be a valid boolean")
+    return bool(stream)
+
+
+def _user_from_metadata(state: RequestState, headers: Any, body: dict[str, Any]) -> None:
+    """`metadata.user_id` is Anthropic's end user (`X-Gateway-User` still wins)."""
+    if headers.get("x-gateway-user"):
+        return
+    metadata = body.get("metadata")
+    user = metadata.get("user_id") if isinstance(metadata, dict) else None
+    if isinstance(user, str) and user:
+        state.user = user
+
+
+async def _admitted(
+    request: web.Request, *, count_only: bool
+) -> tuple[ModelCall, RequestState, dict[str, Any], dict[str, Any]]:
+    """Begin, read and check the body, admit: the call, the state, the client's body (gateway
+    fields removed) and its chat translation (also the basis of the token estimate)."""
+    runtime, state, principal = begin(request, api_call=True)
+    state.api = API
+    body = await read_json_object(request, runtime.max_body_bytes)
+    state.stream = validate_messages(body, count_only=count_only)
+    apply_request_context(state, principal, request.headers, body)
+    _user_from_metadata(state, request.headers, body)
+    chat_body = chat_request(body)
+    call = await admit(
+        request.app[PROCESS],
+        runtime,
+        state,
+        principal,
+        body["model"],
+        chat_body,
+        completion=not count_only,
+    )
+    return call, state, body, chat_body
+
+
+def _forwarded(request: web.Request) -> dict[str, str] | None:
+    beta = request.headers.get("anthropic-beta")
+    return {"anthropic-beta": beta} if beta else None
+
+
+async def messages(request: web.Request) -> web.StreamResponse:
+    call, state, body, chat_body = await _admitted(request, count_only=False)
+    headers = _forwarded(request)
+    requested = str(body["model"])
+
+    if not state.stream:
+
+        async def answer_from(model_name: str) -> JsonAnswer:
+            provider = call.provider_for(model_name)
+            with state.waiting_upstream():
+                if provider.speaks_messages:
+                    return await provider.messages(call.upstream_call(model_name, body, headers))
+                answer = await provider.chat(call.upstream_call(model_name, chat_body))
+            completion = orjson.loads(answer.body)
+            message = message_from_chat(completion, model=requested)
+            return JsonAnswer(orjson.dumps(message), answer.usage)
+
+        answer = await call.run(answer_from)
+        state.usage = answer.usage
+        return json_response(answer.body)
+
+    estimate = state.estimate.prompt if state.estimate is not None else 0
+    message_id = new_message_id()
+
+    async def stream_from(model_name: str) -> OpenedStream:
+        provider = call.provider_for(model_name)
+        if provider.speaks_messages:
+            return await open_messages_stream(
+                provider, call.upstream_call(model_name, body, headers)
+            )
+        inner, first = await open_stream(provider, call.upstream_call(model_name, chat_body))
+        writer = MessagesStreamWriter(
+            requested, input_tokens_estimate=estimate, message_id=message_id
+        )
+        translated = ChatToMessagesStream(inner, writer)
+        return translated, translated.translate(first)
+
+    runtime = call.runtime
+    return await relay_stream(
+        request,
+        state,
+        lambda: call.run(stream_from),
+        keepalive_s=runtime.config.server.keepalive_s,
+        client=MessagesClientStream(),
+        drain=request.app[PROCESS].drain,
+    )
+
+
+async def count_tokens(request: web.Request) -> web.StreamResponse:
+    """Exact from an Anthropic upstream (its own count_tokens); the gateway's estimate from
+    any other model of the route."""
+    call, state, body, chat_body = await _admitted(request, count_only=True)
+    headers = _forwarded(request)
+
+    async def count_with(model_name: str) -> JsonAnswer:
+        provider = call.provider_for(model_name)
+        if provider.speaks_messages:
+            upstream_body = {k: v for k, v in body.items() if k not in ("stream", "max_tokens")}
+            with state.waiting_upstream():
+                return await provider.count_tokens(
+                    call.upstream_call(model_name, upstream_body, headers)
+                )
+        counted = TokenEstimate(chat_body, completion=False).prompt
+        return JsonAnswer(orjson.dumps({"input_tokens": counted}), None)
+
+    answer = await call.run(count_with)
+    return json_response(answer.body)
+
+
+def error_response(error: GatewayError, state: RequestState) -> web.Response:
+    """Any error on these paths, in Anthropic's dialect: its status (529 when every model
+    failed), its error type, `request-id`, and `retry-after` where a retry can help."""
+    status = anthropic_status(error.status, error.code)
+    response = web.Response(
+        body=error_body(status, error.message, request_id=state.request_id),
+        status=status,
+        content_type="application/json",
+    )
+    response.headers.update(error.headers)
+    state.stamp(response.headers)
+    response.headers["request-id"] = state.request_id
+    response.headers["x-should-retry"] = "true" if error.should_retry else "false"
+    if status in (429, 529) and "retry-after" not in response.headers:
+        response.headers["retry-after"] = "1"
+    if status == 413:
+        response.force_close()  # the rest of the body was not read
+    return response
