@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from subprocess import Popen
 from types import TracebackType
@@ -31,12 +32,20 @@ def _die_with_parent() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
-def spawn(argv: list[str], stdout: IO[bytes] | int, stderr: IO[bytes] | int) -> Popen[bytes]:
-    """Start a child of the benchmark. A session of its own keeps the terminal's Ctrl-C away
-    from it: the benchmark receives Ctrl-C alone and stops its children in order."""
+def spawn(
+    argv: list[str],
+    stdout: IO[bytes] | int,
+    stderr: IO[bytes] | int,
+    cwd: Path | None = None,
+    env: Mapping[str, str] | None = None,
+) -> Popen[bytes]:
+    """Start a child of the benchmark, in `cwd` (default: the project) with `env` (default:
+    the benchmark's own). A session of its own keeps the terminal's Ctrl-C away from it: the
+    benchmark receives Ctrl-C alone and stops its children in order."""
     return subprocess.Popen(
         argv,
-        cwd=PROJECT_DIR,
+        cwd=cwd or PROJECT_DIR,
+        env=env,
         stdin=subprocess.DEVNULL,
         stdout=stdout,
         stderr=stderr,
@@ -45,10 +54,15 @@ def spawn(argv: list[str], stdout: IO[bytes] | int, stderr: IO[bytes] | int) -> 
     )
 
 
-def run_to_end(argv: list[str], timeout_s: float) -> tuple[int, bytes, bytes]:
+def run_to_end(
+    argv: list[str],
+    timeout_s: float,
+    cwd: Path | None = None,
+    env: Mapping[str, str] | None = None,
+) -> tuple[int, bytes, bytes]:
     """Run a short-lived child (the load generator, check-config) and return its exit code,
     stdout and stderr. It is killed if the benchmark is interrupted meanwhile."""
-    proc = spawn(argv, subprocess.PIPE, subprocess.PIPE)
+    proc = spawn(argv, subprocess.PIPE, subprocess.PIPE, cwd, env)
     try:
         out, err = proc.communicate(timeout=timeout_s)
     except BaseException:
@@ -70,16 +84,23 @@ class Children:
         self._procs: list[tuple[str, Popen[bytes], Path | None]] = []
 
     def start(
-        self, name: str, argv: list[str], log: Path | None = None, stdout: Path | None = None
+        self,
+        name: str,
+        argv: list[str],
+        log: Path | None = None,
+        stdout: Path | None = None,
+        cwd: Path | None = None,
+        env: Mapping[str, str] | None = None,
     ) -> Popen[bytes]:
         """Start one server; its stderr goes to `log` (kept for error messages) or nowhere,
-        its stdout to the file `stdout` (which may be `log` too) or nowhere."""
+        its stdout to the file `stdout` (which may be `log` too) or nowhere. `cwd` and `env`
+        as for `spawn`."""
         stderr: IO[bytes] | int = open(log, "wb") if log else subprocess.DEVNULL  # noqa: SIM115
         out: IO[bytes] | int = subprocess.DEVNULL
         if stdout is not None:
             out = stderr if stdout == log else open(stdout, "wb")  # noqa: SIM115
         try:
-            proc = spawn(argv, out, stderr)
+            proc = spawn(argv, out, stderr, cwd, env)
         finally:
             for stream in (stderr, out):
                 if not isinstance(stream, int):
