@@ -74,6 +74,21 @@ async def flushed_records(gateway: GatewayServer, count: int) -> list[dict[str, 
     raise AssertionError(f"expected {count} usage records, found {records(gateway)}")
 
 
+async def post_stream(gateway: GatewayServer, body: dict[str, Any]) -> str:
+    """A stream's whole text, read with a plain HTTP client."""
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(
+            gateway.url + "/v1/messages", json=body, headers={"x-api-key": APP_KEY}
+        ) as answer,
+    ):
+        return (await answer.read()).decode()
+
+
+def event_names(text: str) -> list[str]:
+    return [line[7:] for line in text.splitlines() if line.startswith("event: ")]
+
+
 async def test_create_translated_to_a_chat_model(
     claude: anthropic.AsyncAnthropic, upstream: FakeOpenAI, gateway: GatewayServer
 ) -> None:
@@ -301,14 +316,8 @@ async def test_a_failure_mid_stream_is_one_error_event(
 ) -> None:
     upstream.next(Behaviour(words=["a", "b", "c", "d"], reset_after_events=3))
     body = {"model": "fast", "max_tokens": 10, "messages": USER, "stream": True}
-    async with (
-        aiohttp.ClientSession() as http,
-        http.post(
-            gateway.url + "/v1/messages", json=body, headers={"x-api-key": APP_KEY}
-        ) as answer,
-    ):
-        text = (await answer.read()).decode()
-    names = [line[7:] for line in text.splitlines() if line.startswith("event: ")]
+    text = await post_stream(gateway, body)
+    names = event_names(text)
     assert names[0] == "message_start" and names[-1] == "error"
     assert names.count("error") == 1 and "message_stop" not in names
     upstream.next(Behaviour(words=["a", "b", "c", "d"], reset_after_events=3))
@@ -326,13 +335,7 @@ async def test_pings_while_the_first_token_is_slow(
     gateway = await start_gateway(raw)
     upstream.next(Behaviour(first_event_delay_s=0.45, words=["late"]))
     body = {"model": "fast", "max_tokens": 10, "messages": USER, "stream": True}
-    async with (
-        aiohttp.ClientSession() as http,
-        http.post(
-            gateway.url + "/v1/messages", json=body, headers={"x-api-key": APP_KEY}
-        ) as answer,
-    ):
-        text = (await answer.read()).decode()
-    names = [line[7:] for line in text.splitlines() if line.startswith("event: ")]
+    text = await post_stream(gateway, body)
+    names = event_names(text)
     assert names[0] == "ping" and names.count("message_start") == 1
     assert names[-1] == "message_stop" and ": keep-alive" not in text

@@ -12,14 +12,23 @@ def json_response(body: bytes, status: int = 200) -> web.Response:
     return web.Response(body=body, status=status, content_type="application/json")
 
 
-def error_response(error: GatewayError, state: RequestState) -> web.Response:
+def error_response(
+    error: GatewayError,
+    state: RequestState,
+    *,
+    status: int | None = None,
+    body: bytes | None = None,
+) -> web.Response:
+    """The error's answer: OpenAI's envelope, or another API's `body` and `status`."""
     response = web.Response(
-        body=error.body_bytes(), status=error.status, content_type="application/json"
+        body=error.body_bytes() if body is None else body,
+        status=error.status if status is None else status,
+        content_type="application/json",
     )
     response.headers.update(error.headers)
     state.stamp(response.headers)
     response.headers["x-should-retry"] = "true" if error.should_retry else "false"
-    if error.status == 413:
+    if response.status == 413:
         # The rest of the body is not read: the connection cannot be reused.
         response.force_close()
     return response

@@ -15,9 +15,10 @@ import orjson
 from aiohttp import web
 
 from gateway.errors import GatewayError, InvalidRequest
+from gateway.http import answers
 from gateway.http.answers import json_response
 from gateway.http.body import json_type, read_json_object
-from gateway.http.request import PROCESS, begin
+from gateway.http.request import PROCESS, begin, state_of
 from gateway.http.stream import relay_stream
 from gateway.ingress.messages.errors import anthropic_status, error_body
 from gateway.ingress.messages.from_chat import message_from_chat, new_message_id
@@ -34,38 +35,34 @@ from gateway.tokens import TokenEstimate
 API = "messages"
 
 
-def _invalid(message: str) -> InvalidRequest:
-    return InvalidRequest(message)
-
-
 def validate_messages(body: dict[str, Any], *, count_only: bool = False) -> bool:
     """What the gateway itself relies on, in Anthropic's wording (`field: problem`). Returns
     whether a stream was asked for."""
     model = body.get("model")
     if model is None:
-        raise _invalid("model: Field required")
+        raise InvalidRequest("model: Field required")
     if not isinstance(model, str) or not model:
-        raise _invalid(f"model: Input should be a valid string, not {json_type(model)}")
+        raise InvalidRequest(f"model: Input should be a valid string, not {json_type(model)}")
     messages = body.get("messages")
     if messages is None:
-        raise _invalid("messages: Field required")
+        raise InvalidRequest("messages: Field required")
     if not isinstance(messages, list):
-        raise _invalid(f"messages: Input should be a valid list, not {json_type(messages)}")
+        raise InvalidRequest(f"messages: Input should be a valid list, not {json_type(messages)}")
     for i, message in enumerate(messages):
         if not isinstance(message, dict):
-            raise _invalid(f"messages.{i}: Input should be a valid dictionary")
+            raise InvalidRequest(f"messages.{i}: Input should be a valid dictionary")
         if message.get("role") not in ("user", "assistant"):
-            raise _invalid(f"messages.{i}.role: Input should be 'user' or 'assistant'")
+            raise InvalidRequest(f"messages.{i}.role: Input should be 'user' or 'assistant'")
     if count_only:
         return False
     max_tokens = body.get("max_tokens")
     if max_tokens is None:
-        raise _invalid("max_tokens: Field required")
+        raise InvalidRequest("max_tokens: Field required")
     if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1:
-        raise _invalid("max_tokens: Input should be a positive integer")
+        raise InvalidRequest("max_tokens: Input should be a positive integer")
     stream = body.get("stream")
     if stream is not None and not isinstance(stream, bool):
-        raise _invalid("stream: Input should be a valid boolean")
+        raise InvalidRequest("stream: Input should be a valid boolean")
     return bool(stream)
 
 
@@ -84,8 +81,8 @@ async def _admitted(
 ) -> tuple[ModelCall, RequestState, dict[str, Any], dict[str, Any]]:
     """Begin, read and check the body, admit: the call, the state, the client's body (gateway
     fields removed) and its chat translation (also the basis of the token estimate)."""
+    state_of(request).api = API  # first: a refused key is a messages request too
     runtime, state, principal = begin(request, api_call=True)
-    state.api = API
     body = await read_json_object(request, runtime.max_body_bytes)
     state.stream = validate_messages(body, count_only=count_only)
     apply_request_context(state, principal, request.headers, body)
@@ -181,17 +178,9 @@ def error_response(error: GatewayError, state: RequestState) -> web.Response:
     """Any error on these paths, in Anthropic's dialect: its status (529 when every model
     failed), its error type, `request-id`, and `retry-after` where a retry can help."""
     status = anthropic_status(error.status, error.code)
-    response = web.Response(
-        body=error_body(status, error.message, request_id=state.request_id),
-        status=status,
-        content_type="application/json",
-    )
-    response.headers.update(error.headers)
-    state.stamp(response.headers)
-    response.headers["request-id"] = state.request_id
-    response.headers["x-should-retry"] = "true" if error.should_retry else "false"
+    body = error_body(status, error.message, request_id=state.request_id)
+    response = answers.error_response(error, state, status=status, body=body)
+    response.headers["request-id"] = state.request_id  # also before the handler ran
     if status in (429, 529) and "retry-after" not in response.headers:
         response.headers["retry-after"] = "1"
-    if status == 413:
-        response.force_close()  # the rest of the body was not read
     return response

@@ -19,7 +19,7 @@ import orjson
 
 from gateway.errors import GatewayError
 from gateway.http.stream import ClientStream
-from gateway.ingress.messages.errors import anthropic_error_type
+from gateway.ingress.messages.errors import error_object
 from gateway.ingress.messages.stream_from_chat import MessagesStreamWriter
 from gateway.providers.base import EventStream
 from gateway.providers.chat_events import EventKind, EventVerdict, classify, payload
@@ -36,8 +36,7 @@ def _needs_look(event: bytes) -> bool:
 
 
 def error_event(status: int, message: str) -> bytes:
-    body = {"type": "error", "error": {"type": anthropic_error_type(status), "message": message}}
-    return encode_event("error", orjson.dumps(body))
+    return encode_event("error", orjson.dumps(error_object(status, message)))
 
 
 class MessagesClientStream(ClientStream):
@@ -87,16 +86,13 @@ class ChatToMessagesStream(EventStream):
 
     async def next_events(self) -> list[bytes] | None:
         while True:
-            if self._writer.finished:
-                # After message_stop (or an error) nothing more goes to the client; the
-                # upstream's [DONE] has been read, so the connection is reusable.
-                events = await self._inner.next_events()
-                if events is None:
-                    return None
-                continue
             events = await self._inner.next_events()
             if events is None:
-                return None  # ended without [DONE]: the relay reports the cut
+                return None  # the end; without [DONE] first, the relay reports the cut
+            if self._writer.finished:
+                # After message_stop (or an error) nothing more goes to the client; the
+                # upstream is read to its end so that its connection is reusable.
+                continue
             out = self.translate(events)
             if out:
                 return out
