@@ -147,6 +147,9 @@ class ServiceUnavailable(GatewayError):
 # --- failures of one upstream attempt ------------------------------------------------------
 
 
+_OVERLOADED = (503, 529)  # statuses by which an upstream says it is overloaded, not broken
+
+
 class UpstreamFailure(Exception):
     """One upstream attempt failed; its `kind` (see `gateway.failures`) decides what
     routing does next and what the client sees when nothing else can answer."""
@@ -183,7 +186,10 @@ class UpstreamFailure(Exception):
                 code=kind.policy.client_code,
                 headers=headers,
             )
-        return UpstreamError(f"The upstream failed: {self.message}", code=kind.policy.client_code)
+        code = kind.policy.client_code
+        if kind is FailureKind.SERVER_ERROR and self.status in _OVERLOADED:
+            code = "upstream_overloaded"  # which Anthropic's clients know as 529
+        return UpstreamError(f"The upstream failed: {self.message}", code=code)
 
     def _relayed_client_error(self) -> GatewayError:
         """The upstream refused the request itself (a bad parameter, a prompt too long): the

@@ -1,8 +1,13 @@
-"""The Anthropic Messages API behind the OpenAI interface.
+"""The Anthropic Messages API, spoken two ways.
 
-The I/O is here and kept thin; the translation is pure and lives next door:
-`anthropic_request` (OpenAI request → Messages request), `anthropic_response` (message →
-`chat.completion`) and `anthropic_stream` (Messages SSE → `chat.completion.chunk` SSE).
+- Natively, to a client of the gateway's own `/v1/messages`: the client's body goes upstream as
+  it was sent (model id replaced) and the answer, or every event of a stream, comes back as the
+  upstream's own bytes (`messages`, `messages_stream`, `count_tokens`).
+- Behind the OpenAI interface, to every other client (`chat`, `chat_stream`). The I/O is here
+  and kept thin; the translation is pure and lives next door: `anthropic_request` (OpenAI
+  request → Messages request), `anthropic_response` (message → `chat.completion`) and
+  `anthropic_stream` (Messages SSE → `chat.completion.chunk` SSE).
+
 Timeouts behave as for OpenAI-compatible upstreams: `connect`, `first_token` until a stream's
 first event, `total` for the whole call.
 """
@@ -25,6 +30,7 @@ from gateway.failures import FailureKind
 from gateway.providers.anthropic_request import structured_tool_name, translate_request
 from gateway.providers.anthropic_response import (
     failure_from_error_object,
+    openai_usage,
     translate_response,
     usage_of,
 )
@@ -85,8 +91,16 @@ class AnthropicEventStream(EventStream):
         await self._events.aclose(completed=completed)
 
 
+class _NativeEventStream(HTTPEventStream, EventStream):
+    """An Anthropic stream relayed to a Messages client: its events as they came."""
+
+    next_events = HTTPEventStream.next_raw_events  # no extra coroutine per read
+
+
 class AnthropicProvider(HTTPProvider):
     """Anthropic's Messages API through one pooled aiohttp session."""
+
+    speaks_messages = True
 
     def __init__(self, name: str, config: AnthropicProviderConfig) -> None:
         headers = {"anthropic-version": config.anthropic_version, **config.headers}
@@ -96,9 +110,62 @@ class AnthropicProvider(HTTPProvider):
         self.config = config
 
     async def _post(
-        self, call: UpstreamCall, body: dict[str, Any], *, stream: bool
+        self, call: UpstreamCall, body: dict[str, Any], *, stream: bool, path: str = "/v1/messages"
     ) -> aiohttp.ClientResponse:
-        return await self.post(call, self.config.base_url + "/v1/messages", body, stream=stream)
+        return await self.post(call, self.config.base_url + path, body, stream=stream)
+
+    async def _read_message(self, call: UpstreamCall, body: dict[str, Any]) -> tuple[bytes, Any]:
+        """A whole message: its bytes and the parsed message, or the classified failure."""
+        what = self.what(call)
+        raw = await self.read_all(await self._post(call, body, stream=False), what)
+        message = json_object(raw, what)
+        if message.get("type") == "error":
+            raise failure_from_error_object(raw, message.get("error"), what)
+        if message.get("type") != "message" or not isinstance(message.get("content"), list):
+            raise UpstreamFailure(FailureKind.BAD_RESPONSE, f"{what}: answer is not a message")
+        return raw, message
+
+    async def _open_events(
+        self, call: UpstreamCall, body: dict[str, Any]
+    ) -> tuple[aiohttp.ClientResponse, float]:
+        """A stream's response, checked to be an event stream (an error answered as JSON is
+        raised classified), and the deadline its `total` sets, counted from before the POST."""
+        what = self.what(call)
+        deadline = stream_deadline(call)
+        response = await self._post(call, body, stream=True)
+        if is_event_stream(response):
+            return response, deadline
+        content_type = response.headers.get("Content-Type", "")
+        raw = await self.read_all(response, what)
+        if b'"error"' in raw:
+            try:
+                parsed = orjson.loads(raw)
+            except orjson.JSONDecodeError:
+                parsed = None
+            if isinstance(parsed, dict) and parsed.get("type") == "error":
+                raise failure_from_error_object(raw, parsed.get("error"), what)
+            raise failure_from_status(500, raw, response.headers, what)
+        raise UpstreamFailure(
+            FailureKind.BAD_RESPONSE, f"{what}: expected an event stream, got {content_type!r}"
+        )
+
+    async def messages(self, call: UpstreamCall) -> JsonAnswer:
+        body = {k: v for k, v in call.body.items() if k != "stream"}
+        raw, message = await self._read_message(call, body)
+        return JsonAnswer(raw, usage_of(openai_usage(message.get("usage"))))
+
+    async def messages_stream(self, call: UpstreamCall) -> EventStream:
+        response, deadline = await self._open_events(call, {**call.body, "stream": True})
+        return _NativeEventStream(response, self.what(call), deadline)
+
+    async def count_tokens(self, call: UpstreamCall) -> JsonAnswer:
+        what = self.what(call)
+        response = await self._post(call, call.body, stream=False, path="/v1/messages/count_tokens")
+        raw = await self.read_all(response, what)
+        counted = json_object(raw, what)
+        if not isinstance(counted.get("input_tokens"), int):
+            raise UpstreamFailure(FailureKind.BAD_RESPONSE, f"{what}: answer has no input_tokens")
+        return JsonAnswer(raw, None)
 
     def _translate(self, call: UpstreamCall, *, stream: bool) -> dict[str, Any]:
         body = translate_request(call.body, default_max_tokens=self.config.default_max_tokens)
@@ -109,14 +176,7 @@ class AnthropicProvider(HTTPProvider):
         return body
 
     async def chat(self, call: UpstreamCall) -> JsonAnswer:
-        what = self.what(call)
-        response = await self._post(call, self._translate(call, stream=False), stream=False)
-        body = await self.read_all(response, what)
-        message = json_object(body, what)
-        if message.get("type") == "error":
-            raise failure_from_error_object(body, message.get("error"), what)
-        if message.get("type") != "message" or not isinstance(message.get("content"), list):
-            raise UpstreamFailure(FailureKind.BAD_RESPONSE, f"{what}: answer is not a message")
+        _, message = await self._read_message(call, self._translate(call, stream=False))
         answer = translate_response(
             message, structured_tool=structured_tool_name(call.body), model=call.body.get("model")
         )
@@ -124,22 +184,7 @@ class AnthropicProvider(HTTPProvider):
 
     async def chat_stream(self, call: UpstreamCall) -> EventStream:
         what = self.what(call)
-        deadline = stream_deadline(call)
-        response = await self._post(call, self._translate(call, stream=True), stream=True)
-        if not is_event_stream(response):
-            content_type = response.headers.get("Content-Type", "")
-            body = await self.read_all(response, what)
-            if b'"error"' in body:
-                try:
-                    parsed = orjson.loads(body)
-                except orjson.JSONDecodeError:
-                    parsed = None
-                if isinstance(parsed, dict) and parsed.get("type") == "error":
-                    raise failure_from_error_object(body, parsed.get("error"), what)
-                raise failure_from_status(500, body, response.headers, what)
-            raise UpstreamFailure(
-                FailureKind.BAD_RESPONSE, f"{what}: expected an event stream, got {content_type!r}"
-            )
+        response, deadline = await self._open_events(call, self._translate(call, stream=True))
         options = call.body.get("stream_options")
         translator = StreamTranslator(
             model=call.body.get("model"),

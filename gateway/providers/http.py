@@ -263,13 +263,16 @@ class HTTPProvider(Provider):
     ) -> aiohttp.ClientResponse:
         """POST `body`; returns a 2xx response (to be released by the caller), or raises the
         classified failure, under the timeouts `upstream.client_timeout` decides."""
-        headers = self._stream_headers if stream else self._json_headers
+        base = self._stream_headers if stream else self._json_headers
+        headers = {**base, "X-Request-Id": call.request_id}
+        if call.headers:
+            _forward(headers, call.headers)
         what = self.what(call)
         with upstream_errors(what):
             response = await self.session.post(
                 self.url(address),
                 data=orjson.dumps(body),
-                headers={**headers, "X-Request-Id": call.request_id},
+                headers=headers,
                 timeout=client_timeout(call, stream=stream),
             )
         if response.status >= 400:
@@ -291,6 +294,17 @@ class HTTPProvider(Provider):
         if self._session is not None:
             await self._session.close()
             self._session = None
+
+
+def _forward(headers: dict[str, str], forwarded: Mapping[str, str]) -> None:
+    """Add the client's forwarded headers (list-valued ones such as `anthropic-beta`): one the
+    provider's config also sets keeps both lists, the config's first."""
+    for name, value in forwarded.items():
+        own = next((key for key in headers if key.lower() == name.lower()), None)
+        if own is None:
+            headers[name] = value
+        else:
+            headers[own] = f"{headers[own]},{value}"
 
 
 def is_event_stream(response: aiohttp.ClientResponse) -> bool:

@@ -37,6 +37,7 @@ _TYPES = {
 # the SDKs retry with backoff and Claude Code reports as "Overloaded".
 _STATUS_BY_CODE = {
     (503, "all_models_failed"): 529,
+    (502, "upstream_overloaded"): 529,  # a one-model chain's upstream said it is overloaded
 }
 
 
@@ -53,7 +54,8 @@ def anthropic_error_type(status: int) -> str:
 
 def anthropic_status(status: int, gateway_code: str | None) -> int:
     """The status to answer a `/v1/messages` client with, for a gateway error of `status` and
-    OpenAI-dialect `code`: 503 `all_models_failed` becomes 529 `overloaded_error`; the rest
+    OpenAI-dialect `code`: 503 `all_models_failed` and 502 `upstream_overloaded` become 529
+    `overloaded_error`; the rest
     (429 `capacity` included, which is a rate limit the client can wait out) stay as they are."""
     return _STATUS_BY_CODE.get((status, gateway_code or ""), status)
 
