@@ -76,6 +76,10 @@ class ModelConfig(_Model):
     timeout: TimeoutConfig = TimeoutConfig()
     limits: LimitConfig = LimitConfig()
     fallbacks: list[str] = []
+    # The upstream model takes chat's `reasoning_effort` (OpenAI's o-series and gpt-5, vLLM
+    # reasoning models): Anthropic `thinking` and Responses `reasoning` are mapped to it;
+    # otherwise they are dropped, since a model that does not know the field refuses it.
+    reasoning: bool = False
 
 
 FallbackKind = Literal["connect", "timeout", "429", "5xx", "context_length"]

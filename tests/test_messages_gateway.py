@@ -339,3 +339,26 @@ async def test_pings_while_the_first_token_is_slow(
     names = event_names(text)
     assert names[0] == "ping" and names.count("message_start") == 1
     assert names[-1] == "message_stop" and ": keep-alive" not in text
+
+
+async def test_thinking_becomes_reasoning_effort_only_where_the_model_takes_it(
+    upstream: FakeOpenAI, start_gateway: StartGateway, tmp_path: Path
+) -> None:
+    raw = messages_config(upstream.url, tmp_path / "usage.jsonl")
+    raw["models"]["gpt-reasoning"] = {**raw["models"]["gpt-up"], "reasoning": True}
+    raw["tiers"]["thinking"] = ["gpt-reasoning"]
+    raw["plans"]["pro"]["tiers"].append("thinking")
+    gateway = await start_gateway(raw)
+    async with anthropic.AsyncAnthropic(
+        base_url=gateway.url, api_key=APP_KEY, max_retries=0, timeout=20
+    ) as sdk:
+        for model in ("thinking", "fast"):
+            await sdk.messages.create(
+                model=model,
+                max_tokens=20000,
+                thinking={"type": "enabled", "budget_tokens": 8000},
+                messages=USER,
+            )
+    with_effort, without = (request.body for request in upstream.requests[-2:])
+    assert with_effort["reasoning_effort"] == "medium"
+    assert "reasoning_effort" not in without and "thinking" not in without

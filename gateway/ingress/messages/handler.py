@@ -9,6 +9,7 @@ back. Both kinds may sit in one fallback chain: the client sees one Anthropic an
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -24,7 +25,7 @@ from gateway.ingress.messages.errors import anthropic_status, error_body
 from gateway.ingress.messages.from_chat import message_from_chat, new_message_id
 from gateway.ingress.messages.stream import ChatToMessagesStream, MessagesClientStream
 from gateway.ingress.messages.stream_from_chat import MessagesStreamWriter
-from gateway.ingress.messages.to_chat import chat_request
+from gateway.ingress.messages.to_chat import chat_request, reasoning_effort
 from gateway.pipeline.context import RequestState, apply_request_context
 from gateway.pipeline.request import ModelCall, admit
 from gateway.providers.base import JsonAnswer
@@ -100,6 +101,19 @@ async def _admitted(
     return call, state, body, chat_body
 
 
+def _chat_for(
+    call: ModelCall, body: dict[str, Any], chat_body: dict[str, Any]
+) -> Callable[[str], dict[str, Any]]:
+    """The chat body each model gets: `thinking` becomes `reasoning_effort` for a model that
+    takes it (`reasoning: true`) and is left out for the rest."""
+    effort = reasoning_effort(body.get("thinking"))
+    if effort is None:
+        return lambda _model_name: chat_body
+    with_effort = {**chat_body, "reasoning_effort": effort}
+    models = call.runtime.config.models
+    return lambda model_name: with_effort if models[model_name].reasoning else chat_body
+
+
 def _forwarded(request: web.Request) -> dict[str, str] | None:
     beta = request.headers.get("anthropic-beta")
     return {"anthropic-beta": beta} if beta else None
@@ -109,6 +123,7 @@ async def messages(request: web.Request) -> web.StreamResponse:
     call, state, body, chat_body = await _admitted(request, count_only=False)
     headers = _forwarded(request)
     requested = str(body["model"])
+    chat_for = _chat_for(call, body, chat_body)
 
     if not state.stream:
 
@@ -117,7 +132,7 @@ async def messages(request: web.Request) -> web.StreamResponse:
             with state.waiting_upstream():
                 if provider.speaks_messages:
                     return await provider.messages(call.upstream_call(model_name, body, headers))
-                answer = await provider.chat(call.upstream_call(model_name, chat_body))
+                answer = await provider.chat(call.upstream_call(model_name, chat_for(model_name)))
             completion = orjson.loads(answer.body)
             message = message_from_chat(completion, model=requested)
             return JsonAnswer(orjson.dumps(message), answer.usage)
@@ -135,7 +150,9 @@ async def messages(request: web.Request) -> web.StreamResponse:
             return await open_messages_stream(
                 provider, call.upstream_call(model_name, body, headers)
             )
-        inner, first = await open_stream(provider, call.upstream_call(model_name, chat_body))
+        inner, first = await open_stream(
+            provider, call.upstream_call(model_name, chat_for(model_name))
+        )
         writer = MessagesStreamWriter(
             requested, input_tokens_estimate=estimate, message_id=message_id
         )
