@@ -100,9 +100,8 @@ class Provider(abc.ABC):
     async def embeddings(self, call: UpstreamCall) -> JsonAnswer:
         """Embeddings, in the `encoding_format` the body asks for."""
 
-    # Whether the provider takes an Anthropic Messages body as the client sent it. None does
-    # yet: the Messages ingress translates to chat for every provider until native
-    # passthrough (`messages`, `messages_stream`, `count_tokens`) is built.
+    # Whether the provider takes an Anthropic Messages body as the client sent it (`anthropic`
+    # providers); for the rest the Messages ingress translates to chat.
     speaks_messages = False
 
     async def messages(self, call: UpstreamCall) -> JsonAnswer:
@@ -118,9 +117,25 @@ class Provider(abc.ABC):
         raise self._no_messages()
 
     def _no_messages(self) -> UpstreamFailure:
+        return self._not_native("the Anthropic Messages API")
+
+    # Whether the provider takes a legacy Completions body as the client sent it (`openai`
+    # providers with `completions: true`); for the rest the Completions ingress translates.
+    @property
+    def speaks_completions(self) -> bool:
+        return False
+
+    async def completions(self, call: UpstreamCall) -> JsonAnswer:
+        """A whole legacy `text_completion`, the upstream's own bytes."""
+        raise self._not_native("the legacy Completions API")
+
+    async def completions_stream(self, call: UpstreamCall) -> EventStream:
+        """A legacy Completions stream, the upstream's own events."""
+        raise self._not_native("the legacy Completions API")
+
+    def _not_native(self, api: str) -> UpstreamFailure:
         return UpstreamFailure(
-            FailureKind.UNSUPPORTED,
-            f"{self.name}: does not speak the Anthropic Messages API natively",
+            FailureKind.UNSUPPORTED, f"{self.name}: does not speak {api} natively"
         )
 
     async def aclose(self) -> None:  # noqa: B027 - providers without resources need nothing

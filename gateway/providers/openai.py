@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import struct
+from collections.abc import Coroutine
 from typing import Any, Literal
 
 import aiohttp
@@ -38,6 +39,9 @@ class OpenAIProviderConfig(ConfigModel):
     api_key: str | None = None
     headers: dict[str, str] = {}
     max_connections: PositiveInt = 1000
+    # The upstream serves the legacy `/completions` endpoint (OpenAI, vLLM, Ollama, llama.cpp
+    # do; many hosted chat-only APIs do not): legacy Completions then go to it as sent.
+    completions: bool = False
 
     @field_validator("base_url")
     @classmethod
@@ -82,10 +86,14 @@ class OpenAIProvider(HTTPProvider):
             )
         return JsonAnswer(body, usage_from_openai(parsed.get("usage")))
 
-    async def chat_stream(self, call: UpstreamCall) -> EventStream:
+    def chat_stream(self, call: UpstreamCall) -> Coroutine[Any, Any, EventStream]:
+        # A plain function handing back the coroutine: no extra coroutine layer per stream.
+        return self._event_stream(call, "/chat/completions")
+
+    async def _event_stream(self, call: UpstreamCall, path: str) -> EventStream:
         what = self.what(call)
         deadline = stream_deadline(call)
-        response = await self._post(call, "/chat/completions", stream=True)
+        response = await self._post(call, path, stream=True)
         if not is_event_stream(response):
             content_type = response.headers.get("Content-Type", "")
             body = await self.read_all(response, what)
@@ -95,6 +103,21 @@ class OpenAIProvider(HTTPProvider):
                 FailureKind.BAD_RESPONSE, f"{what}: expected an event stream, got {content_type!r}"
             )
         return _OpenAIEventStream(response, what, deadline)
+
+    @property
+    def speaks_completions(self) -> bool:
+        return self.config.completions
+
+    async def completions(self, call: UpstreamCall) -> JsonAnswer:
+        body, parsed = await self._json(call, "/completions")
+        if not isinstance(parsed.get("choices"), list):
+            raise UpstreamFailure(
+                FailureKind.BAD_RESPONSE, f"{self.name}/{call.model_name}: answer has no choices"
+            )
+        return JsonAnswer(body, usage_from_openai(parsed.get("usage")))
+
+    def completions_stream(self, call: UpstreamCall) -> Coroutine[Any, Any, EventStream]:
+        return self._event_stream(call, "/completions")
 
     async def embeddings(self, call: UpstreamCall) -> JsonAnswer:
         body, parsed = await self._json(call, "/embeddings")

@@ -75,6 +75,13 @@ async def open_stream(provider: Provider, call: UpstreamCall) -> OpenedStream:
     return await open_events(provider.chat_stream, provider, call, _chat_first_failure)
 
 
+async def open_completions_stream(provider: Provider, call: UpstreamCall) -> OpenedStream:
+    """`open_stream` for a legacy Completions stream sent as the client wrote it: its chunks
+    carry usage and errors as chat chunks do."""
+    ask_for_usage(call.body)
+    return await open_events(provider.completions_stream, provider, call, _chat_first_failure)
+
+
 FirstFailure = Callable[[bytes, str], UpstreamFailure | None]
 
 

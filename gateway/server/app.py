@@ -9,6 +9,7 @@ from aiohttp import web
 from gateway.http.middleware import gateway_middleware
 from gateway.http.request import PROCESS
 from gateway.ingress import chat, embeddings, models
+from gateway.ingress.completions import handler as completions
 from gateway.ingress.messages import handler as messages
 from gateway.ops import admin, dashboard, health, metrics, usage
 from gateway.ops.admin import RELOADER
@@ -27,6 +28,7 @@ def create_app(process: GatewayProcess, reloader: Reloader | None = None) -> web
         app[RELOADER] = reloader
     app.router.add_post("/v1/chat/completions", chat.chat_completions)
     app.router.add_post("/v1/embeddings", embeddings.embeddings)
+    app.router.add_post("/v1/completions", completions.completions)
     app.router.add_post("/v1/messages", messages.messages)
     app.router.add_post("/v1/messages/count_tokens", messages.count_tokens)
     app.router.add_get("/v1/models", models.list_models)

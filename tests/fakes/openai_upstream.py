@@ -75,6 +75,7 @@ class FakeOpenAI(LoopbackServer):
         app = web.Application()
         app.router.add_post("/v1/chat/completions", self._chat)
         app.router.add_post("/v1/embeddings", self._embeddings)
+        app.router.add_post("/v1/completions", self._completions)
         await self.serve(app, handler_cancellation=True)
 
     async def wait_disconnect(self, within: float) -> float | None:
@@ -243,6 +244,51 @@ class FakeOpenAI(LoopbackServer):
         except (ConnectionResetError, asyncio.CancelledError):
             self._saw_disconnect()
             raise
+        await response.write_eof()
+        return response
+
+    async def _completions(self, request: web.Request) -> web.StreamResponse:
+        """The legacy API, as OpenAI and vLLM serve it: one choice per prompt, each the
+        behaviour's words; a stream's chunks are `text_completion`s, usage-only last."""
+        behaviour, body = await self._begin(request)
+        if behaviour.status >= 400:
+            return self._error_response(behaviour)
+        prompt = body.get("prompt")
+        count = (
+            len(prompt) if isinstance(prompt, list) and isinstance(prompt[0], (str, list)) else 1
+        )
+        base = {"id": "cmpl-fake", "object": "text_completion", "created": 1700000000}
+        base["model"] = body.get("model")
+        if not body.get("stream"):
+            choices = [
+                {"text": "".join(behaviour.words), "index": i, "logprobs": None}
+                | {"finish_reason": "length"}
+                for i in range(count)
+            ]
+            usage = self._usage(behaviour)
+            return web.json_response({**base, "choices": choices, "usage": usage})
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        events = [
+            {
+                **base,
+                "choices": [{"text": word, "index": i, "logprobs": None, "finish_reason": None}],
+            }
+            for i in range(count)
+            for word in behaviour.words
+        ]
+        events += [
+            {
+                **base,
+                "choices": [{"text": "", "index": i, "logprobs": None, "finish_reason": "stop"}],
+            }
+            for i in range(count)
+        ]
+        if (body.get("stream_options") or {}).get("include_usage"):
+            events.append({**base, "choices": [], "usage": self._usage(behaviour)})
+        for event in events:
+            await response.write(b"data: " + orjson.dumps(event) + b"\n\n")
+        await response.write(b"data: [DONE]\n\n")
         await response.write_eof()
         return response
 
