@@ -41,6 +41,28 @@ class ConfigError(Exception):
 _Model = ConfigModel
 
 
+_ORIGIN = re.compile(r"^[a-z][a-z0-9+.\-]*://[^/\s?#]+$")
+
+
+class CorsConfig(_Model):
+    """Browser apps on other origins. Empty `allow_origins`: CORS is off."""
+
+    allow_origins: list[str] = []  # exact origins (`https://app.example.com`), or "*"
+    max_age_s: int = Field(default=600, ge=0)  # how long a browser may cache a preflight
+
+    @field_validator("allow_origins")
+    @classmethod
+    def _origins(cls, value: list[str]) -> list[str]:
+        # Browsers send an origin lowercased, without a path or trailing slash: stored so.
+        origins = []
+        for origin in value:
+            normal = origin.strip().rstrip("/").lower()
+            if normal != "*" and not _ORIGIN.match(normal):
+                raise ValueError(f"{origin!r} is not an origin (scheme://host[:port]) or '*'")
+            origins.append(normal)
+        return origins
+
+
 class ServerConfig(_Model):
     host: str = "0.0.0.0"
     port: int = Field(default=8080, ge=0, le=65535)
@@ -53,6 +75,7 @@ class ServerConfig(_Model):
     # comments at this interval so idle-timeout proxies do not cut it.
     keepalive_s: PositiveFloat = 15
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    cors: CorsConfig = CorsConfig()  # read per request: a reload applies at once
 
 
 class PriceConfig(_Model):

@@ -12,6 +12,7 @@ from aiohttp import web
 from aiohttp.typedefs import Middleware
 
 from gateway.errors import GatewayError, MethodNotAllowed, NotFound
+from gateway.http import cors
 from gateway.http.answers import error_response
 from gateway.http.request import PROCESS, STATE
 from gateway.pipeline.context import RequestState, request_id_from
@@ -56,7 +57,15 @@ def gateway_middleware(
         task = asyncio.current_task()
         process.drain.serving(task)
         try:
-            response: web.StreamResponse = await handler(request)
+            cors_config = process.current.config.server.cors
+            response: web.StreamResponse
+            if not cors_config.allow_origins:
+                response = await handler(request)
+            elif cors.is_preflight(request):
+                response = cors.preflight(cors_config, request)
+            else:
+                state.cors_headers = cors.answer_headers(cors_config, request.headers.get("Origin"))
+                response = await handler(request)
             if not response.prepared:  # a stream stamped its headers and was sent already
                 state.stamp(response.headers)
                 # Sent here rather than by aiohttp after this returns: the client has its answer

@@ -70,6 +70,7 @@ class RequestState:
     # What the request holds, each with its give-back; closed when the request settles.
     lease: RequestLease = field(default_factory=RequestLease)
     ratelimit_headers: dict[str, str] = field(default_factory=dict)
+    cors_headers: dict[str, str] | None = None  # set by the middleware when CORS is on
     runtime: Runtime | None = None  # the runtime this request started on, to its end
     api_call: bool = False  # a /v1 call that counts in the request metrics
 
@@ -85,6 +86,8 @@ class RequestState:
         headers["x-gateway-attempts"] = "" if unknown else str(self.attempts)
         if self.ratelimit_headers:
             headers.update(self.ratelimit_headers)
+        if self.cors_headers:
+            headers.update(self.cors_headers)
         headers["Server"] = SERVER
 
     def waiting_upstream(self) -> UpstreamWait:
