@@ -397,7 +397,6 @@ def test_text_message_becomes_an_exact_chat_completion() -> None:
             "total_tokens": 15,
             "prompt_tokens_details": {"cached_tokens": 0},
         },
-        "system_fingerprint": None,
     }
     ChatCompletion.model_validate(answer)
 
@@ -583,7 +582,6 @@ def test_text_stream_becomes_exact_openai_chunks() -> None:
         "object": "chat.completion.chunk",
         "created": 1700000000,
         "model": "claude-x-2025",
-        "system_fingerprint": None,
     }
 
     def chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:

@@ -154,7 +154,8 @@ def translate_response(
             }
         ],
         "usage": openai_usage(message.get("usage")),
-        "system_fingerprint": None,
+        # No `system_fingerprint`: Anthropic has none, and OpenAI's schema allows only a
+        # string there, so an unknown one is left out rather than null.
     }
 
 

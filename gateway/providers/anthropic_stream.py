@@ -128,7 +128,7 @@ class StreamTranslator:
             "object": "chat.completion.chunk",
             "created": self._created,
             "model": self._model,
-            "system_fingerprint": None,
+            # No `system_fingerprint`: unknown, and OpenAI's schema allows only a string.
             "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
         }
         if self._include_usage:
@@ -251,7 +251,6 @@ class StreamTranslator:
                             "object": "chat.completion.chunk",
                             "created": self._created,
                             "model": self._model,
-                            "system_fingerprint": None,
                             "choices": [],
                             "usage": usage,
                         }
