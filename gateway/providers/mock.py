@@ -4,7 +4,8 @@ For demos, tests and benchmarks. The same prompt always gets the same text. The 
 the pace (`first_token_ms`, `pace_ms`) and can make it always fail (`fail_status`); a request
 can ask for behaviour in its last user message with directives such as `mock:status=503`,
 `mock:first_token_ms=2000`, `mock:pace_ms=50`, `mock:fail_after=3` (an error event after three
-content chunks) or `mock:tokens=40`.
+content chunks) or `mock:tokens=40`. Asked with `tools`, it calls one; asked for
+`response_format` JSON, it answers JSON that fits the schema (see `mock_output`).
 """
 
 from __future__ import annotations
@@ -28,6 +29,13 @@ from gateway.config_base import (
 from gateway.errors import UpstreamFailure
 from gateway.failures import FailureKind
 from gateway.providers.base import EventStream, JsonAnswer, Provider, UpstreamCall, Usage
+from gateway.providers.mock_output import (
+    ToolCall,
+    json_content,
+    pieces,
+    structured_prompt_tokens,
+    tool_call,
+)
 from gateway.providers.openai import encode_base64_floats
 from gateway.sse import DONE, encode_data
 from gateway.tokens import text_tokens
@@ -128,22 +136,69 @@ class _Plan:
         self.first_token_s = directives.get("first_token_ms", config.first_token_ms) / 1000
         self.pace_s = directives.get("pace_ms", config.pace_ms) / 1000
         self.fail_after = directives.get("fail_after")
-        limit = body.get("max_completion_tokens") or body.get("max_tokens")
-        wanted = directives.get("tokens", config.completion_tokens)
-        self.truncated = isinstance(limit, int) and limit < wanted
-        self.n_tokens = min(wanted, limit) if isinstance(limit, int) and limit > 0 else wanted
         prompt = _prompt_text(body)
-        self.prompt_tokens = estimate_tokens(prompt)
+        self.prompt_tokens = estimate_tokens(prompt) + structured_prompt_tokens(body)
         seed = int.from_bytes(hashlib.sha256(prompt.encode()).digest()[:4], "big")
-        self.tokens = [
-            ("" if i == 0 else " ") + _WORDS[(seed + i) % len(_WORDS)] for i in range(self.n_tokens)
-        ]
-        if self.tokens:
-            self.tokens[0] = self.tokens[0].capitalize()
+        wanted = directives.get("tokens", config.completion_tokens)
+        words = [("" if i == 0 else " ") + _WORDS[(seed + i) % len(_WORDS)] for i in range(wanted)]
+        if words:
+            words[0] = words[0].capitalize()
+        # What is streamed: the tool call's arguments, JSON content or the words, each piece
+        # one delta and one completion token, so usage counts exactly what was sent.
+        self.tool_call: ToolCall | None = tool_call(body, seed, _last_user_text(body))
+        if self.tool_call is not None:
+            output = pieces(self.tool_call.arguments)
+        else:
+            json_text = json_content(body, seed, "".join(words))
+            output = words if json_text is None else pieces(json_text)
+        limit = body.get("max_completion_tokens") or body.get("max_tokens")
+        self.truncated = isinstance(limit, int) and 0 < limit < len(output)
+        self.tokens = output[:limit] if self.truncated else output
+        self.n_tokens = len(self.tokens)
 
     @property
     def finish_reason(self) -> str:
-        return "length" if self.truncated else "stop"
+        if self.truncated:
+            return "length"
+        return "stop" if self.tool_call is None else "tool_calls"
+
+    def message(self) -> dict[str, Any]:
+        """The whole answer's message."""
+        text = "".join(self.tokens)
+        if self.tool_call is None:
+            return {"role": "assistant", "content": text, "refusal": None, "annotations": []}
+        call = self.tool_call
+        return {
+            "role": "assistant",
+            "content": None,
+            "refusal": None,
+            "annotations": [],
+            "tool_calls": [
+                {
+                    "id": call.id,
+                    "type": "function",
+                    "function": {"name": call.name, "arguments": text},
+                }
+            ],
+        }
+
+    def first_delta(self) -> dict[str, Any]:
+        """A stream's first delta: the role, and a tool call's id and name."""
+        if self.tool_call is None:
+            return {"role": "assistant", "content": "", "refusal": None}
+        call = self.tool_call
+        head = {"name": call.name, "arguments": ""}
+        return {
+            "role": "assistant",
+            "content": None,
+            "refusal": None,
+            "tool_calls": [{"index": 0, "id": call.id, "type": "function", "function": head}],
+        }
+
+    def delta(self, piece: str) -> dict[str, Any]:
+        if self.tool_call is None:
+            return {"content": piece}
+        return {"tool_calls": [{"index": 0, "function": {"arguments": piece}}]}
 
     def usage(self) -> dict[str, Any]:
         return {
@@ -189,7 +244,6 @@ class _MockStream(EventStream):
             "created": int(time.time()),
             "model": call.body.get("model"),
             "service_tier": "default",
-            "system_fingerprint": None,
         }
         usage_field: dict[str, Any] = {"usage": None} if include_usage else {}
 
@@ -198,7 +252,7 @@ class _MockStream(EventStream):
             return encode_data(orjson.dumps({**base, "choices": [choice], **usage_field}))
 
         await asyncio.sleep(plan.first_token_s)
-        yield chunk({"role": "assistant", "content": "", "refusal": None}, None)
+        yield chunk(plan.first_delta(), None)
         for i, token in enumerate(plan.tokens):
             if plan.fail_after is not None and i >= plan.fail_after:
                 error = {
@@ -211,7 +265,7 @@ class _MockStream(EventStream):
                 return
             if plan.pace_s:
                 await asyncio.sleep(plan.pace_s)
-            yield chunk({"content": token}, None)
+            yield chunk(plan.delta(token), None)
         yield chunk({}, plan.finish_reason)
         if include_usage:
             yield encode_data(orjson.dumps({**base, "choices": [], "usage": plan.usage()}))
@@ -246,19 +300,13 @@ class MockProvider(Provider):
             "choices": [
                 {
                     "index": 0,
-                    "message": {
-                        "role": "assistant",
-                        "content": "".join(plan.tokens),
-                        "refusal": None,
-                        "annotations": [],
-                    },
+                    "message": plan.message(),
                     "logprobs": None,
                     "finish_reason": plan.finish_reason,
                 }
             ],
             "usage": plan.usage(),
             "service_tier": "default",
-            "system_fingerprint": None,
         }
         return JsonAnswer(orjson.dumps(answer), Usage(plan.prompt_tokens, plan.n_tokens, 0))
 
