@@ -188,6 +188,14 @@ class UsageConfig(_Model):
     dashboard: bool = False  # serve /dashboard without an admin key
 
 
+class ResponsesConfig(_Model):
+    """Stored Responses (`POST /v1/responses` unless `store: false`): in memory, or in the
+    shared Redis when there is a `redis:` section."""
+
+    ttl_s: PositiveFloat = 30 * 24 * 3600  # OpenAI keeps responses 30 days
+    max_memory_mb: PositiveFloat = 64  # the in-memory store's bound; the oldest go first
+
+
 class GatewayConfig(_Model):
     server: ServerConfig = ServerConfig()
     providers: dict[str, ProviderConfig] = {}
@@ -200,6 +208,7 @@ class GatewayConfig(_Model):
     limits: LimitsConfig = LimitsConfig()
     usage: UsageConfig = UsageConfig()
     redis: RedisConfig | None = None  # None: `limits.redis_url` says where Redis is
+    responses: ResponsesConfig = ResponsesConfig()
 
     def upstream_id(self, model_name: str) -> str:
         """The id the upstream knows the model by."""

@@ -226,12 +226,13 @@ async def _pump(
 
 
 def _note(state: RequestState, verdict: EventVerdict) -> bool:
-    """Record what an event that matters says; True for the end of the stream."""
+    """Record what an event that matters says; True for the end of the stream. An event may
+    carry usage whatever its kind (a Responses stream's last event is both)."""
+    if verdict.usage is not None:
+        state.usage = verdict.usage
     if verdict.kind is EventKind.DONE:
         return True
-    if verdict.kind is EventKind.USAGE:
-        state.usage = verdict.usage or state.usage
-    elif verdict.kind is EventKind.ERROR:
+    if verdict.kind is EventKind.ERROR:
         state.error = verdict.error
     return False
 

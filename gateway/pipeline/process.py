@@ -18,6 +18,7 @@ from gateway.limits.keeper import LeaseKeeper
 from gateway.pipeline.drain import Drain
 from gateway.pipeline.runtime import Runtime
 from gateway.store.redis import SharedRedis
+from gateway.store.responses import ResponseStore, build_response_store
 from gateway.usage.service import UsageService
 
 log = logging.getLogger("gateway.process")
@@ -42,6 +43,8 @@ class GatewayProcess:
         self.leases = LeaseKeeper(limiter, runtime.config.limits.lease_ttl_s)
         config = runtime.config
         self.usage = usage or UsageService(config.usage, redis)
+        # Stored Responses; Redis or memory as the config at start says (a reload keeps it).
+        self.responses: ResponseStore = build_response_store(redis if config.redis else None)
         self.in_flight = 0
         self.drain = Drain()
         self._background: set[asyncio.Task[None]] = set()

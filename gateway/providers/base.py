@@ -49,6 +49,20 @@ def usage_from_openai(obj: Any) -> Usage | None:
     return Usage(prompt, completion, cached if isinstance(cached, int) else 0)
 
 
+def usage_from_responses(obj: Any) -> Usage | None:
+    """Read a Responses API `usage` object (`input_tokens`, `output_tokens`,
+    `input_tokens_details.cached_tokens`); None when there is none or it is malformed."""
+    if not isinstance(obj, dict):
+        return None
+    prompt = obj.get("input_tokens")
+    completion = obj.get("output_tokens", 0)
+    if not isinstance(prompt, int) or not isinstance(completion, int):
+        return None
+    details = obj.get("input_tokens_details")
+    cached = details.get("cached_tokens") if isinstance(details, dict) else None
+    return Usage(prompt, completion, cached if isinstance(cached, int) else 0)
+
+
 @dataclass(slots=True)  # not frozen: made for every attempt (see usage.record.UsageRecord)
 class UpstreamCall:
     """One attempt at one model: the body to send (model id already the upstream's own)."""
@@ -132,6 +146,20 @@ class Provider(abc.ABC):
     async def completions_stream(self, call: UpstreamCall) -> EventStream:
         """A legacy Completions stream, the upstream's own events."""
         raise self._not_native("the legacy Completions API")
+
+    # Whether the provider takes a Responses API body as the client sent it (`openai`
+    # providers with `responses: true`); for the rest the Responses ingress translates.
+    @property
+    def speaks_responses(self) -> bool:
+        return False
+
+    async def responses(self, call: UpstreamCall) -> JsonAnswer:
+        """A whole Response object, the upstream's own bytes."""
+        raise self._not_native("the Responses API")
+
+    async def responses_stream(self, call: UpstreamCall) -> EventStream:
+        """A Responses stream, the upstream's own typed events."""
+        raise self._not_native("the Responses API")
 
     def _not_native(self, api: str) -> UpstreamFailure:
         return UpstreamFailure(

@@ -22,7 +22,13 @@ from gateway.config_base import (
 )
 from gateway.errors import UpstreamFailure
 from gateway.failures import FailureKind
-from gateway.providers.base import EventStream, JsonAnswer, UpstreamCall, usage_from_openai
+from gateway.providers.base import (
+    EventStream,
+    JsonAnswer,
+    UpstreamCall,
+    usage_from_openai,
+    usage_from_responses,
+)
 from gateway.providers.http import (
     HTTPEventStream,
     HTTPProvider,
@@ -42,6 +48,9 @@ class OpenAIProviderConfig(ConfigModel):
     # The upstream serves the legacy `/completions` endpoint (OpenAI, vLLM, Ollama, llama.cpp
     # do; many hosted chat-only APIs do not): legacy Completions then go to it as sent.
     completions: bool = False
+    # The upstream serves the Responses API (`/responses`: OpenAI, and compatible servers
+    # that implement it): Responses requests then go to it as sent.
+    responses: bool = False
 
     @field_validator("base_url")
     @classmethod
@@ -118,6 +127,21 @@ class OpenAIProvider(HTTPProvider):
 
     def completions_stream(self, call: UpstreamCall) -> Coroutine[Any, Any, EventStream]:
         return self._event_stream(call, "/completions")
+
+    @property
+    def speaks_responses(self) -> bool:
+        return self.config.responses
+
+    async def responses(self, call: UpstreamCall) -> JsonAnswer:
+        body, parsed = await self._json(call, "/responses")
+        if parsed.get("object") != "response" or not isinstance(parsed.get("output"), list):
+            raise UpstreamFailure(
+                FailureKind.BAD_RESPONSE, f"{self.name}/{call.model_name}: not a Response object"
+            )
+        return JsonAnswer(body, usage_from_responses(parsed.get("usage")))
+
+    def responses_stream(self, call: UpstreamCall) -> Coroutine[Any, Any, EventStream]:
+        return self._event_stream(call, "/responses")
 
     async def embeddings(self, call: UpstreamCall) -> JsonAnswer:
         body, parsed = await self._json(call, "/embeddings")

@@ -11,6 +11,7 @@ from gateway.http.request import PROCESS
 from gateway.ingress import chat, embeddings, models
 from gateway.ingress.completions import handler as completions
 from gateway.ingress.messages import handler as messages
+from gateway.ingress.responses import handler as responses
 from gateway.ops import admin, dashboard, health, metrics, usage
 from gateway.ops.admin import RELOADER
 from gateway.ops.reload import Reloader
@@ -29,6 +30,9 @@ def create_app(process: GatewayProcess, reloader: Reloader | None = None) -> web
     app.router.add_post("/v1/chat/completions", chat.chat_completions)
     app.router.add_post("/v1/embeddings", embeddings.embeddings)
     app.router.add_post("/v1/completions", completions.completions)
+    app.router.add_post("/v1/responses", responses.create_response)
+    app.router.add_get("/v1/responses/{response_id}", responses.get_response)
+    app.router.add_delete("/v1/responses/{response_id}", responses.delete_response)
     app.router.add_post("/v1/messages", messages.messages)
     app.router.add_post("/v1/messages/count_tokens", messages.count_tokens)
     app.router.add_get("/v1/models", models.list_models)

@@ -64,7 +64,8 @@ def redis_url(config: GatewayConfig) -> str:
 
 def uses_redis(config: GatewayConfig) -> bool:
     """Whether anything in this config keeps its state in Redis."""
-    return config.limits.backend == "redis" or config.usage.sinks.redis
+    # A `redis:` section alone says so too: stored responses live there.
+    return config.redis is not None or config.limits.backend == "redis" or config.usage.sinks.redis
 
 
 class SharedRedis:

@@ -19,6 +19,7 @@ import orjson
 from aiohttp import web
 
 from tests.fakes.loopback import LoopbackServer
+from tests.fakes.openai_responses import ResponsesAPI
 
 
 @dataclass
@@ -63,6 +64,7 @@ class FakeOpenAI(LoopbackServer):
         self.disconnects: list[float] = []  # perf_counter when the gateway went away
         self._disconnected = asyncio.Event()
         self.in_flight = 0
+        self.responses_api = ResponsesAPI()  # what /v1/responses keeps, as OpenAI does
 
     def next(self, *behaviours: Behaviour) -> None:
         self.queue.extend(behaviours)
@@ -76,6 +78,7 @@ class FakeOpenAI(LoopbackServer):
         app.router.add_post("/v1/chat/completions", self._chat)
         app.router.add_post("/v1/embeddings", self._embeddings)
         app.router.add_post("/v1/completions", self._completions)
+        app.router.add_post("/v1/responses", self._responses)
         await self.serve(app, handler_cancellation=True)
 
     async def wait_disconnect(self, within: float) -> float | None:
@@ -246,6 +249,10 @@ class FakeOpenAI(LoopbackServer):
             raise
         await response.write_eof()
         return response
+
+    async def _responses(self, request: web.Request) -> web.StreamResponse:
+        behaviour, body = await self._begin(request)
+        return await self.responses_api.handle(request, behaviour, body, self._error_response)
 
     async def _completions(self, request: web.Request) -> web.StreamResponse:
         """The legacy API, as OpenAI and vLLM serve it: one choice per prompt, each the

@@ -1,0 +1,149 @@
+"""Responses API streams, both ways they reach a client.
+
+- From an upstream that speaks the Responses API (`openai` with `responses: true`) the events
+  are the upstream's own bytes, relayed unchanged (`NativeResponsesStream` only reads the last
+  one, to store the response it carries).
+- From any other upstream, `ChatToResponsesStream` wraps the chat stream the pipeline opened and
+  turns its chunks into the typed events (`ResponsesStreamWriter`).
+
+Either way the response is stored before its last event is handed on, so a client that has
+seen `response.completed` can continue it with `previous_response_id` at once.
+
+`ResponsesClientStream` is what the relay needs to know about such a stream: which events to
+read (`responses_events`), and how to end one with an error: an `error` event numbered after
+the last event sent, as OpenAI ends a stream that breaks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+
+from gateway.errors import GatewayError
+from gateway.http.stream import ClientStream
+from gateway.ingress.responses.stream_from_chat import ResponsesStreamWriter
+from gateway.pipeline.context import RequestState
+from gateway.providers import responses_events
+from gateway.providers.base import EventStream
+from gateway.providers.chat_events import EventKind, EventVerdict, classify, payload
+from gateway.sse import encode_event
+
+# Called with the final Response before its last event goes to the client (it stores it).
+OnFinal = Callable[[dict[str, Any]], Awaitable[None]]
+
+
+class ResponsesClientStream(ClientStream):
+    def __init__(self, state: RequestState) -> None:
+        super().__init__(strip_usage=False)
+        self._state = state
+        self.needs_look = responses_events.needs_look
+
+    def classify(self, event: bytes) -> EventVerdict:
+        return responses_events.classify(event)
+
+    def error_event(self, error: GatewayError) -> bytes:
+        data = {
+            "type": "error",
+            "code": error.code or error.type,
+            "message": error.message,
+            "param": None,
+            # Events are numbered from 0 without gaps: this one follows the last sent.
+            "sequence_number": self._state.streamed_events,
+        }
+        return encode_event("error", orjson.dumps(data))
+
+
+class ChatToResponsesStream(EventStream):
+    """A chat stream read as a Responses stream. `response.created` goes out with the first
+    upstream chunk, never before, so that a model that fails before its first event can still
+    be replaced by the next one."""
+
+    def __init__(
+        self, inner: EventStream, writer: ResponsesStreamWriter, on_final: OnFinal
+    ) -> None:
+        self._inner = inner
+        self._writer = writer
+        self._on_final = on_final
+        self._started = False
+        self._final_handled = False
+
+    async def translate(self, events: list[bytes]) -> list[bytes]:
+        writer = self._writer
+        out: list[bytes] = []
+        if not self._started:
+            self._started = True
+            out.extend(writer.start())
+        for event in events:
+            verdict = classify(event, strip_usage=False)
+            if verdict.kind is EventKind.DONE:
+                out.extend(writer.finish())
+            elif verdict.kind is EventKind.ERROR:
+                out.extend(writer.fail("server_error", _error_message(event)))
+            else:
+                data = payload(event)
+                if data is None:
+                    continue  # an upstream comment: the gateway sends its own keep-alives
+                try:
+                    chunk = orjson.loads(data)
+                except orjson.JSONDecodeError:
+                    continue
+                if isinstance(chunk, dict):
+                    out.extend(writer.feed(chunk))
+        if writer.finished and not self._final_handled:
+            self._final_handled = True
+            await self._on_final(writer.response)
+        return out
+
+    async def next_events(self) -> list[bytes] | None:
+        while True:
+            events = await self._inner.next_events()
+            if events is None:
+                return None  # the end; without [DONE] first, the relay reports the cut
+            if self._writer.finished:
+                continue  # read to its end, so that the connection is reusable
+            out = await self.translate(events)
+            if out:
+                return out
+
+    async def aclose(self, *, completed: bool) -> None:
+        await self._inner.aclose(completed=completed)
+
+
+class NativeResponsesStream(EventStream):
+    """An upstream's own Responses stream, relayed as it is; its final Response is handed to
+    `on_final` before the event carrying it goes on."""
+
+    def __init__(self, inner: EventStream, on_final: OnFinal) -> None:
+        self._inner = inner
+        self._on_final = on_final
+        self._final_handled = False
+
+    async def look(self, events: list[bytes]) -> list[bytes]:
+        if not self._final_handled:
+            for event in events:
+                response = responses_events.final_response(event)
+                if response is not None:
+                    self._final_handled = True
+                    await self._on_final(response)
+                    break
+        return events
+
+    async def next_events(self) -> list[bytes] | None:
+        events = await self._inner.next_events()
+        return None if events is None else await self.look(events)
+
+    async def aclose(self, *, completed: bool) -> None:
+        await self._inner.aclose(completed=completed)
+
+
+def _error_message(event: bytes) -> str:
+    data = payload(event) or b""
+    try:
+        error: Any = orjson.loads(data).get("error")
+    except (orjson.JSONDecodeError, AttributeError):
+        error = None
+    if isinstance(error, dict) and isinstance(error.get("message"), str):
+        return str(error["message"])
+    return "The upstream model failed in the middle of its answer."

@@ -1,0 +1,216 @@
+"""Stored Responses (`POST /v1/responses` with `store` not false), so that
+`previous_response_id`, `GET /v1/responses/{id}` and `DELETE` work on every backend, translated
+ones included.
+
+A stored response keeps what continuing it needs: the Response object as the client got it,
+and the conversation before its output (input items, instructions excluded, as OpenAI does:
+`instructions` do not carry over). The next turn's history is that conversation plus the
+response's output items, which are valid input items.
+
+Two backends, chosen by the config at start: in memory (bounded by `responses.max_memory_mb`,
+the oldest evicted first, and by `responses.ttl_s`), or the process's shared Redis when the
+config has a `redis:` section (every replica sees every response; entries expire by TTL). A key
+sees only its own responses: another key's id is "not found", as if it did not exist.
+"""
+
+from __future__ import annotations
+
+import abc
+import logging
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from gateway.config import ResponsesConfig
+from gateway.errors import ServiceUnavailable
+from gateway.store.redis import SharedRedis
+
+log = logging.getLogger("gateway.responses")
+
+KEY_PREFIX = "gw:response:"
+
+
+@dataclass(slots=True)
+class StoredResponse:
+    owner: str  # the key's name: only it may read, continue or delete the response
+    response: dict[str, Any]  # the Response object, as the client got it
+    conversation: list[dict[str, Any]]  # the input items before its output
+    # The provider that keeps this response itself (a native upstream asked with `store`), so
+    # that a next turn on the same provider can pass `previous_response_id` through; None
+    # when only the gateway has it.
+    kept_by: str | None = None
+    root: str | None = None  # the first response of its chain; None: it is the first
+
+    @property
+    def id(self) -> str:
+        return str(self.response.get("id", ""))
+
+    @property
+    def conversation_id(self) -> str:
+        """The chain's name in usage records: the id of its first response."""
+        return self.root or self.id
+
+    def continued(self) -> list[dict[str, Any]]:
+        """The conversation up to and including this response: the next turn's history."""
+        output = self.response.get("output")
+        items = (
+            [item for item in output if isinstance(item, dict)] if isinstance(output, list) else []
+        )
+        return [*self.conversation, *items]
+
+    def to_bytes(self) -> bytes:
+        return orjson.dumps(
+            {
+                "owner": self.owner,
+                "response": self.response,
+                "conversation": self.conversation,
+                "kept_by": self.kept_by,
+                "root": self.root,
+            }
+        )
+
+    @classmethod
+    def from_bytes(cls, raw: bytes | str) -> StoredResponse | None:
+        try:
+            data = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            return None
+        if not isinstance(data, dict) or not isinstance(data.get("response"), dict):
+            return None
+        conversation = data.get("conversation")
+        kept_by = data.get("kept_by")
+        root = data.get("root")
+        return cls(
+            owner=str(data.get("owner", "")),
+            response=data["response"],
+            conversation=conversation if isinstance(conversation, list) else [],
+            kept_by=kept_by if isinstance(kept_by, str) else None,
+            root=root if isinstance(root, str) else None,
+        )
+
+
+STORE_UNAVAILABLE = "The response store is unavailable; retry the request."
+
+
+class ResponseStore(abc.ABC):
+    """Where stored responses live. `get` and `delete` raise ServiceUnavailable when the
+    backend cannot answer; `save` never raises (the client has its answer already, a failed
+    save is logged)."""
+
+    @abc.abstractmethod
+    async def save(self, stored: StoredResponse, config: ResponsesConfig) -> None: ...
+
+    @abc.abstractmethod
+    async def get(self, response_id: str, owner: str) -> StoredResponse | None: ...
+
+    @abc.abstractmethod
+    async def delete(self, response_id: str, owner: str) -> bool: ...
+
+
+class MemoryResponseStore(ResponseStore):
+    """In this process, bounded by size (oldest out first) and by age."""
+
+    def __init__(self) -> None:
+        # id → (expires at, the stored bytes); in insertion order, the oldest first.
+        self._entries: OrderedDict[str, tuple[float, bytes]] = OrderedDict()
+        self._bytes = 0
+
+    @property
+    def size_bytes(self) -> int:
+        return self._bytes
+
+    async def save(self, stored: StoredResponse, config: ResponsesConfig) -> None:
+        raw = stored.to_bytes()
+        limit = int(config.max_memory_mb * 1024 * 1024)
+        if len(raw) > limit:
+            log.warning("response too large to store", extra={"response_id": stored.id})
+            return
+        self._drop(stored.id)
+        self._entries[stored.id] = (time.monotonic() + config.ttl_s, raw)
+        self._bytes += len(raw)
+        while self._bytes > limit:
+            oldest = next(iter(self._entries))
+            self._drop(oldest)
+
+    async def get(self, response_id: str, owner: str) -> StoredResponse | None:
+        entry = self._entries.get(response_id)
+        if entry is None:
+            return None
+        expires_at, raw = entry
+        if time.monotonic() >= expires_at:
+            self._drop(response_id)
+            return None
+        stored = StoredResponse.from_bytes(raw)
+        return stored if stored is not None and stored.owner == owner else None
+
+    async def delete(self, response_id: str, owner: str) -> bool:
+        if await self.get(response_id, owner) is None:
+            return False
+        self._drop(response_id)
+        return True
+
+    def _drop(self, response_id: str) -> None:
+        entry = self._entries.pop(response_id, None)
+        if entry is not None:
+            self._bytes -= len(entry[1])
+
+
+# Delete only when the owner matches, in one step: no other key's response can be removed by
+# a race between the read and the delete.
+_DELETE_OWNED = """
+local raw = redis.call('GET', KEYS[1])
+if not raw then return 0 end
+local ok, data = pcall(cjson.decode, raw)
+if not ok or data['owner'] ~= ARGV[1] then return 0 end
+redis.call('DEL', KEYS[1])
+return 1
+"""
+
+
+class RedisResponseStore(ResponseStore):
+    """In the shared Redis, one string per response, expiring after `responses.ttl_s`."""
+
+    def __init__(self, redis: SharedRedis) -> None:
+        self._redis = redis
+
+    async def save(self, stored: StoredResponse, config: ResponsesConfig) -> None:
+        from redis.exceptions import RedisError
+
+        try:
+            await self._redis.client.set(
+                KEY_PREFIX + stored.id, stored.to_bytes(), ex=max(1, int(config.ttl_s))
+            )
+        except (RedisError, OSError) as exc:
+            log.warning(
+                "could not store a response", extra={"response_id": stored.id, "error": str(exc)}
+            )
+
+    async def get(self, response_id: str, owner: str) -> StoredResponse | None:
+        from redis.exceptions import RedisError
+
+        try:
+            raw = await self._redis.client.get(KEY_PREFIX + response_id)
+        except (RedisError, OSError) as exc:
+            raise ServiceUnavailable(STORE_UNAVAILABLE, code="responses_unavailable") from exc
+        if raw is None:
+            return None
+        stored = StoredResponse.from_bytes(raw)
+        return stored if stored is not None and stored.owner == owner else None
+
+    async def delete(self, response_id: str, owner: str) -> bool:
+        from redis.exceptions import RedisError
+
+        try:
+            deleted = await self._redis.client.eval(
+                _DELETE_OWNED, 1, KEY_PREFIX + response_id, owner
+            )
+        except (RedisError, OSError) as exc:
+            raise ServiceUnavailable(STORE_UNAVAILABLE, code="responses_unavailable") from exc
+        return bool(deleted)
+
+
+def build_response_store(redis: SharedRedis | None) -> ResponseStore:
+    return RedisResponseStore(redis) if redis is not None else MemoryResponseStore()
