@@ -18,6 +18,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from functools import partial
 
 from aiohttp import web
 
@@ -25,7 +26,13 @@ from gateway.errors import GatewayError, ServiceUnavailable, UpstreamFailure
 from gateway.pipeline.context import RequestState
 from gateway.pipeline.drain import Drain
 from gateway.providers.base import EventStream
-from gateway.providers.chat_events import CONTENT, EventKind, EventVerdict, classify, may_matter
+from gateway.providers.chat_events import (
+    CONTENT,
+    EventKind,
+    EventVerdict,
+    classify_looked,
+    may_matter,
+)
 from gateway.providers.upstream import OpenedStream
 from gateway.sse import KEEPALIVE, encode_data
 
@@ -59,9 +66,11 @@ class ClientStream:
         # True for one that may carry usage, an error or the end. A plain function, not a
         # method: it runs on every event of every stream.
         self.needs_look: Callable[[bytes], bool] = may_matter
-
-    def classify(self, event: bytes) -> EventVerdict:
-        return classify(event, strip_usage=self.strip_usage)
+        # What an event that needs a look is; a plain callable too (an ingress sets its own).
+        # Asked only of events `needs_look` picked out, so it does not ask again.
+        self.classify: Callable[[bytes], EventVerdict] = partial(
+            classify_looked, strip_usage=strip_usage
+        )
 
     def error_event(self, error: GatewayError) -> bytes:
         """The in-band error that ends a stream already begun."""
@@ -188,7 +197,14 @@ async def _pump(
                     continue
                 verdict = classify_event(event)
                 if verdict is not CONTENT:
-                    saw_done = _note(state, verdict) or saw_done
+                    # What it says, noted inline: this runs for several events per stream.
+                    if verdict.usage is not None:
+                        state.usage = verdict.usage
+                    kind = verdict.kind
+                    if kind is EventKind.DONE:
+                        saw_done = True
+                    elif kind is EventKind.ERROR:
+                        state.error = verdict.error
                 if verdict.relay:
                     out.append(event)
             if out:
@@ -223,18 +239,6 @@ async def _pump(
     if completed:
         with contextlib.suppress(ConnectionResetError):
             await response.write_eof()
-
-
-def _note(state: RequestState, verdict: EventVerdict) -> bool:
-    """Record what an event that matters says; True for the end of the stream. An event may
-    carry usage whatever its kind (a Responses stream's last event is both)."""
-    if verdict.usage is not None:
-        state.usage = verdict.usage
-    if verdict.kind is EventKind.DONE:
-        return True
-    if verdict.kind is EventKind.ERROR:
-        state.error = verdict.error
-    return False
 
 
 async def _end_with_error(response: web.StreamResponse, event: bytes) -> None:

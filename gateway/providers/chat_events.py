@@ -32,9 +32,10 @@ class EventKind(enum.Enum):
     ERROR = "error"  # an in-band {"error": ...} event
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: a frozen dataclass's __init__ is several times slower
 class EventVerdict:
-    """What an event is, and whether it goes on to the client."""
+    """What an event is, and whether it goes on to the client. Read-only by convention: the
+    module's CONTENT and DONE are shared."""
 
     kind: EventKind
     relay: bool = True
@@ -75,6 +76,12 @@ def classify(event: bytes, *, strip_usage: bool) -> EventVerdict:
     asks upstreams for it always), so a usage-only chunk (no choices) is not relayed."""
     if not may_matter(event):
         return CONTENT
+    return classify_looked(event, strip_usage=strip_usage)
+
+
+def classify_looked(event: bytes, *, strip_usage: bool) -> EventVerdict:
+    """`classify` for an event `may_matter` has already picked out (the relay asks it first,
+    so as not to ask twice)."""
     data = payload(event)
     if data is None:
         return CONTENT

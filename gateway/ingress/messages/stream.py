@@ -22,7 +22,7 @@ from gateway.http.stream import ClientStream
 from gateway.ingress.messages.errors import error_object
 from gateway.ingress.messages.stream_from_chat import MessagesStreamWriter
 from gateway.providers.base import EventStream
-from gateway.providers.chat_events import EventKind, EventVerdict, classify, payload
+from gateway.providers.chat_events import EventKind, classify, payload
 from gateway.providers.messages_events import MessagesEventReader
 from gateway.sse import encode_event
 
@@ -46,9 +46,7 @@ class MessagesClientStream(ClientStream):
         super().__init__(strip_usage=False)
         self._reader = MessagesEventReader()
         self.needs_look = _needs_look
-
-    def classify(self, event: bytes) -> EventVerdict:
-        return self._reader.classify(event)
+        self.classify = self._reader.classify
 
     def error_event(self, error: GatewayError) -> bytes:
         return error_event(error.status, error.message)

@@ -27,7 +27,7 @@ from gateway.ingress.responses.stream_from_chat import ResponsesStreamWriter
 from gateway.pipeline.context import RequestState
 from gateway.providers import responses_events
 from gateway.providers.base import EventStream
-from gateway.providers.chat_events import EventKind, EventVerdict, classify, payload
+from gateway.providers.chat_events import EventKind, classify, payload
 from gateway.sse import encode_event
 
 # Called with the final Response before its last event goes to the client (it stores it).
@@ -39,9 +39,7 @@ class ResponsesClientStream(ClientStream):
         super().__init__(strip_usage=False)
         self._state = state
         self.needs_look = responses_events.needs_look
-
-    def classify(self, event: bytes) -> EventVerdict:
-        return responses_events.classify(event)
+        self.classify = responses_events.classify
 
     def error_event(self, error: GatewayError) -> bytes:
         data = {
