@@ -84,6 +84,12 @@ class PriceConfig(_Model):
     input: NonNegativeFloat = 0
     output: NonNegativeFloat = 0
     cached_input: NonNegativeFloat | None = None  # None: cached input priced as input
+    # Tokens written to a prompt cache (Anthropic's cache creation: 1.25x input for its
+    # 5-minute cache); None: priced as input.
+    cache_write: NonNegativeFloat | None = None
+    # Writes to a 1-hour cache, where the provider prices them apart (Anthropic: 2x input);
+    # None: priced as `cache_write`.
+    cache_write_1h: NonNegativeFloat | None = None
 
 
 class LimitConfig(_Model):

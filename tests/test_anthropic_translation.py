@@ -636,7 +636,7 @@ def test_stream_usage_takes_input_from_message_start_and_output_from_message_del
         "total_tokens": 277,
         "prompt_tokens_details": {"cached_tokens": 200},
     }
-    assert translator.usage == Usage(235, 42, 200)
+    assert translator.usage == Usage(235, 42, 200, 30)  # 30 written to the cache
 
 
 def test_streamed_tool_calls_get_openai_indexes_ids_names_and_argument_fragments() -> None:

@@ -78,6 +78,8 @@ def test_record_has_exactly_the_contract_fields_in_order() -> None:
         "cut",
         "estimated",
         "api",
+        "cache_write_tokens",
+        "reasoning_tokens",
     ]
 
 
@@ -241,6 +243,8 @@ async def test_memory_store_groups_filters_and_counts_errors() -> None:
         "prompt_tokens",
         "completion_tokens",
         "cached_tokens",
+        "cache_write_tokens",
+        "reasoning_tokens",
         "cost_usd",
         "latency_ms",
         "ttft_ms",

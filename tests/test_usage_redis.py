@@ -29,7 +29,15 @@ from tests.test_usage_records import make_record
 __all__ = ["redis_server"]  # the fixture, imported for the tests below
 
 NOW = datetime(2025, 3, 10, 15, 30, tzinfo=UTC)
-METRICS = ("requests", "errors", "prompt_tokens", "completion_tokens", "cached_tokens")
+METRICS = (
+    "requests",
+    "errors",
+    "prompt_tokens",
+    "completion_tokens",
+    "cached_tokens",
+    "cache_write_tokens",
+    "reasoning_tokens",
+)
 
 
 @pytest.fixture
@@ -58,6 +66,8 @@ def random_records(n: int, seed: int = 3) -> list[UsageRecord]:
                 prompt_tokens=rng.randrange(0, 500),
                 completion_tokens=rng.randrange(0, 200),
                 cached_tokens=rng.randrange(0, 50),
+                cache_write_tokens=rng.randrange(0, 30),
+                reasoning_tokens=rng.randrange(0, 20),
                 cost_usd=rng.random() / 100,
                 latency_ms=rng.lognormvariate(6, 0.7),
                 ttft_ms=rng.lognormvariate(5, 0.5) if rng.random() < 0.6 else None,

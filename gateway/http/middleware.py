@@ -91,6 +91,11 @@ def gateway_middleware(
         except Exception:
             errors_log.exception("unhandled error", extra={"request_id": state.request_id})
             status = 500
+            state.error = state.error or "unhandled error"
+            if state.answer_started:
+                # A stream's answer is under way: a second answer would be written into its
+                # body. The connection is dropped instead, so the client sees a cut stream.
+                raise
             return write_error(
                 request, GatewayError("The gateway failed to process the request."), state
             )

@@ -171,6 +171,7 @@ async def relay_stream(
 
 async def _begin(response: web.StreamResponse, request: web.Request, state: RequestState) -> None:
     state.stamp(response.headers)
+    state.answer_started = True
     await response.prepare(request)
 
 
@@ -235,6 +236,9 @@ async def _pump(
             state.error = "client disconnected"
         raise
     finally:
+        exact = stream.exact_usage()
+        if exact is not None:
+            state.usage = exact
         await stream.aclose(completed=completed)
     if completed:
         with contextlib.suppress(ConnectionResetError):

@@ -64,6 +64,7 @@ class RequestState:
     # Keep-alives began before any model gave a first event: the headers went out before the
     # answering model was known.
     committed_before_answer: bool = False
+    answer_started: bool = False  # a stream's headers went out: no other answer can follow
     estimate: TokenEstimate | None = None  # set once the request is routed
     streamed_events: int = 0  # data events relayed: the completion count of a cut stream
     upstream_wait_s: float = 0.0  # time spent waiting on upstreams, for the overhead metric

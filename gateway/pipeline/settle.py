@@ -79,4 +79,6 @@ def _record(state: RequestState, status: int, tokens: Tokens, cost: float) -> Us
         cut=state.stream_cut,
         estimated=tokens.estimated,
         api=state.api,
+        cache_write_tokens=tokens.cache_write,
+        reasoning_tokens=tokens.reasoning,
     )

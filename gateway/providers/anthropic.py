@@ -30,12 +30,11 @@ from gateway.failures import FailureKind
 from gateway.providers.anthropic_request import structured_tool_name, translate_request
 from gateway.providers.anthropic_response import (
     failure_from_error_object,
-    openai_usage,
     translate_response,
     usage_of,
 )
 from gateway.providers.anthropic_stream import StreamTranslator
-from gateway.providers.base import EventStream, JsonAnswer, UpstreamCall
+from gateway.providers.base import EventStream, JsonAnswer, UpstreamCall, Usage
 from gateway.providers.http import (
     HTTPEventStream,
     HTTPProvider,
@@ -73,6 +72,9 @@ class AnthropicEventStream(EventStream):
     ) -> None:
         self._events = HTTPEventStream(response, what, deadline)
         self.translator = translator
+
+    def exact_usage(self) -> Usage | None:
+        return self.translator.usage if self.translator.saw_usage else None
 
     async def next_events(self) -> list[bytes] | None:
         while True:
@@ -152,7 +154,7 @@ class AnthropicProvider(HTTPProvider):
     async def messages(self, call: UpstreamCall) -> JsonAnswer:
         body = {k: v for k, v in call.body.items() if k != "stream"}
         raw, message = await self._read_message(call, body)
-        return JsonAnswer(raw, usage_of(openai_usage(message.get("usage"))))
+        return JsonAnswer(raw, usage_of(message.get("usage")))
 
     async def messages_stream(self, call: UpstreamCall) -> EventStream:
         response, deadline = await self._open_events(call, {**call.body, "stream": True})
@@ -180,7 +182,7 @@ class AnthropicProvider(HTTPProvider):
         answer = translate_response(
             message, structured_tool=structured_tool_name(call.body), model=call.body.get("model")
         )
-        return JsonAnswer(orjson.dumps(answer), usage_of(answer["usage"]))
+        return JsonAnswer(orjson.dumps(answer), usage_of(message.get("usage")))
 
     async def chat_stream(self, call: UpstreamCall) -> EventStream:
         what = self.what(call)

@@ -69,11 +69,25 @@ def openai_usage(usage: Any) -> dict[str, Any]:
     }
 
 
-def usage_of(openai_usage_obj: dict[str, Any]) -> Usage:
+def usage_of(usage: Any) -> Usage:
+    """The gateway's `Usage` of an Anthropic `usage` object, cache writes included: Anthropic
+    bills them apart (1.25x input for the 5-minute cache, 2x for the 1-hour one).
+    `cache_creation` splits `cache_creation_input_tokens` by cache lifetime; without it every
+    write counts as a 5-minute one."""
+    usage = usage if isinstance(usage, dict) else {}
+    cached = _count(usage, "cache_read_input_tokens")
+    written = _count(usage, "cache_creation_input_tokens")
+    by_lifetime = usage.get("cache_creation")
+    written_1h = (
+        _count(by_lifetime, "ephemeral_1h_input_tokens") if isinstance(by_lifetime, dict) else 0
+    )
+    prompt = _count(usage, "input_tokens") + cached + written
     return Usage(
-        openai_usage_obj["prompt_tokens"],
-        openai_usage_obj["completion_tokens"],
-        openai_usage_obj["prompt_tokens_details"]["cached_tokens"],
+        prompt,
+        _count(usage, "output_tokens"),
+        cached,
+        written,
+        min(written_1h, written),
     )
 
 

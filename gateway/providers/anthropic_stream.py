@@ -71,9 +71,13 @@ class StreamTranslator:
         self._delta_usage: dict[str, Any] = {}
 
     @property
+    def saw_usage(self) -> bool:
+        return bool(self._start_usage or self._delta_usage)
+
+    @property
     def usage(self) -> Usage:
         """The usage counted so far (output tokens as of the last `message_delta`)."""
-        return usage_of(openai_usage({**self._start_usage, **self._delta_usage}))
+        return usage_of({**self._start_usage, **self._delta_usage})
 
     def feed(self, event: bytes) -> list[bytes]:
         """The OpenAI events for one raw Anthropic SSE event."""

@@ -29,11 +29,36 @@ class TimeoutConfig(ConfigModel):
 
 @dataclass(slots=True)
 class Usage:
-    """Token counts as the upstream reported them. `cached_tokens` is part of `prompt_tokens`."""
+    """Token counts as the upstream reported them, in OpenAI's convention: `prompt_tokens`
+    counts every input token, cache reads (`cached_tokens`) and cache writes
+    (`cache_write_tokens`, of which `cache_write_1h_tokens` went to a 1-hour cache) included;
+    `completion_tokens` counts `reasoning_tokens` too."""
 
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cached_tokens: int = 0
+    cache_write_tokens: int = 0
+    cache_write_1h_tokens: int = 0
+    reasoning_tokens: int = 0
+
+
+def summed_usage(a: Usage | None, b: Usage | None) -> Usage | None:
+    """Two calls' usage added up (None: neither reported any)."""
+    if a is None or b is None:
+        return a or b
+    return Usage(
+        a.prompt_tokens + b.prompt_tokens,
+        a.completion_tokens + b.completion_tokens,
+        a.cached_tokens + b.cached_tokens,
+        a.cache_write_tokens + b.cache_write_tokens,
+        a.cache_write_1h_tokens + b.cache_write_1h_tokens,
+        a.reasoning_tokens + b.reasoning_tokens,
+    )
+
+
+def _detail(details: Any, name: str) -> int:
+    value = details.get(name) if isinstance(details, dict) else None
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
 
 
 def usage_from_openai(obj: Any) -> Usage | None:
@@ -44,9 +69,26 @@ def usage_from_openai(obj: Any) -> Usage | None:
     completion = obj.get("completion_tokens", 0)
     if not isinstance(prompt, int) or not isinstance(completion, int):
         return None
+    # Inline rather than through `_detail`: this runs for every answer and stream.
     details = obj.get("prompt_tokens_details")
-    cached = details.get("cached_tokens") if isinstance(details, dict) else None
-    return Usage(prompt, completion, cached if isinstance(cached, int) else 0)
+    cached = cache_write = reasoning = 0
+    if isinstance(details, dict):
+        cached = details.get("cached_tokens") or 0
+        # Not OpenAI's own field: compatible servers that bill cache writes report it so.
+        cache_write = details.get("cache_write_tokens") or 0
+    completion_details = obj.get("completion_tokens_details")
+    if isinstance(completion_details, dict):
+        reasoning = completion_details.get("reasoning_tokens") or 0
+    if not (type(cached) is int and type(cache_write) is int and type(reasoning) is int):
+        return Usage(
+            prompt,
+            completion,
+            _detail(details, "cached_tokens"),
+            _detail(details, "cache_write_tokens"),
+            0,
+            _detail(completion_details, "reasoning_tokens"),
+        )
+    return Usage(prompt, completion, cached, cache_write, 0, reasoning)
 
 
 def usage_from_responses(obj: Any) -> Usage | None:
@@ -59,8 +101,14 @@ def usage_from_responses(obj: Any) -> Usage | None:
     if not isinstance(prompt, int) or not isinstance(completion, int):
         return None
     details = obj.get("input_tokens_details")
-    cached = details.get("cached_tokens") if isinstance(details, dict) else None
-    return Usage(prompt, completion, cached if isinstance(cached, int) else 0)
+    return Usage(
+        prompt,
+        completion,
+        _detail(details, "cached_tokens"),
+        _detail(details, "cache_write_tokens"),
+        0,
+        _detail(obj.get("output_tokens_details"), "reasoning_tokens"),
+    )
 
 
 @dataclass(slots=True)  # not frozen: made for every attempt (see usage.record.UsageRecord)
@@ -94,6 +142,13 @@ class EventStream(abc.ABC):
     async def aclose(self, *, completed: bool) -> None:
         """Release the upstream response: back to the pool when the stream was read to its
         end, otherwise the connection is dropped so the upstream stops generating."""
+
+    def exact_usage(self) -> Usage | None:
+        """The usage as the upstream counted it, where this stream knows more than its events
+        say (a translated stream: Anthropic's cache writes, chat's reasoning tokens, which the
+        client's API has no field for); None when its events say it all. Asked once, when the
+        stream has ended."""
+        return None
 
 
 class Provider(abc.ABC):

@@ -16,7 +16,6 @@ import orjson
 from gateway.errors import UpstreamFailure
 from gateway.providers.anthropic_response import (
     failure_from_error_object,
-    openai_usage,
     usage_of,
 )
 from gateway.providers.base import Provider, UpstreamCall
@@ -49,7 +48,7 @@ class MessagesEventReader:
             if not isinstance(usage, dict):
                 return CONTENT
             self._usage.update(usage)
-            return EventVerdict(EventKind.USAGE, usage=usage_of(openai_usage(self._usage)))
+            return EventVerdict(EventKind.USAGE, usage=usage_of(self._usage))
         if event.startswith(_ERROR):
             data = payload(event) or b""
             return EventVerdict(EventKind.ERROR, error=data.decode("utf-8", "replace")[:500])

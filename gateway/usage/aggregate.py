@@ -37,6 +37,8 @@ INT_METRICS = (
     "prompt_tokens",
     "completion_tokens",
     "cached_tokens",
+    "cache_write_tokens",
+    "reasoning_tokens",
     "ttft_count",
 )
 FLOAT_METRICS = ("cost_usd", "latency_ms_sum", "ttft_ms_sum")
@@ -89,6 +91,8 @@ class Agg:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cached_tokens: int = 0
+    cache_write_tokens: int = 0
+    reasoning_tokens: int = 0
     ttft_count: int = 0
     cost_usd: float = 0.0
     latency_ms_sum: float = 0.0
@@ -103,6 +107,8 @@ class Agg:
         self.prompt_tokens += rec.prompt_tokens
         self.completion_tokens += rec.completion_tokens
         self.cached_tokens += rec.cached_tokens
+        self.cache_write_tokens += rec.cache_write_tokens
+        self.reasoning_tokens += rec.reasoning_tokens
         self.cost_usd += _finite(rec.cost_usd)
         latency = _finite(rec.latency_ms)
         self.latency_ms_sum += latency
@@ -166,6 +172,8 @@ class Agg:
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
             "cached_tokens": self.cached_tokens,
+            "cache_write_tokens": self.cache_write_tokens,
+            "reasoning_tokens": self.reasoning_tokens,
             "cost_usd": round(self.cost_usd, 9),
             "latency_ms": percentiles(self.lat),
             "ttft_ms": percentiles(self.ttft),

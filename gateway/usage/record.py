@@ -73,6 +73,8 @@ class UsageRecord:
     cut: bool  # a stream that ended before the upstream finished it
     estimated: bool  # tokens estimated: the upstream never reported usage
     api: str  # the API the client spoke: chat, embeddings, messages, responses, completions
+    cache_write_tokens: int = 0  # part of prompt_tokens: written to a prompt cache
+    reasoning_tokens: int = 0  # part of completion_tokens
 
     @property
     def day(self) -> str:
@@ -160,5 +162,7 @@ _FIELDS: dict[str, tuple[type, bool, Any]] = {
     "cut": (bool, False, False),
     "estimated": (bool, False, False),
     "api": (str, False, "chat"),
+    "cache_write_tokens": (int, False, 0),
+    "reasoning_tokens": (int, False, 0),
 }
 assert tuple(_FIELDS) == tuple(f.name for f in dataclasses.fields(UsageRecord))

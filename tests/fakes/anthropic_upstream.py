@@ -60,6 +60,7 @@ class Reply:
     output_tokens: int = 7
     cache_read_input_tokens: int = 0
     cache_creation_input_tokens: int = 0
+    cache_creation_1h_tokens: int = 0  # of cache_creation_input_tokens, to the 1-hour cache
     status: int = 200
     error_message: str | None = None
     error_type: str | None = None  # default: Anthropic's type for `status`
@@ -204,6 +205,11 @@ class FakeAnthropic(LoopbackServer):
             "input_tokens": reply.input_tokens,
             "cache_creation_input_tokens": reply.cache_creation_input_tokens,
             "cache_read_input_tokens": reply.cache_read_input_tokens,
+            "cache_creation": {
+                "ephemeral_5m_input_tokens": reply.cache_creation_input_tokens
+                - reply.cache_creation_1h_tokens,
+                "ephemeral_1h_input_tokens": reply.cache_creation_1h_tokens,
+            },
             "output_tokens": output_tokens,
             "service_tier": "standard",
         }

@@ -36,7 +36,7 @@ class ResponsesAPI:
                 "cache_write_tokens": 0,
             },
             "output_tokens": output,
-            "output_tokens_details": {"reasoning_tokens": 0},
+            "output_tokens_details": {"reasoning_tokens": behaviour.reasoning_tokens},
             "total_tokens": behaviour.prompt_tokens + output,
         }
 

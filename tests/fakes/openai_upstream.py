@@ -41,6 +41,7 @@ class Behaviour:
     prompt_tokens: int = 11
     completion_tokens: int | None = None  # default: the number of words
     cached_tokens: int = 0
+    reasoning_tokens: int = 0  # of the completion tokens
     # tool calls to answer with (each {"id", "name", "arguments"}), after any words
     tool_calls: list[dict[str, str]] = field(default_factory=list)
 
@@ -126,7 +127,7 @@ class FakeOpenAI(LoopbackServer):
             "completion_tokens": completion,
             "total_tokens": behaviour.prompt_tokens + completion,
             "prompt_tokens_details": {"cached_tokens": behaviour.cached_tokens, "audio_tokens": 0},
-            "completion_tokens_details": {"reasoning_tokens": 0},
+            "completion_tokens_details": {"reasoning_tokens": behaviour.reasoning_tokens},
         }
 
     async def _chat(self, request: web.Request) -> web.StreamResponse:

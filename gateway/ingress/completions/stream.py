@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable
 import orjson
 
 from gateway.ingress.completions.translate import CompletionsStreamWriter
-from gateway.providers.base import EventStream
+from gateway.providers.base import EventStream, Usage, summed_usage, usage_from_openai
 from gateway.providers.chat_events import EventKind, classify, payload
 from gateway.providers.upstream import OpenedStream
 
@@ -36,6 +36,9 @@ class ChatToCompletionsStream(EventStream):
         self._prompt = 0  # the prompt whose stream is being read
         self._prompt_done = False  # its stream sent [DONE]
         self._finished = False  # the client's [DONE] went out
+        self._usage: Usage | None = None  # the prompts' exact usage, summed as each ends
+        self._prompt_usage: Usage | None = None  # the current prompt's, from its chunks
+        self._prompt_counted = False
 
     def translate(self, events: list[bytes]) -> list[bytes]:
         """The client's events for some of the current prompt's chat events."""
@@ -65,6 +68,8 @@ class ChatToCompletionsStream(EventStream):
             except orjson.JSONDecodeError:
                 continue
             if isinstance(chunk, dict):
+                if isinstance(chunk.get("usage"), dict):
+                    self._prompt_usage = usage_from_openai(chunk["usage"])
                 out.extend(self._writer.feed(chunk, index_offset=offset))
         return out
 
@@ -90,10 +95,26 @@ class ChatToCompletionsStream(EventStream):
         while await self._inner.next_events() is not None:
             pass
         await self._inner.aclose(completed=True)
+        self._end_prompt()
         self._prompt += 1
         self._prompt_done = False
+        self._prompt_usage = None
+        self._prompt_counted = False
         self._inner, first = await self._open_prompt(self._prompt)
         return self.translate(first)
+
+    def _end_prompt(self) -> None:
+        """Add the current prompt's usage to the sum, once."""
+        if self._prompt_counted:
+            return
+        self._prompt_counted = True
+        exact = self._inner.exact_usage() or self._prompt_usage
+        self._usage = summed_usage(self._usage, exact)
+
+    def exact_usage(self) -> Usage | None:
+        # Asked once the stream has ended: the last prompt's usage is still to be added.
+        self._end_prompt()
+        return self._usage
 
     async def aclose(self, *, completed: bool) -> None:
         await self._inner.aclose(completed=completed)

@@ -21,7 +21,7 @@ from gateway.errors import GatewayError
 from gateway.http.stream import ClientStream
 from gateway.ingress.messages.errors import error_object
 from gateway.ingress.messages.stream_from_chat import MessagesStreamWriter
-from gateway.providers.base import EventStream
+from gateway.providers.base import EventStream, Usage, usage_from_openai
 from gateway.providers.chat_events import EventKind, classify, payload
 from gateway.providers.messages_events import MessagesEventReader
 from gateway.sse import encode_event
@@ -60,6 +60,7 @@ class ChatToMessagesStream(EventStream):
     def __init__(self, inner: EventStream, writer: MessagesStreamWriter) -> None:
         self._inner = inner
         self._writer = writer
+        self._chat_usage: Usage | None = None
 
     def translate(self, events: list[bytes]) -> list[bytes]:
         writer = self._writer
@@ -79,6 +80,8 @@ class ChatToMessagesStream(EventStream):
                 except orjson.JSONDecodeError:
                     continue  # not a chunk: nothing a Messages client could be given
                 if isinstance(chunk, dict):
+                    if isinstance(chunk.get("usage"), dict):
+                        self._chat_usage = usage_from_openai(chunk["usage"])
                     out.extend(writer.feed(chunk))
         return out
 
@@ -94,6 +97,11 @@ class ChatToMessagesStream(EventStream):
             out = self.translate(events)
             if out:
                 return out
+
+    def exact_usage(self) -> Usage | None:
+        # The chat usage itself: the client's API has no field for its reasoning tokens,
+        # nor (from an Anthropic upstream) for cache writes, which the inner stream knows.
+        return self._inner.exact_usage() or self._chat_usage
 
     async def aclose(self, *, completed: bool) -> None:
         await self._inner.aclose(completed=completed)

@@ -26,7 +26,7 @@ from gateway.http.stream import ClientStream
 from gateway.ingress.responses.stream_from_chat import ResponsesStreamWriter
 from gateway.pipeline.context import RequestState
 from gateway.providers import responses_events
-from gateway.providers.base import EventStream
+from gateway.providers.base import EventStream, Usage, usage_from_openai
 from gateway.providers.chat_events import EventKind, classify, payload
 from gateway.sse import encode_event
 
@@ -64,6 +64,7 @@ class ChatToResponsesStream(EventStream):
         self._inner = inner
         self._writer = writer
         self._on_final = on_final
+        self._chat_usage: Usage | None = None
         self._started = False
         self._final_handled = False
 
@@ -88,6 +89,8 @@ class ChatToResponsesStream(EventStream):
                 except orjson.JSONDecodeError:
                     continue
                 if isinstance(chunk, dict):
+                    if isinstance(chunk.get("usage"), dict):
+                        self._chat_usage = usage_from_openai(chunk["usage"])
                     out.extend(writer.feed(chunk))
         if writer.finished and not self._final_handled:
             self._final_handled = True
@@ -104,6 +107,11 @@ class ChatToResponsesStream(EventStream):
             out = await self.translate(events)
             if out:
                 return out
+
+    def exact_usage(self) -> Usage | None:
+        # The chat usage itself: the client's API has no field for its reasoning tokens,
+        # nor (from an Anthropic upstream) for cache writes, which the inner stream knows.
+        return self._inner.exact_usage() or self._chat_usage
 
     async def aclose(self, *, completed: bool) -> None:
         await self._inner.aclose(completed=completed)
