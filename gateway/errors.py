@@ -13,6 +13,7 @@ from typing import Any
 import orjson
 
 from gateway.failures import FailureKind
+from gateway.redact import REDACT
 
 
 def retry_headers(seconds: float) -> dict[str, str]:
@@ -150,6 +151,10 @@ class ServiceUnavailable(GatewayError):
 _OVERLOADED = (503, 529)  # statuses by which an upstream says it is overloaded, not broken
 
 
+def _redacted(error: dict[str, Any]) -> dict[str, Any]:
+    return {k: REDACT(v) if isinstance(v, str) else v for k, v in error.items()}
+
+
 class UpstreamFailure(Exception):
     """One upstream attempt failed; its `kind` (see `gateway.failures`) decides what
     routing does next and what the client sees when nothing else can answer."""
@@ -163,11 +168,15 @@ class UpstreamFailure(Exception):
         upstream_error: dict[str, Any] | None = None,
         retry_after: float | None = None,
     ) -> None:
+        # Upstream text goes on to clients and usage records: an error body that echoes a
+        # credential must not (some proxies and self-hosted servers echo the request's key).
+        message = REDACT(message)
         super().__init__(message)
         self.kind = kind
         self.message = message
         self.status = status  # the upstream's HTTP status, when it answered
-        self.upstream_error = upstream_error  # the upstream's own OpenAI-shaped error object
+        # the upstream's own OpenAI-shaped error object, its texts redacted too
+        self.upstream_error = _redacted(upstream_error) if upstream_error else upstream_error
         self.retry_after = retry_after
 
     def to_client_error(self) -> GatewayError:

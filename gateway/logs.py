@@ -9,50 +9,19 @@ bearer token, an API key or an auth header value.
 from __future__ import annotations
 
 import logging
-import re
 import sys
 import time
-from collections.abc import Iterable
 from typing import Any
 
 import orjson
 
 from gateway.config import GatewayConfig
+from gateway.redact import REDACT, REDACTED, Redactor
 
-REDACTED = "[REDACTED]"
+__all__ = ["REDACT", "REDACTED", "JsonFormatter", "Redactor", "config_secrets"]
 
 # Attributes every LogRecord has; anything else passed via `extra=` is a field of the line.
 _STANDARD = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime"}
-
-_PATTERNS = [
-    re.compile(r"(?i)(bearer\s+)[A-Za-z0-9._~+/=-]{6,}"),
-    re.compile(r"\b(sk-(?:ant-)?)[A-Za-z0-9_-]{8,}"),
-    re.compile(
-        r"""(?i)((?:x-api-key|api[_-]?key|authorization|password|secret)["']?\s*[:=]\s*["']?)"""
-        r"""(?!\[REDACTED\])[^"',\s}\]]{4,}"""
-    ),
-]
-
-
-class Redactor:
-    def __init__(self) -> None:
-        self._secrets: tuple[str, ...] = ()
-
-    def set_secrets(self, secrets: Iterable[str]) -> None:
-        # Longest first, so a secret containing another is hidden whole.
-        unique = {s for s in secrets if s and len(s) >= 6}
-        self._secrets = tuple(sorted(unique, key=len, reverse=True))
-
-    def __call__(self, text: str) -> str:
-        for secret in self._secrets:
-            if secret in text:
-                text = text.replace(secret, REDACTED)
-        for pattern in _PATTERNS:
-            text = pattern.sub(lambda m: m.group(1) + REDACTED, text)
-        return text
-
-
-REDACT = Redactor()
 
 
 def config_secrets(config: GatewayConfig) -> list[str]:

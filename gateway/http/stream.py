@@ -34,6 +34,7 @@ from gateway.providers.chat_events import (
     may_matter,
 )
 from gateway.providers.upstream import OpenedStream
+from gateway.redact import REDACT
 from gateway.sse import KEEPALIVE, encode_data
 
 log = logging.getLogger("gateway.relay")
@@ -205,7 +206,9 @@ async def _pump(
                     if kind is EventKind.DONE:
                         saw_done = True
                     elif kind is EventKind.ERROR:
-                        state.error = verdict.error
+                        # An upstream's own error event: it may echo a credential.
+                        state.error = REDACT(verdict.error or "")
+                        event = REDACT(event.decode("utf-8", "replace")).encode()
                 if verdict.relay:
                     out.append(event)
             if out:

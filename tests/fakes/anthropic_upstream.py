@@ -323,7 +323,10 @@ class FakeAnthropic(LoopbackServer):
             if reply.error_event_after is not None and i == reply.error_event_after:
                 error = {
                     "type": "error",
-                    "error": {"type": reply.error_event_type, "message": "Overloaded"},
+                    "error": {
+                        "type": reply.error_event_type,
+                        "message": reply.error_message or "Overloaded",
+                    },
                 }
                 await response.write(b"event: error\ndata: " + orjson.dumps(error) + b"\n\n")
                 break

@@ -1,0 +1,46 @@
+"""Secrets out of every text the gateway emits: log lines, and whatever it passes on from an
+upstream (an error body that echoes the provider's key, some proxies and self-hosted servers
+do) to a client's error, an in-band error event, a usage record or the dashboard.
+
+Every secret the config holds (provider keys and credential headers, gateway keys) is
+replaced, and so is anything that looks like a bearer token, an API key or an auth header
+value. The secrets are set whenever a config is loaded (`pipeline.runtime`). A module of its
+own, below the providers, so that every layer can use it.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+
+REDACTED = "[REDACTED]"
+
+_PATTERNS = [
+    re.compile(r"(?i)(bearer\s+)[A-Za-z0-9._~+/=-]{6,}"),
+    re.compile(r"\b(sk-(?:ant-)?)[A-Za-z0-9_-]{8,}"),
+    re.compile(
+        r"""(?i)((?:x-api-key|api[_-]?key|authorization|password|secret)["']?\s*[:=]\s*["']?)"""
+        r"""(?!\[REDACTED\])[^"',\s}\]]{4,}"""
+    ),
+]
+
+
+class Redactor:
+    def __init__(self) -> None:
+        self._secrets: tuple[str, ...] = ()
+
+    def set_secrets(self, secrets: Iterable[str]) -> None:
+        # Longest first, so a secret containing another is hidden whole.
+        unique = {s for s in secrets if s and len(s) >= 6}
+        self._secrets = tuple(sorted(unique, key=len, reverse=True))
+
+    def __call__(self, text: str) -> str:
+        for secret in self._secrets:
+            if secret in text:
+                text = text.replace(secret, REDACTED)
+        for pattern in _PATTERNS:
+            text = pattern.sub(lambda m: m.group(1) + REDACTED, text)
+        return text
+
+
+REDACT = Redactor()
