@@ -22,7 +22,7 @@ from functools import partial
 
 from aiohttp import web
 
-from gateway.errors import GatewayError, ServiceUnavailable, UpstreamFailure
+from gateway.errors import GatewayError, ServiceUnavailable, UpstreamError, UpstreamFailure
 from gateway.pipeline.context import RequestState
 from gateway.pipeline.drain import Drain
 from gateway.providers.base import EventStream
@@ -46,6 +46,11 @@ SSE_HEADERS = {
     "Connection": "keep-alive",
 }
 
+UNFINISHED = UpstreamError(
+    "The upstream ended the stream before it finished; the answer is incomplete.",
+    code="upstream_bad_response",
+)
+RELAY_FAILED = GatewayError("The gateway failed while relaying the stream.")
 SHUTTING_DOWN = ServiceUnavailable(
     "The gateway is shutting down and ended this stream; retry the request.",
     code="shutting_down",
@@ -220,8 +225,11 @@ async def _pump(
                 events = await stream.next_events()
         completed = True
         if not saw_done and state.error is None:
+            # A clean end would tell the client its answer is whole: it is not.
             state.stream_cut = True
             state.error = "upstream ended the stream without [DONE]"
+            await _end_with_error(response, client.error_event(UNFINISHED))
+            return
     except UpstreamFailure as failure:
         state.stream_cut = True
         state.error = failure.message
@@ -238,6 +246,13 @@ async def _pump(
         else:
             state.error = "client disconnected"
         raise
+    except Exception:
+        # The gateway's own bug, after the answer was committed: it ends in-band, the stream
+        # closed properly, rather than with a second answer written into its body.
+        log.exception("stream failed", extra={"request_id": state.request_id})
+        state.stream_cut = True
+        state.error = "the gateway failed while relaying the stream"
+        await _end_with_error(response, client.error_event(RELAY_FAILED))
     finally:
         exact = stream.exact_usage()
         if exact is not None:

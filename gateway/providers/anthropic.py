@@ -72,11 +72,17 @@ class AnthropicEventStream(EventStream):
     ) -> None:
         self._events = HTTPEventStream(response, what, deadline)
         self.translator = translator
+        # An error event that came in the same read as content: raised on the next read, so
+        # that the content before it reaches the client first.
+        self._failure: UpstreamFailure | None = None
 
     def exact_usage(self) -> Usage | None:
         return self.translator.usage if self.translator.saw_usage else None
 
     async def next_events(self) -> list[bytes] | None:
+        if self._failure is not None:
+            failure, self._failure = self._failure, None
+            raise failure
         while True:
             raw = await self._events.next_raw_events()
             if raw is None:
@@ -84,7 +90,13 @@ class AnthropicEventStream(EventStream):
                 return None
             out: list[bytes] = []
             for event in raw:
-                out.extend(self.translator.feed(event))
+                try:
+                    out.extend(self.translator.feed(event))
+                except UpstreamFailure as failure:
+                    if not out:
+                        raise
+                    self._failure = failure
+                    return out
             if out:
                 return out
             # Only pings (or events with nothing to say to an OpenAI client): read on.

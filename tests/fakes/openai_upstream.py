@@ -42,6 +42,7 @@ class Behaviour:
     completion_tokens: int | None = None  # default: the number of words
     cached_tokens: int = 0
     reasoning_tokens: int = 0  # of the completion tokens
+    raw_body: bytes | None = None  # streams: this body, written as is in one write
     # tool calls to answer with (each {"id", "name", "arguments"}), after any words
     tool_calls: list[dict[str, str]] = field(default_factory=list)
 
@@ -188,6 +189,10 @@ class FakeOpenAI(LoopbackServer):
             }
         )
         await response.prepare(request)
+        if behaviour.raw_body is not None:
+            await response.write(behaviour.raw_body)
+            await response.write_eof()
+            return response
         options = body.get("stream_options") or {}
         include_usage = bool(options.get("include_usage"))
         base = {
