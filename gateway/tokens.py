@@ -41,7 +41,8 @@ def prompt_tokens(body: dict[str, Any]) -> int:
         for message in messages:
             if isinstance(message, dict):
                 total += PER_MESSAGE_OVERHEAD + _content_tokens(message.get("content"))
-                for call in message.get("tool_calls") or []:
+                calls = message.get("tool_calls")
+                for call in calls if isinstance(calls, list) else ():
                     if isinstance(call, dict):
                         total += text_tokens(str(call.get("function", "")))
         tools = body.get("tools")

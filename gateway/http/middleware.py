@@ -86,7 +86,12 @@ def gateway_middleware(
             status = answer.status
             return answer
         except (asyncio.CancelledError, ConnectionResetError):
-            state.error = state.error or "client disconnected"
+            if process.drain.grace_over:
+                # Ended by the gateway's shutdown, not by the client: 503, as the client saw.
+                status = 503
+                state.error = state.error or "ended by gateway shutdown"
+            else:
+                state.error = state.error or "client disconnected"
             raise
         except Exception:
             errors_log.exception("unhandled error", extra={"request_id": state.request_id})

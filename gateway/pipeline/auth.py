@@ -52,7 +52,8 @@ class Authenticator:
                 "or in the 'x-api-key' header.",
                 code="missing_api_key",
             )
-        digest = hashlib.sha256(presented.encode()).digest()
+        # aiohttp hands over header bytes that are not UTF-8 as surrogates: hashed as sent.
+        digest = hashlib.sha256(presented.encode("utf-8", "surrogateescape")).digest()
         found: Principal | None = None
         for candidate, principal in self._keys:
             if hmac.compare_digest(digest, candidate):

@@ -97,6 +97,8 @@ _WORDS = (
     "token",
 )
 
+MAX_DIMENSIONS = 3072  # OpenAI's largest embedding model's
+
 _DIRECTIVE = re.compile(r"mock:([a-z_]+)=(\d+)")
 
 
@@ -104,7 +106,11 @@ def _text_of(content: Any) -> str:
     if isinstance(content, str):
         return content
     if isinstance(content, list):
-        return " ".join(part.get("text", "") for part in content if isinstance(part, dict))
+        return " ".join(
+            part["text"]
+            for part in content
+            if isinstance(part, dict) and isinstance(part.get("text"), str)
+        )
     return ""
 
 
@@ -331,6 +337,20 @@ class MockProvider(Provider):
         if isinstance(inputs, str) or (inputs and isinstance(inputs[0], int)):
             inputs = [inputs]
         dims = body.get("dimensions") or self.config.embedding_dimensions
+        if dims > MAX_DIMENSIONS:
+            # As OpenAI refuses it; building a vector of any size asked would block the loop.
+            message = f"'dimensions' must be at most {MAX_DIMENSIONS}, got {dims}."
+            raise UpstreamFailure(
+                FailureKind.CLIENT_ERROR,
+                f"{self.name}/{call.model_name}: HTTP 400: {message}",
+                status=400,
+                upstream_error={
+                    "message": message,
+                    "type": "invalid_request_error",
+                    "param": "dimensions",
+                    "code": None,
+                },
+            )
         as_base64 = body.get("encoding_format") == "base64"
         data = []
         prompt_tokens = 0
