@@ -76,6 +76,9 @@ class ServerConfig(_Model):
     keepalive_s: PositiveFloat = 15
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     cors: CorsConfig = CorsConfig()  # read per request: a reload applies at once
+    # What is read of a whole (non-streamed) upstream answer; past it the attempt fails as
+    # a bad response. Streams are never held whole.
+    max_answer_mb: PositiveFloat = 64
 
 
 class PriceConfig(_Model):

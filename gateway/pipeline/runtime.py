@@ -85,6 +85,8 @@ def build_runtime(config: GatewayConfig, previous: Runtime | None = None) -> Run
             providers[name] = previous.providers[name]
         else:
             providers[name] = build_provider(name, provider_config)
+    for provider in providers.values():
+        provider.max_answer_bytes = int(config.server.max_answer_mb * 2**20)
     auth = Authenticator(config)
     # The previous config's secrets stay hidden too: requests on it may still log.
     secrets = config_secrets(config)

@@ -154,6 +154,10 @@ class EventStream(abc.ABC):
 class Provider(abc.ABC):
     """A configured upstream. One instance (and one connection pool) per `providers:` entry."""
 
+    # How much of a whole (non-streamed) answer is read: `server.max_answer_mb`, set by the
+    # runtime that uses the provider (so a reload applies to providers it keeps).
+    max_answer_bytes = 64 << 20
+
     def __init__(self, name: str) -> None:
         self.name = name
 

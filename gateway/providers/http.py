@@ -212,11 +212,40 @@ class HTTPEventStream:
             self._response.close()
 
 
+async def read_bounded(response: aiohttp.ClientResponse, limit: int, what: str) -> bytes:
+    """The body, at most `limit` bytes of it (else UpstreamFailure). A body whose length is
+    announced is read in one go, the common case; a chunked one piece by piece."""
+    length = response.content_length
+    if length is not None:
+        if length > limit:
+            raise _too_large(what, limit)
+        return await response.read()
+    pieces: list[bytes] = []
+    size = 0
+    async for piece in response.content.iter_any():
+        size += len(piece)
+        if size > limit:
+            raise _too_large(what, limit)
+        pieces.append(piece)
+    return b"".join(pieces)
+
+
+def _too_large(what: str, limit: int) -> UpstreamFailure:
+    return UpstreamFailure(
+        FailureKind.BAD_RESPONSE,
+        f"{what}: the answer is larger than server.max_answer_mb ({limit / 2**20:g} MB)",
+    )
+
+
+MAX_ERROR_BODY = 1 << 20  # an error answer is read up to this much: its message is enough
+
+
 async def read_error_and_raise(response: aiohttp.ClientResponse, what: str) -> None:
-    """Read an error answer (bounded by the call's timeout) and raise it classified."""
+    """Read an error answer (bounded in time by the call's timeout, in size by
+    MAX_ERROR_BODY) and raise it classified."""
     try:
         with upstream_errors(what):
-            body = await response.read()
+            body = await read_bounded(response, MAX_ERROR_BODY, what)
     except UpstreamFailure:
         body = b""
     raise failure_from_status(response.status, body, response.headers, what)
@@ -283,10 +312,11 @@ class HTTPProvider(Provider):
         return response
 
     async def read_all(self, response: aiohttp.ClientResponse, what: str) -> bytes:
-        """The whole body, the response released."""
+        """The whole body, the response released; past `max_answer_bytes` the attempt fails
+        as a bad response instead of holding an answer of any size in memory."""
         try:
             with upstream_errors(what):
-                return await response.read()
+                return await read_bounded(response, self.max_answer_bytes, what)
         finally:
             response.release()
 
