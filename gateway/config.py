@@ -79,6 +79,9 @@ class ServerConfig(_Model):
     # What is read of a whole (non-streamed) upstream answer; past it the attempt fails as
     # a bad response. Streams are never held whole.
     max_answer_mb: PositiveFloat = 64
+    # How long a client may take to send its whole body (408 after). No slot is held while
+    # it is read, so slow clients cannot take the gateway's capacity.
+    body_timeout_s: PositiveFloat = 30
 
 
 class PriceConfig(_Model):

@@ -2,19 +2,34 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import orjson
 from aiohttp import web
 
-from gateway.errors import InvalidRequest, RequestTooLarge
+from gateway.errors import InvalidRequest, RequestTimeout, RequestTooLarge
 
 
-async def read_body(request: web.Request, limit: int) -> bytes:
-    """The body, refused as soon as it passes `limit` bytes: nothing past it is read."""
+async def read_body(request: web.Request, limit: int, timeout_s: float | None = None) -> bytes:
+    """The body, refused as soon as it passes `limit` bytes: nothing past it is read. A body
+    not all here yet must arrive within `timeout_s` (408 otherwise)."""
     declared = request.content_length
     if declared is not None and declared > limit:
         raise _too_large(limit)
+    if timeout_s is None or request.content.is_eof():
+        return await _read_up_to(request, limit)  # all buffered already: no timer needed
+    try:
+        async with asyncio.timeout(timeout_s):
+            return await _read_up_to(request, limit)
+    except TimeoutError:
+        raise RequestTimeout(
+            f"The request body did not arrive within {timeout_s:g} seconds.",
+            code="request_timeout",
+        ) from None
+
+
+async def _read_up_to(request: web.Request, limit: int) -> bytes:
     chunks: list[bytes] = []
     size = 0
     while True:
@@ -32,8 +47,10 @@ def _too_large(limit: int) -> RequestTooLarge:
     return RequestTooLarge(f"The request body is larger than the gateway's limit of {limit} bytes.")
 
 
-async def read_json_object(request: web.Request, limit: int) -> dict[str, Any]:
-    raw = await read_body(request, limit)
+async def read_json_object(
+    request: web.Request, limit: int, timeout_s: float | None = None
+) -> dict[str, Any]:
+    raw = await read_body(request, limit, timeout_s)
     try:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:

@@ -62,7 +62,7 @@ def validate_chat(body: dict[str, Any]) -> bool:
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
     runtime, state, principal = begin(request, api_call=True)
-    body = await read_json_object(request, runtime.max_body_bytes)
+    body = await read_json_object(request, runtime.max_body_bytes, runtime.body_timeout_s)
     state.stream = validate_chat(body)
     apply_request_context(state, principal, request.headers, body)
     call = await admit(

@@ -58,7 +58,7 @@ def validate_embeddings(body: dict[str, Any]) -> None:
 async def embeddings(request: web.Request) -> web.StreamResponse:
     runtime, state, principal = begin(request, api_call=True)
     state.api = "embeddings"
-    body = await read_json_object(request, runtime.max_body_bytes)
+    body = await read_json_object(request, runtime.max_body_bytes, runtime.body_timeout_s)
     validate_embeddings(body)
     apply_request_context(state, principal, request.headers, body)
     call = await admit(

@@ -42,7 +42,7 @@ def begin(
     api_call: bool,
 ) -> tuple[Runtime, Principal]:
     """Take this request's runtime snapshot (to its end) and authenticate the caller. An API
-    call (one that goes upstream) also takes a slot under `server.max_concurrent`."""
+    call (one that goes upstream) takes a slot under `server.max_concurrent` when admitted."""
     runtime = process.current
     state.runtime = runtime
     runtime.enter()
@@ -50,8 +50,6 @@ def begin(
     state.api_call = api_call
     principal = runtime.auth.authenticate(authorization, api_key)
     state.principal = principal
-    if api_call:
-        take_process_slot(process, runtime, state)
     return runtime, principal
 
 
@@ -68,6 +66,9 @@ async def admit(
     """Route the request, count it in flight, admit it under the key's plan (reserving its
     token estimate when a tpm limit applies), and give back the call that runs the attempts
     (each model's own limits are asked as it is tried)."""
+    if state.api_call:
+        # Taken only now, with the body read: a slow client holds no slot while it sends.
+        take_process_slot(process, runtime, state)
     route = runtime.router.resolve(requested_model, principal)
     state.tier = route.tier
     in_flight = IN_FLIGHT.labels(route.tier)

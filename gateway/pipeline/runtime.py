@@ -29,11 +29,13 @@ class Runtime:
     router: Router
     auth: Authenticator
     max_body_bytes: int = field(init=False)
+    body_timeout_s: float = field(init=False)
     active_requests: int = field(init=False, default=0)
     _to_close: list[Provider] | None = field(init=False, default=None)  # set once retired
 
     def __post_init__(self) -> None:
         self.max_body_bytes = int(self.config.server.max_body_mb * 1024 * 1024)
+        self.body_timeout_s = self.config.server.body_timeout_s
 
     def provider_for(self, model_name: str) -> Provider:
         provider = self.providers.get(self.config.models[model_name].provider)

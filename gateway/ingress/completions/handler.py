@@ -119,7 +119,7 @@ def _text_prompts(body: dict[str, Any], model_name: str) -> list[str]:
 async def completions(request: web.Request) -> web.StreamResponse:
     state_of(request).api = API  # first: a refused key is a completions request too
     runtime, state, principal = begin(request, api_call=True)
-    body = await read_json_object(request, runtime.max_body_bytes)
+    body = await read_json_object(request, runtime.max_body_bytes, runtime.body_timeout_s)
     state.stream = validate_completions(body)
     apply_request_context(state, principal, request.headers, body)
     call = await admit(

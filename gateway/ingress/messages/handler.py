@@ -84,7 +84,7 @@ async def _admitted(
     fields removed) and its chat translation (also the basis of the token estimate)."""
     state_of(request).api = API  # first: a refused key is a messages request too
     runtime, state, principal = begin(request, api_call=True)
-    body = await read_json_object(request, runtime.max_body_bytes)
+    body = await read_json_object(request, runtime.max_body_bytes, runtime.body_timeout_s)
     state.stream = validate_messages(body, count_only=count_only)
     apply_request_context(state, principal, request.headers, body)
     _user_from_metadata(state, request.headers, body)

@@ -178,7 +178,7 @@ class _Turn:
 async def create_response(request: web.Request) -> web.StreamResponse:
     state_of(request).api = API  # first: a refused key is a responses request too
     runtime, state, principal = begin(request, api_call=True)
-    body = await read_json_object(request, runtime.max_body_bytes)
+    body = await read_json_object(request, runtime.max_body_bytes, runtime.body_timeout_s)
     state.stream = validate_responses(body)
     apply_request_context(state, principal, request.headers, body)
     process = request.app[PROCESS]
