@@ -179,12 +179,12 @@ def script_names() -> dict[str, str]:
     """EVALSHA digest -> which of the gateway's Lua scripts it runs, read from the gateway's
     own modules (so a renamed or edited script is still recognised)."""
     try:
-        from gateway import cooldown_redis
+        from gateway.limits import cooldowns_redis
         from gateway.limits import redis as limits_redis
     except ImportError:  # pragma: no cover - the bench runs in the project's virtualenv
         return {}
     names: dict[str, str] = {}
-    for label, module in (("limits", limits_redis), ("cooldowns", cooldown_redis)):
+    for label, module in (("limits", limits_redis), ("cooldowns", cooldowns_redis)):
         for attr, value in vars(module).items():
             if isinstance(value, limits_redis.LuaScript):
                 names[value.sha] = f"{label} {attr.strip('_').lower()}"
