@@ -442,6 +442,20 @@ async def _expect_unavailable(call: Callable[[], Any]) -> None:
     assert time.monotonic() - started < 1.0
 
 
+async def until_reachable(limiter: Limiter, within_s: float = 3.0) -> None:
+    """Until the limiter's Redis answers again: after an outage the client's circuit breaker
+    fails fast until its background probe sees Redis back (0.25 s at first)."""
+    deadline = time.monotonic() + within_s
+    while True:
+        try:
+            await limiter.ping()
+            return
+        except LimiterUnavailable:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.05)
+
+
 @pytest.mark.parametrize("how", ["stop", "kill"])
 async def test_redis_down_then_back(redis_backend: Backend, how: str) -> None:
     server = redis_backend.server
@@ -465,6 +479,7 @@ async def test_redis_down_then_back(redis_backend: Backend, how: str) -> None:
     assert time.monotonic() - started < 2.0
 
     server.start()  # same port, empty (no persistence), no scripts loaded
+    await until_reachable(limiter)  # the breaker's probe notices within its interval
     answers = await asyncio.gather(*(limiter.admit(SUBJECT, spec, 0) for _ in range(10)))
     assert all(a.allowed for a in answers)
     await limiter.ping()
@@ -480,6 +495,7 @@ async def test_redis_unreachable_from_the_start(redis_backend: Backend) -> None:
     # A subject without limits never needs the backend.
     assert (await limiter.admit(SUBJECT, LimitSpec(), 0)).allowed
     server.start()
+    await until_reachable(limiter)
     ok(await limiter.admit(SUBJECT, LimitSpec(rpm=1), 0))
 
 

@@ -469,3 +469,59 @@ async def test_redis_down_then_back(
             await asyncio.sleep(0.1)
         statuses = [await status() for _ in range(4)]
         assert statuses[:3] == [200, 200, 200] and statuses[3] == 429
+
+
+@pytest.mark.parametrize("on_error", ["allow", "deny"])
+async def test_a_frozen_redis_costs_one_timeout_not_one_per_request(
+    redis_server: RedisServer,
+    upstream: FakeOpenAI,
+    start_gateway: StartGateway,
+    on_error: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A Redis that holds its connections but answers nothing (SIGSTOP) would make every
+    request wait out the socket timeout; the breaker opens on the first one, so the rest are
+    answered at once (served or refused, as configured), the log says so once, not per request,
+    and limits apply again soon after Redis answers."""
+    raw = limited_config(upstream.url, "redis", redis_server.url, rpm=1000)
+    raw["limits"]["on_backend_error"] = on_error
+    server = await start_gateway(raw)
+    expected = 200 if on_error == "allow" else 503
+    async with aiohttp.ClientSession() as http:
+
+        async def timed() -> tuple[int, float]:
+            started_at = time.perf_counter()
+            async with http.post(
+                server.url + "/v1/chat/completions", json=CHAT, headers=AUTH
+            ) as response:
+                await response.read()
+                return response.status, time.perf_counter() - started_at
+
+        assert (await timed())[0] == 200
+        redis_server.pause()
+        try:
+            first, first_s = await timed()
+            assert first == expected
+            assert first_s < 2.0  # one socket timeout (0.5 s), not a hang
+            later = [await timed() for _ in range(30)]
+        finally:
+            redis_server.resume()
+        assert {status for status, _ in later} == {expected}
+        # Each is far under the 0.5 s socket timeout a waited-on Redis would cost.
+        assert max(took for _, took in later) < 0.2, later
+        outage_lines = [r for r in caplog.records if r.name == "gateway.redis"]
+        assert len(outage_lines) <= 2, [r.getMessage() for r in outage_lines]
+        warned = "limits backend unavailable"
+        backend_lines = [r for r in caplog.records if r.getMessage() == warned]
+        assert len(backend_lines) <= 1
+        # Back: the probe sees Redis within its interval and the limiter is asked again.
+        deadline = time.perf_counter() + 8
+        while True:
+            async with http.get(server.url + "/readyz") as response:
+                body = await response.json()
+                if response.status == 200 and "degraded" not in body:
+                    break
+            assert time.perf_counter() < deadline, body
+            await asyncio.sleep(0.1)
+        assert (await timed())[0] == 200
+        assert any(r.getMessage() == "redis reachable again" for r in caplog.records)

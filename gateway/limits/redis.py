@@ -30,6 +30,7 @@ from redis.exceptions import NoScriptError, RedisError
 
 from gateway.limits.base import WINDOW_S, Admission, Limiter, LimiterUnavailable, LimitSpec
 from gateway.limits.memory import MIN_CONCURRENCY_WAIT_S, refused
+from gateway.store.breaker import RedisUnavailable
 
 log = logging.getLogger("gateway.limits.redis")
 
@@ -191,7 +192,7 @@ IN_FLIGHT = LuaScript.packaged("in_flight.lua")
 
 def _log_settle_failure(subject: str, settled: asyncio.Future[Any]) -> None:
     exc = None if settled.cancelled() else settled.exception()
-    if exc is not None:
+    if exc is not None and not isinstance(exc, RedisUnavailable):  # the breaker logs outages
         log.warning(
             "could not settle a limiter lease; it will expire by itself",
             extra={"subject": subject, "error": str(exc)},
@@ -318,6 +319,8 @@ class RedisLimiter(Limiter):
             failed = [r for r in results if isinstance(r, Exception)]
             if failed:
                 raise failed[0]
+        except RedisUnavailable:
+            pass  # the breaker logs the outage; the leases renew once Redis is back
         except Exception as exc:  # never raises: an unrenewed lease only expires early
             log.warning(
                 "could not renew limiter leases; they may expire",

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from dataclasses import dataclass
 from functools import partial
 
@@ -91,11 +92,35 @@ def refusal(admission: Admission, who: str) -> GatewayError:
     )
 
 
+class _OncePerMinute:
+    """One warning a minute while the limits backend is down, with how many requests it
+    concerned (the counter has each); not one per request."""
+
+    def __init__(self) -> None:
+        self._last = float("-inf")
+        self._since = 0
+
+    def warn(self, subject: str, action: str) -> None:
+        self._since += 1
+        now = time.monotonic()
+        if now - self._last < 60.0:
+            return
+        log.warning(
+            "limits backend unavailable",
+            extra={"subject": subject, "action": action, "requests": self._since},
+        )
+        self._last = now
+        self._since = 0
+
+
+_BACKEND_WARNINGS = _OncePerMinute()
+
+
 def _backend_down(runtime: Runtime, what: str) -> None:
     """The limits backend did not answer: serve anyway, or refuse, as configured."""
     action = runtime.config.limits.on_backend_error
     LIMITER_ERRORS.labels(action).inc()
-    log.warning("limits backend unavailable", extra={"subject": what, "action": action})
+    _BACKEND_WARNINGS.warn(what, action)
     if action == "deny":
         raise ServiceUnavailable(
             "The gateway cannot check rate limits right now; please retry shortly.",

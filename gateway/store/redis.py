@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from gateway.config import GatewayConfig
 
 if TYPE_CHECKING:
-    from redis.asyncio import Redis
+    from gateway.store.breaker import GuardedRedis
 
 # One policy for every user: short timeouts, so that a dead Redis costs a request little.
 SOCKET_TIMEOUT_S = 0.5
@@ -32,14 +32,14 @@ def connect(
     max_connections: int = MAX_CONNECTIONS,
     pool_timeout: float = POOL_TIMEOUT_S,
     health_check_interval: int = HEALTH_CHECK_INTERVAL_S,
-) -> Redis:
+) -> GuardedRedis:
     """A pooled client with short timeouts, so that a dead Redis costs a request little.
 
     Under a burst the pool makes callers wait (up to `pool_timeout`) for a free connection
     rather than failing at once. A command that hits a dead connection (Redis restarted) is retried
     once, at once, on a fresh one; timeouts are not retried, because the script may have run.
     """
-    from redis.asyncio import BlockingConnectionPool, Redis
+    from redis.asyncio import BlockingConnectionPool
     from redis.asyncio.retry import Retry
     from redis.backoff import NoBackoff
     from redis.exceptions import ConnectionError as RedisConnectionError
@@ -54,7 +54,12 @@ def connect(
         retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
         decode_responses=True,
     )
-    return Redis.from_pool(pool)
+    from gateway.store.breaker import GuardedRedis, guard
+
+    # Behind a circuit breaker: a dead or frozen Redis is not waited on by every request.
+    client = GuardedRedis.from_pool(pool)  # owns the pool: closes it when closed
+    assert isinstance(client, GuardedRedis)  # typed as the base class; it builds `cls`
+    return guard(client)
 
 
 def redis_url(config: GatewayConfig) -> str:
@@ -73,15 +78,16 @@ class SharedRedis:
 
     def __init__(self, url: str) -> None:
         self.url = url
-        self._client: Redis | None = None
+        self._client: GuardedRedis | None = None
 
     @property
-    def client(self) -> Redis:
+    def client(self) -> GuardedRedis:
         if self._client is None:
             self._client = connect(self.url)
         return self._client
 
     async def aclose(self) -> None:
         if self._client is not None:
+            await self._client.breaker.aclose()
             await self._client.aclose()
             self._client = None

@@ -179,14 +179,18 @@ class RedisResponseStore(ResponseStore):
     async def save(self, stored: StoredResponse, config: ResponsesConfig) -> None:
         from redis.exceptions import RedisError
 
+        from gateway.store.breaker import RedisUnavailable
+
         try:
             await self._redis.client.set(
                 KEY_PREFIX + stored.id, stored.to_bytes(), ex=max(1, int(config.ttl_s))
             )
         except (RedisError, OSError) as exc:
-            log.warning(
-                "could not store a response", extra={"response_id": stored.id, "error": str(exc)}
-            )
+            if not isinstance(exc, RedisUnavailable):  # the breaker logs outages itself
+                log.warning(
+                    "could not store a response",
+                    extra={"response_id": stored.id, "error": str(exc)},
+                )
 
     async def get(self, response_id: str, owner: str) -> StoredResponse | None:
         from redis.exceptions import RedisError
