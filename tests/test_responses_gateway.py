@@ -380,6 +380,80 @@ async def test_previous_response_id_works_across_every_kind_of_backend(
     assert all("id" not in item for item in sent["input"])
 
 
+async def test_item_references_resolve_from_the_gateways_store(
+    client: openai.AsyncOpenAI,
+    http: aiohttp.ClientSession,
+    gateway: GatewayServer,
+    upstream: FakeOpenAI,
+) -> None:
+    """An `item_reference` (what the Vercel AI SDK sends for an earlier assistant message)
+    to an item the gateway made is spelled out for any upstream that did not make it; one it
+    cannot resolve is refused by a translated model, not silently dropped."""
+    upstream.next(Behaviour(words=["Translated"]))
+    first = await client.responses.create(model="fast", input="One")
+    item_id = first.output[0].id
+    asked: list[Any] = [
+        {"role": "user", "content": "One"},
+        {"type": "item_reference", "id": item_id},
+        {"role": "user", "content": "Two"},
+    ]
+    upstream.next(Behaviour(words=["Native"]))
+    await client.responses.create(model="native", input=asked)
+    sent = upstream.requests[-1].body["input"]
+    part = {"type": "output_text", "text": "Translated", "annotations": [], "logprobs": []}
+    # The item itself, without the id and status the upstream would take for its own.
+    assert sent[1] == {"type": "message", "role": "assistant", "content": [part]}
+    upstream.next(Behaviour(words=["Chat"]))
+    await client.responses.create(model="fast", input=asked)
+    assert upstream.requests[-1].body["messages"][1] == {
+        "role": "assistant",
+        "content": "Translated",
+    }
+    # Another key cannot resolve this key's items.
+    async with sdk(gateway, OTHER_KEY) as other:
+        with pytest.raises(openai.BadRequestError) as refused:
+            await other.responses.create(model="fast", input=asked)
+    assert refused.value.body["param"] == "input"  # type: ignore[index]
+    assert item_id in refused.value.message
+    calls = len(upstream.requests)
+    with pytest.raises(openai.BadRequestError):
+        await client.responses.create(
+            model="fast", input=[{"type": "item_reference", "id": "msg_unknown"}]
+        )
+    assert len(upstream.requests) == calls  # refused before any upstream was asked
+    # A native upstream may know an item the gateway does not: the reference goes as sent.
+    answer = await http.post(
+        gateway.url + "/v1/responses",
+        json={"model": "native", "input": [{"type": "item_reference", "id": "msg_unknown"}]},
+    )
+    assert answer.status == 400 and upstream.requests[-1].body["input"] == [
+        {"type": "item_reference", "id": "msg_unknown"}
+    ]
+
+
+async def test_a_replayed_turn_still_names_the_response_it_continues(
+    client: openai.AsyncOpenAI, http: aiohttp.ClientSession, gateway: GatewayServer
+) -> None:
+    """Continuing a translated response on a native model sends the upstream the earlier
+    turns instead of the id; the answer, streamed or not, still says what it continues."""
+    first = await client.responses.create(model="demo", input="One")
+    answered = await client.responses.create(
+        model="native", input="Two", previous_response_id=first.id
+    )
+    assert answered.previous_response_id == first.id
+    assert (await client.responses.retrieve(answered.id)).previous_response_id == first.id
+    events = await raw_stream(
+        http, gateway, {"model": "native", "input": "Three", "previous_response_id": first.id}
+    )
+    carrying = [json.loads(e.split(b"data: ", 1)[1]) for e in events if b'"response":{' in e]
+    assert [e["type"] for e in carrying] == [
+        "response.created",
+        "response.in_progress",
+        "response.completed",
+    ]
+    assert all(e["response"]["previous_response_id"] == first.id for e in carrying)
+
+
 async def test_a_streamed_response_can_be_continued_at_once(
     client: openai.AsyncOpenAI, upstream: FakeOpenAI
 ) -> None:
@@ -484,6 +558,13 @@ async def test_redis_keeps_responses_for_every_replica(
         upstream.next(Behaviour(words=["Again"]))
         await second.responses.create(model="fast", input="Two", previous_response_id=response.id)
         assert upstream.requests[-1].body["messages"][1]["content"] == "Remembered"
+        # Item references resolve on every replica too.
+        reference = {"type": "item_reference", "id": response.output[0].id}
+        upstream.next(Behaviour(words=["Referenced"]))
+        await second.responses.create(model="fast", input=[reference])
+        assert upstream.requests[-1].body["messages"] == [
+            {"role": "assistant", "content": "Remembered"}
+        ]
         ttl = int(redis_server.command("TTL", f"gw:response:{response.id}").lstrip(b":"))
         assert 0 < ttl <= 120
         await second.responses.delete(response.id)

@@ -18,6 +18,7 @@ from gateway.failures import FailureKind
 from gateway.providers.base import Provider, UpstreamCall, usage_from_responses
 from gateway.providers.chat_events import CONTENT, EventKind, EventVerdict, payload
 from gateway.providers.upstream import OpenedStream, open_events
+from gateway.sse import encode_event
 
 ENDED = ("response.completed", "response.incomplete")
 FAILED = "response.failed"
@@ -61,6 +62,25 @@ def final_response(event: bytes) -> dict[str, Any] | None:
         return None
     response = found[1].get("response")
     return response if isinstance(response, dict) else None
+
+
+# The events whose data carries the whole Response object (the rest carry a part of it).
+_WITH_RESPONSE = (b"response.created", b"response.in_progress", b"response.queued")
+
+
+def with_previous_response_id(event: bytes, previous_id: str) -> bytes:
+    """The event with `response.previous_response_id` set, for the events that carry the
+    Response; any other event as it is. Only used when the gateway replayed the earlier turns
+    to an upstream that never saw them, so that the client still sees the id it continued."""
+    head = event[:96]
+    if not any(name in head for name in _WITH_RESPONSE) and final_response(event) is None:
+        return event
+    found = event_of(event)
+    if found is None or not isinstance(found[1].get("response"), dict):
+        return event
+    kind, data = found
+    data["response"]["previous_response_id"] = previous_id
+    return encode_event(kind, orjson.dumps(data))
 
 
 def classify(event: bytes) -> EventVerdict:

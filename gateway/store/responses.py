@@ -31,6 +31,9 @@ from gateway.store.redis import SharedRedis
 log = logging.getLogger("gateway.responses")
 
 KEY_PREFIX = "gw:response:"
+# An output item's id → the id of the response it is in, so that an `item_reference` input
+# item (the Vercel AI SDK sends one for each earlier assistant item) can be resolved.
+ITEM_PREFIX = "gw:response-item:"
 
 
 @dataclass(slots=True)
@@ -55,11 +58,16 @@ class StoredResponse:
 
     def continued(self) -> list[dict[str, Any]]:
         """The conversation up to and including this response: the next turn's history."""
+        return [*self.conversation, *self.output_items()]
+
+    def output_items(self) -> list[dict[str, Any]]:
         output = self.response.get("output")
-        items = (
+        return (
             [item for item in output if isinstance(item, dict)] if isinstance(output, list) else []
         )
-        return [*self.conversation, *items]
+
+    def item_ids(self) -> list[str]:
+        return [str(item["id"]) for item in self.output_items() if isinstance(item.get("id"), str)]
 
     def to_bytes(self) -> bytes:
         return orjson.dumps(
@@ -92,6 +100,22 @@ class StoredResponse:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class FoundItem:
+    """An output item of a stored response, found by its id."""
+
+    item: dict[str, Any]
+    kept_by: str | None  # the provider that keeps the response it is in, if any
+
+
+def _items_in(stored: StoredResponse, wanted: set[str]) -> dict[str, FoundItem]:
+    return {
+        str(item["id"]): FoundItem(item, stored.kept_by)
+        for item in stored.output_items()
+        if item.get("id") in wanted
+    }
+
+
 STORE_UNAVAILABLE = "The response store is unavailable; retry the request."
 
 
@@ -109,6 +133,11 @@ class ResponseStore(abc.ABC):
     @abc.abstractmethod
     async def delete(self, response_id: str, owner: str) -> bool: ...
 
+    @abc.abstractmethod
+    async def find_items(self, item_ids: list[str], owner: str) -> dict[str, FoundItem]:
+        """The output items with these ids, of the owner's stored responses; an id not found
+        (unknown, expired, another key's) is absent from the answer."""
+
 
 class MemoryResponseStore(ResponseStore):
     """In this process, bounded by size (oldest out first) and by age."""
@@ -117,6 +146,8 @@ class MemoryResponseStore(ResponseStore):
         # id → (expires at, the stored bytes); in insertion order, the oldest first.
         self._entries: OrderedDict[str, tuple[float, bytes]] = OrderedDict()
         self._bytes = 0
+        self._item_owner: dict[str, str] = {}  # output item id → the response it is in
+        self._items_of: dict[str, list[str]] = {}  # response id → its output item ids
 
     @property
     def size_bytes(self) -> int:
@@ -131,6 +162,10 @@ class MemoryResponseStore(ResponseStore):
         self._drop(stored.id)
         self._entries[stored.id] = (time.monotonic() + config.ttl_s, raw)
         self._bytes += len(raw)
+        item_ids = stored.item_ids()
+        self._items_of[stored.id] = item_ids
+        for item_id in item_ids:
+            self._item_owner[item_id] = stored.id
         while self._bytes > limit:
             oldest = next(iter(self._entries))
             self._drop(oldest)
@@ -152,10 +187,22 @@ class MemoryResponseStore(ResponseStore):
         self._drop(response_id)
         return True
 
+    async def find_items(self, item_ids: list[str], owner: str) -> dict[str, FoundItem]:
+        wanted = set(item_ids)
+        found: dict[str, FoundItem] = {}
+        for response_id in {self._item_owner.get(item_id) for item_id in wanted} - {None}:
+            stored = await self.get(str(response_id), owner)
+            if stored is not None:
+                found |= _items_in(stored, wanted)
+        return found
+
     def _drop(self, response_id: str) -> None:
         entry = self._entries.pop(response_id, None)
         if entry is not None:
             self._bytes -= len(entry[1])
+        for item_id in self._items_of.pop(response_id, ()):
+            if self._item_owner.get(item_id) == response_id:
+                del self._item_owner[item_id]
 
 
 # Delete only when the owner matches, in one step: no other key's response can be removed by
@@ -181,10 +228,13 @@ class RedisResponseStore(ResponseStore):
 
         from gateway.store.breaker import RedisUnavailable
 
+        ttl_s = max(1, int(config.ttl_s))
         try:
-            await self._redis.client.set(
-                KEY_PREFIX + stored.id, stored.to_bytes(), ex=max(1, int(config.ttl_s))
-            )
+            async with self._redis.client.pipeline(transaction=False) as pipe:
+                pipe.set(KEY_PREFIX + stored.id, stored.to_bytes(), ex=ttl_s)
+                for item_id in stored.item_ids():
+                    pipe.set(ITEM_PREFIX + item_id, stored.id, ex=ttl_s)
+                await pipe.execute()
         except (RedisError, OSError) as exc:
             if not isinstance(exc, RedisUnavailable):  # the breaker logs outages itself
                 log.warning(
@@ -214,6 +264,31 @@ class RedisResponseStore(ResponseStore):
         except (RedisError, OSError) as exc:
             raise ServiceUnavailable(STORE_UNAVAILABLE, code="responses_unavailable") from exc
         return bool(deleted)
+
+    async def find_items(self, item_ids: list[str], owner: str) -> dict[str, FoundItem]:
+        from redis.exceptions import RedisError
+
+        wanted = set(item_ids)
+        try:
+            # One GET per key, not MGET: the keys need not share a Cluster slot.
+            async with self._redis.client.pipeline(transaction=False) as pipe:
+                for item_id in wanted:
+                    pipe.get(ITEM_PREFIX + item_id)
+                response_ids = {str(r) for r in await pipe.execute() if r is not None}
+            if not response_ids:
+                return {}
+            async with self._redis.client.pipeline(transaction=False) as pipe:
+                for response_id in response_ids:
+                    pipe.get(KEY_PREFIX + response_id)
+                raws = await pipe.execute()
+        except (RedisError, OSError) as exc:
+            raise ServiceUnavailable(STORE_UNAVAILABLE, code="responses_unavailable") from exc
+        found: dict[str, FoundItem] = {}
+        for raw in raws:
+            stored = StoredResponse.from_bytes(raw) if raw is not None else None
+            if stored is not None and stored.owner == owner:
+                found |= _items_in(stored, wanted)
+        return found
 
 
 def build_response_store(redis: SharedRedis | None) -> ResponseStore:

@@ -3,7 +3,8 @@ a Response object, or its typed events with `sequence_number`, each named by an 
 
 The answer is the behaviour's words as one message, then its tool calls as `function_call`
 items. Like OpenAI it keeps the responses it made unless `store: false`, and refuses a
-`previous_response_id` it does not have, so tests see which upstream keeps what.
+`previous_response_id`, or an `item_reference` to an item, it does not have, so tests see
+which upstream keeps what.
 """
 
 from __future__ import annotations
@@ -113,6 +114,17 @@ class ResponsesAPI:
                 "code": "previous_response_not_found",
             }
             return web.json_response({"error": error}, status=400)
+        items = body.get("input") if isinstance(body.get("input"), list) else []
+        known = {item["id"] for kept in self.kept.values() for item in kept["output"]}
+        for item in items:
+            if item.get("type") == "item_reference" and item.get("id") not in known:
+                error = {
+                    "message": f"Item with id '{item.get('id')}' not found.",
+                    "type": "invalid_request_error",
+                    "param": "input",
+                    "code": None,
+                }
+                return web.json_response({"error": error}, status=400)
         self._count += 1
         n = self._count
         response_id = f"resp_fake{n}"

@@ -40,9 +40,10 @@ from gateway.pipeline.request import ModelCall, admit
 from gateway.providers.base import JsonAnswer
 from gateway.providers.responses_events import open_responses_stream
 from gateway.providers.upstream import OpenedStream, open_stream
-from gateway.store.responses import ResponseStore, StoredResponse
+from gateway.store.responses import FoundItem, ResponseStore, StoredResponse
 
 API = "responses"
+REFERENCE = "item_reference"
 
 # Parameters of OpenAI's that need state the gateway does not keep: refused rather than
 # silently ignored, so the client knows.
@@ -91,16 +92,28 @@ def _input_items(body: dict[str, Any]) -> list[dict[str, Any]]:
     return []
 
 
+def _replayed(item: dict[str, Any]) -> dict[str, Any] | None:
+    """An earlier turn's item as input for a native upstream that does not have it: reasoning
+    items only mean something to the upstream that made them (None: left out), and ids and
+    statuses would be read as references to items it keeps."""
+    if item.get("type") == "reasoning":
+        return None
+    return {k: v for k, v in item.items() if k not in ("id", "status")}
+
+
 def _replayable(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Earlier turns as input items for a native upstream that does not have them: reasoning
-    items only mean something to the upstream that made them, and ids and statuses would be
-    read as references to items it keeps."""
-    out = []
-    for item in items:
-        if item.get("type") == "reasoning":
-            continue
-        out.append({k: v for k, v in item.items() if k not in ("id", "status")})
-    return out
+    return [replayed for replayed in map(_replayed, items) if replayed is not None]
+
+
+def _reference_id(item: dict[str, Any]) -> str | None:
+    """The id an `item_reference` input item names; None for any other item."""
+    if item.get("type") == REFERENCE and isinstance(item.get("id"), str):
+        return str(item["id"])
+    return None
+
+
+def reference_ids(body: dict[str, Any]) -> list[str]:
+    return [ref for ref in map(_reference_id, _input_items(body)) if ref is not None]
 
 
 async def _previous(
@@ -129,42 +142,91 @@ class _Turn:
         previous: StoredResponse | None,
         store: ResponseStore,
         owner: str,
+        found: dict[str, FoundItem] | None = None,
     ) -> None:
         self.body = body
         self.previous = previous
         self.requested = str(body.get("model") or "")
+        # The `item_reference`s of the input that the gateway's store resolved; the rest
+        # only an upstream that made them could.
+        self._found = found or {}
+        self._input = _input_items(body)
+        references = [ref for ref in map(_reference_id, self._input) if ref is not None]
+        self._unknown = [ref for ref in references if ref not in self._found]
+        resolved = [self._resolved(item) for item in self._input]
         history = previous.continued() if previous is not None else []
-        # What this response is stored with: every turn before its output.
-        self.conversation = [*history, *_input_items(body)]
+        # What this response is stored with: every turn before its output, references
+        # spelled out so that a later turn can replay it anywhere.
+        self.conversation = [*history, *resolved]
+        chat_source = {**body, "input": resolved} if references else body
         try:
             chat_history = to_chat.items_to_messages(history, param="previous_response_id")
-            self.chat_body = to_chat.chat_request(body, chat_history)
-            self._chat_with_reasoning = to_chat.chat_request(body, chat_history, reasoning=True)
+            self.chat_body = to_chat.chat_request(chat_source, chat_history)
+            self._chat_with_reasoning = to_chat.chat_request(
+                chat_source, chat_history, reasoning=True
+            )
         except to_chat.InvalidRequest as exc:
             raise InvalidRequest(str(exc), param=exc.param) from exc
         self._store = store
         self._owner = owner
         self._keeps = body.get("store") is not False
         self.kept_by: str | None = None  # the native provider that keeps it too, if any
+        # The client's previous_response_id, when the upstream was sent the earlier turns
+        # instead (its answer must still name it).
+        self.replayed_previous: str | None = None
+
+    def _resolved(self, item: dict[str, Any]) -> dict[str, Any]:
+        ref = _reference_id(item)
+        found = self._found.get(ref) if ref is not None else None
+        return found.item if found is not None else item
 
     def chat_for(self, call: ModelCall, model_name: str) -> dict[str, Any]:
-        """The chat body a translated model gets (`reasoning_effort` only where taken)."""
+        """The chat body a translated model gets (`reasoning_effort` only where taken). An
+        item reference the gateway cannot resolve is refused, not dropped: the turn it names
+        would silently be missing."""
+        if self._unknown:
+            raise InvalidRequest(f"Item with id '{self._unknown[0]}' not found.", param="input")
         if call.runtime.config.models[model_name].reasoning:
             return self._chat_with_reasoning
         return self.chat_body
 
     def native_body(self, provider_name: str) -> dict[str, Any]:
         """The body a native model gets: the client's, with the earlier turns spelled out
-        unless this provider keeps the response being continued. Notes whether the provider
-        will keep this one."""
+        unless this provider keeps the response being continued, and each item reference to
+        an item it does not keep spelled out too. Notes whether the provider will keep this
+        one."""
         previous = self.previous
-        if previous is None or previous.kept_by == provider_name:
+        replay = previous is not None and previous.kept_by != provider_name
+        foreign = any(found.kept_by != provider_name for found in self._found.values())
+        self.replayed_previous = None
+        if not replay and not foreign:
             body = self.body
         else:
             body = {k: v for k, v in self.body.items() if k != "previous_response_id"}
-            body["input"] = _replayable([*previous.continued(), *_input_items(self.body)])
+            if previous is not None and not replay:
+                body["previous_response_id"] = self.body["previous_response_id"]
+            items: list[dict[str, Any]] = []
+            for item in self._input:
+                kept = self._native_item(item, provider_name, replay)
+                if kept is not None:
+                    items.append(kept)
+            if previous is not None and replay:
+                items = [*_replayable(previous.continued()), *items]
+                self.replayed_previous = str(self.body["previous_response_id"])
+            body["input"] = items
         self.kept_by = provider_name if body.get("store") is not False else None
         return body
+
+    def _native_item(
+        self, item: dict[str, Any], provider_name: str, replay: bool
+    ) -> dict[str, Any] | None:
+        ref = _reference_id(item)
+        if ref is None:
+            return _replayed(item) if replay else item
+        found = self._found.get(ref)
+        if found is None or found.kept_by == provider_name:
+            return item  # the upstream has it (or may: the gateway does not)
+        return _replayed(found.item)
 
     async def keep(self, response: dict[str, Any], config: ResponsesConfig) -> None:
         """Store the response (unless `store: false`), owned by the caller's key."""
@@ -187,7 +249,9 @@ async def create_response(request: web.Request) -> web.StreamResponse:
     # client names its own.
     if state.conversation is None and previous is not None:
         state.conversation = previous.conversation_id
-    turn = _Turn(body, previous, process.responses, principal.name)
+    references = reference_ids(body)
+    found = await process.responses.find_items(references, principal.name) if references else {}
+    turn = _Turn(body, previous, process.responses, principal.name, found)
     call = await admit(
         process, runtime, state, principal, body.get("model"), turn.chat_body, completion=True
     )
@@ -213,7 +277,11 @@ async def _answer(call: ModelCall, turn: _Turn, model_name: str) -> JsonAnswer:
         native = turn.native_body(provider.name)
         with state.waiting_upstream():
             answer = await provider.responses(call.upstream_call(model_name, native))
-        await turn.keep(orjson.loads(answer.body), config)
+        response = orjson.loads(answer.body)
+        if turn.replayed_previous is not None and isinstance(response, dict):
+            response["previous_response_id"] = turn.replayed_previous
+            answer = JsonAnswer(orjson.dumps(response), answer.usage)
+        await turn.keep(response, config)
         return answer
     with state.waiting_upstream():
         chat = await provider.chat(call.upstream_call(model_name, turn.chat_for(call, model_name)))
@@ -237,7 +305,7 @@ async def _stream(call: ModelCall, turn: _Turn, model_name: str) -> OpenedStream
         upstream, first = await open_responses_stream(
             provider, call.upstream_call(model_name, native)
         )
-        relayed = NativeResponsesStream(upstream, keep)
+        relayed = NativeResponsesStream(upstream, keep, turn.replayed_previous)
         return relayed, await relayed.look(first)
     chat_body = turn.chat_for(call, model_name)
     inner, first = await open_stream(provider, call.upstream_call(model_name, chat_body))

@@ -119,14 +119,24 @@ class ChatToResponsesStream(EventStream):
 
 class NativeResponsesStream(EventStream):
     """An upstream's own Responses stream, relayed as it is; its final Response is handed to
-    `on_final` before the event carrying it goes on."""
+    `on_final` before the event carrying it goes on. With `previous_id` (the gateway replayed
+    the earlier turns, so the upstream was not given the id), the events carrying the Response
+    get it back."""
 
-    def __init__(self, inner: EventStream, on_final: OnFinal) -> None:
+    def __init__(
+        self, inner: EventStream, on_final: OnFinal, previous_id: str | None = None
+    ) -> None:
         self._inner = inner
         self._on_final = on_final
         self._final_handled = False
+        self._previous_id = previous_id
 
     async def look(self, events: list[bytes]) -> list[bytes]:
+        if self._previous_id is not None:
+            previous_id = self._previous_id
+            events = [
+                responses_events.with_previous_response_id(event, previous_id) for event in events
+            ]
         if not self._final_handled:
             for event in events:
                 response = responses_events.final_response(event)
