@@ -21,6 +21,7 @@ from pydantic import Field, ValidationError, field_validator
 from gateway.config_base import (
     ConfigModel,
     NonNegativeFloat,
+    NonNegativeInt,
     PositiveFloat,
     PositiveInt,
 )
@@ -82,6 +83,10 @@ class ServerConfig(_Model):
     # How long a client may take to send its whole body (408 after). No slot is held while
     # it is read, so slow clients cannot take the gateway's capacity.
     body_timeout_s: PositiveFloat = 30
+    # Connections one client address may hold open without a complete request (headers not
+    # all sent yet, or a body still arriving); past it new ones are refused. 0: no cap. Behind
+    # a load balancer every client has its address: raise it, or set 0 there.
+    max_pending_per_address: NonNegativeInt = 64
 
 
 class PriceConfig(_Model):

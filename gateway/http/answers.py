@@ -28,7 +28,7 @@ def error_response(
     response.headers.update(error.headers)
     state.stamp(response.headers)
     response.headers["x-should-retry"] = "true" if error.should_retry else "false"
-    if response.status == 413:
+    if response.status == 413 or error.code == "too_many_pending_requests":
         # The rest of the body is not read: the connection cannot be reused.
         response.force_close()
     return response

@@ -6,19 +6,43 @@ import asyncio
 from typing import Any
 
 import orjson
-from aiohttp import web
+from aiohttp import HttpVersion11, web
 
-from gateway.errors import InvalidRequest, RequestTimeout, RequestTooLarge
+from gateway.errors import InvalidRequest, RateLimited, RequestTimeout, RequestTooLarge
+from gateway.http.request import PROCESS
+
+TOO_MANY_PENDING = "too_many_pending_requests"
+
+
+async def expect_continue(request: web.Request) -> None:
+    """`Expect: 100-continue`: the client waits for `100 Continue` before sending its body.
+    Sent only for a body within `server.max_body_mb`; a bigger one is answered 413 by the
+    handler (before reading it), so the client never sends it."""
+    declared = request.content_length
+    if declared is not None and declared > request.app[PROCESS].current.max_body_bytes:
+        return
+    expect = request.headers.get("Expect", "").lower()
+    if request.version == HttpVersion11 and expect == "100-continue":
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        request.writer.output_size = 0  # what follows is the answer itself
 
 
 async def read_body(request: web.Request, limit: int, timeout_s: float | None = None) -> bytes:
     """The body, refused as soon as it passes `limit` bytes: nothing past it is read. A body
-    not all here yet must arrive within `timeout_s` (408 otherwise)."""
+    not all here yet must arrive within `timeout_s` (408 otherwise), and counts against its
+    address's `server.max_pending_per_address` while it does."""
     declared = request.content_length
     if declared is not None and declared > limit:
         raise _too_large(limit)
     if timeout_s is None or request.content.is_eof():
         return await _read_up_to(request, limit)  # all buffered already: no timer needed
+    pending = request.app[PROCESS].pending
+    address = request.remote or ""
+    if address and not pending.enter(address):
+        raise RateLimited(
+            "Too many requests from your address are still sending their body.",
+            code=TOO_MANY_PENDING,
+        )
     try:
         async with asyncio.timeout(timeout_s):
             return await _read_up_to(request, limit)
@@ -27,6 +51,9 @@ async def read_body(request: web.Request, limit: int, timeout_s: float | None = 
             f"The request body did not arrive within {timeout_s:g} seconds.",
             code="request_timeout",
         ) from None
+    finally:
+        if address:
+            pending.leave(address)
 
 
 async def _read_up_to(request: web.Request, limit: int) -> bytes:

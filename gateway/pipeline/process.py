@@ -16,6 +16,7 @@ from gateway.limits.base import Limiter
 from gateway.limits.cooldowns import CooldownStore, MemoryCooldowns
 from gateway.limits.keeper import LeaseKeeper
 from gateway.pipeline.drain import Drain
+from gateway.pipeline.pending import PendingClients
 from gateway.pipeline.runtime import Runtime
 from gateway.store.redis import SharedRedis
 from gateway.store.responses import ResponseStore, build_response_store
@@ -47,6 +48,8 @@ class GatewayProcess:
         self.responses: ResponseStore = build_response_store(redis if config.redis else None)
         self.in_flight = 0
         self.drain = Drain()
+        # Connections and bodies per client address not yet complete (server.protocol).
+        self.pending = PendingClients(lambda: self.current.config.server.max_pending_per_address)
         self._background: set[asyncio.Task[None]] = set()
 
     def in_background(self, work: Coroutine[Any, Any, None]) -> None:

@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
+from gateway.http.body import expect_continue
 from gateway.http.middleware import gateway_middleware
 from gateway.http.request import PROCESS
 from gateway.ingress import chat, embeddings, models
@@ -23,18 +24,24 @@ def create_app(process: GatewayProcess, reloader: Reloader | None = None) -> web
     # lifted so that one does not answer first with a differently shaped 413.
     # Errors on Anthropic's paths are in Anthropic's dialect; everywhere else in OpenAI's.
     middleware = gateway_middleware([("/v1/messages", messages.error_response)])
+    # `Expect: 100-continue` is answered by `expect_continue`: no `100 Continue` for a body
+    # over the limit, which then gets its 413 unread.
     app = web.Application(middlewares=[middleware], client_max_size=2**62)
     app[PROCESS] = process
     if reloader is not None:
         app[RELOADER] = reloader
-    app.router.add_post("/v1/chat/completions", chat.chat_completions)
-    app.router.add_post("/v1/embeddings", embeddings.embeddings)
-    app.router.add_post("/v1/completions", completions.completions)
-    app.router.add_post("/v1/responses", responses.create_response)
+    app.router.add_post(
+        "/v1/chat/completions", chat.chat_completions, expect_handler=expect_continue
+    )
+    app.router.add_post("/v1/embeddings", embeddings.embeddings, expect_handler=expect_continue)
+    app.router.add_post("/v1/completions", completions.completions, expect_handler=expect_continue)
+    app.router.add_post("/v1/responses", responses.create_response, expect_handler=expect_continue)
     app.router.add_get("/v1/responses/{response_id}", responses.get_response)
     app.router.add_delete("/v1/responses/{response_id}", responses.delete_response)
-    app.router.add_post("/v1/messages", messages.messages)
-    app.router.add_post("/v1/messages/count_tokens", messages.count_tokens)
+    app.router.add_post("/v1/messages", messages.messages, expect_handler=expect_continue)
+    app.router.add_post(
+        "/v1/messages/count_tokens", messages.count_tokens, expect_handler=expect_continue
+    )
     app.router.add_get("/v1/models", models.list_models)
     app.router.add_get("/v1/models/{model}", models.get_model)
     app.router.add_get("/v1/usage", usage.usage)
@@ -45,7 +52,7 @@ def create_app(process: GatewayProcess, reloader: Reloader | None = None) -> web
     app.router.add_get("/readyz", health.readyz)
     if process.current.config.server.metrics_port is None:
         app.router.add_get("/metrics", metrics.metrics)
-    app.router.add_post("/admin/reload", admin.reload_config)
+    app.router.add_post("/admin/reload", admin.reload_config, expect_handler=expect_continue)
     app.cleanup_ctx.append(_process_lifecycle)
     return app
 

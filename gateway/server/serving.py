@@ -15,6 +15,7 @@ from gateway.ops.reload import POLL_S, Reloader
 from gateway.pipeline.process import GatewayProcess
 from gateway.pipeline.runtime import build_runtime
 from gateway.server.app import create_app, create_metrics_app
+from gateway.server.protocol import GatewayAppRunner
 from gateway.store.redis import SharedRedis, redis_url, uses_redis
 
 log = logging.getLogger("gateway.server")
@@ -49,8 +50,12 @@ class GatewayServer:
         # cancels the upstream request, also while the gateway waits for a first token.
         # The grace period is managed by stop(); by the time the runner cleans up, what is
         # left has been told to end.
-        self._runner = web.AppRunner(
-            self.app, handler_cancellation=True, access_log=None, shutdown_timeout=2.0
+        self._runner = GatewayAppRunner(
+            self.app,
+            self.process.pending,
+            handler_cancellation=True,
+            access_log=None,
+            shutdown_timeout=2.0,
         )
         self.metrics_port = config.server.metrics_port
         self._metrics_runner = (
