@@ -595,3 +595,121 @@ async def main():
         tool_use("toolu_oslo", "get_weather", {"city": "Oslo"})
     ]
     assert claude_second["messages"][2]["content"][0]["type"] == "tool_result"
+
+
+TEXT_EVENTS_BEFORE = [
+    "response.created",
+    "response.in_progress",
+    "response.output_item.added",
+    "response.content_part.added",
+]
+TEXT_EVENTS_AFTER = [
+    "response.output_text.done",
+    "response.content_part.done",
+    "response.output_item.done",
+    "response.completed",
+]
+
+
+async def test_litellm_responses_streamed_and_not(
+    gateway: GatewayServer, upstream: FakeOpenAI, claude_upstream: FakeAnthropic
+) -> None:
+    """`litellm.aresponses` on `/v1/responses`: native for the `native` tier, translated to
+    chat for the chat-only model, Anthropic and the mock."""
+    script = """
+import litellm
+
+# litellm fakes a stream (one plain call, replayed as events) for models its price map does not
+# say stream natively; the tiers are the gateway's names, so say it for them.
+litellm.register_model({
+    "openai/" + tier: {"litellm_provider": "openai", "mode": "responses",
+                       "supports_native_streaming": True}
+    for tier in TIERS
+})
+
+async def main():
+    for tier in TIERS:
+        ask = dict(
+            model="openai/" + tier, api_base=GATEWAY + "/v1", api_key=KEY, input="Say hi",
+            timeout=15, num_retries=0,
+        )
+        made = await litellm.aresponses(**ask)
+        events, deltas, final = [], [], None
+        async for event in await litellm.aresponses(**ask, stream=True):
+            kind = getattr(event.type, "value", event.type)  # litellm's own str enum
+            events.append(kind)
+            if kind == "response.output_text.delta":
+                deltas.append(event.delta)
+            if kind == "response.completed":
+                final = event.response
+        text = "".join(
+            part.text for item in made.output if getattr(item, "type", "") == "message"
+            for part in item.content if getattr(part, "type", "") == "output_text"
+        )
+        out[tier] = {
+            "id": made.id, "status": made.status, "text": text,
+            "output_tokens": made.usage.output_tokens, "events": events, "deltas": deltas,
+            "final_status": final.status if final is not None else None,
+        }
+"""
+    result = await python(gateway, script, TIERS=[NATIVE, CHAT, CLAUDE, MOCK])
+    expected = {NATIVE: UPSTREAM_TEXT, CHAT: UPSTREAM_TEXT, CLAUDE: CLAUDE_TEXT}
+    for tier, got in result.items():
+        assert got["id"].startswith("resp") and got["status"] == "completed", tier
+        assert got["text"] == expected.get(tier, got["text"]) and got["text"], tier
+        assert got["output_tokens"] > 0, tier
+        assert "".join(got["deltas"]) == got["text"], tier
+        assert got["final_status"] == "completed", tier
+        words = len(got["deltas"])
+        assert got["events"] == [
+            *TEXT_EVENTS_BEFORE,
+            *["response.output_text.delta"] * words,
+            *TEXT_EVENTS_AFTER,
+        ], tier
+    native, native_stream, chat, chat_stream = upstream.requests
+    assert [native.path, native_stream.path] == ["/v1/responses"] * 2
+    assert native.body["model"] == "gpt-native-id" and native_stream.body["stream"] is True
+    assert [chat.path, chat_stream.path] == ["/v1/chat/completions"] * 2
+    assert chat.body["messages"] == [{"role": "user", "content": "Say hi"}]
+    assert [r.body.get("stream", False) for r in claude_upstream.requests] == [False, True]
+
+
+async def test_pydantic_ai_structured_output(
+    gateway: GatewayServer, upstream: FakeOpenAI, claude_upstream: FakeAnthropic
+) -> None:
+    """An Agent with `output_type` (pydantic-ai's default: a forced output tool): the answer
+    validates as the model, the mock's included."""
+    upstream.next(
+        Behaviour(
+            words=[],
+            tool_calls=[{"id": "call_city", "name": "final_result", "arguments": json.dumps(CITY)}],
+        )
+    )
+    claude_upstream.next(
+        Reply(content=[tool_use("toolu_city", "final_result", CITY)], stop_reason="tool_use")
+    )
+    script = """
+from pydantic import BaseModel
+from pydantic_ai import Agent
+from pydantic_ai.models.openai import OpenAIChatModel
+from pydantic_ai.providers.openai import OpenAIProvider
+
+class City(BaseModel):
+    name: str
+    population: int
+
+async def main():
+    for tier in TIERS:
+        provider = OpenAIProvider(base_url=GATEWAY + "/v1", api_key=KEY)
+        agent = Agent(OpenAIChatModel(tier, provider=provider), output_type=City)
+        result = await agent.run("A city")
+        out[tier] = {"type": type(result.output).__name__, "city": result.output.model_dump()}
+"""
+    result = await python(gateway, script, TIERS=[CHAT, CLAUDE, MOCK])
+    for tier, got in result.items():
+        assert got["type"] == "City", tier
+        jsonschema.validate(got["city"], CITY_SCHEMA)
+    assert result[CHAT]["city"] == result[CLAUDE]["city"] == CITY
+    (sent,) = chat_bodies(upstream)
+    assert [tool["function"]["name"] for tool in sent["tools"]] == ["final_result"]
+    assert claude_upstream.last_body["tools"][0]["name"] == "final_result"
