@@ -8,10 +8,15 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from typing import Any
 
 import pytest
+from aiohttp import web
+from aiohttp.client_exceptions import ClientConnectionResetError
 
+from gateway.pipeline.pending import PendingClients
+from gateway.server.protocol import GatewayAppRunner
 from gateway.server.serving import GatewayServer
 from tests.conftest import APP_KEY, StartGateway, base_config
 from tests.fakes.openai_upstream import FakeOpenAI
@@ -183,3 +188,39 @@ async def test_one_address_cannot_hold_many_incomplete_requests(
     # With nothing held, requests are served as ever.
     status, _, _ = await exchange(gateway, HEAD + b"Content-Length: %d\r\n\r\n" % len(BODY) + BODY)
     assert status == 200
+
+
+@pytest.mark.parametrize("after_output", [True, False])
+async def test_a_client_gone_while_its_answer_is_written_is_not_logged_as_an_error(
+    after_output: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    """On uvloop (what `gateway serve` runs), a write can meet a transport already closing
+    before aiohttp has seen the connection lost, so the handler raises ConnectionResetError
+    instead of being cancelled; aiohttp logged a traceback for each ("Error handling
+    request"), a few per load test's end. The client's leaving is recorded by the middleware
+    (499); the server only closes the connection."""
+
+    async def leaving(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        if after_output:
+            await response.prepare(request)
+            await response.write(b"data: {}\n\n")
+        raise ClientConnectionResetError("Cannot write to closing transport")
+
+    app = web.Application()
+    app.router.add_post("/stream", leaving)
+    runner = GatewayAppRunner(app, PendingClients(lambda: 0))
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"POST /stream HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n")
+        received = await asyncio.wait_for(reader.read(), 5)  # read to EOF: it was closed
+        writer.close()
+    finally:
+        await runner.cleanup()
+    assert (b"data: {}" in received) is after_output
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert errors == []

@@ -103,6 +103,15 @@ class GatewayRequestHandler(RequestHandler):
         exc: BaseException | None = None,
         message: str | None = None,
     ) -> web.StreamResponse:
+        if isinstance(exc, ConnectionResetError):
+            # The client left while its answer was written (a stream, mostly): the middleware
+            # has recorded it (499), and it is no error of the gateway's. aiohttp would log a
+            # traceback for each, hundreds at the end of every load test's run.
+            if request.writer.output_size > 0:
+                raise ConnectionError("the client left mid-answer") from exc  # aiohttp: quiet
+            response = web.Response(status=499)
+            response.force_close()
+            return response
         if not isinstance(exc, HttpProcessingError) or request.writer.output_size > 0:
             return super().handle_error(request, status, exc, message)
         answer_status, code, text = protocol_error(exc, self.max_line_size)
