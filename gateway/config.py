@@ -39,13 +39,10 @@ class ConfigError(Exception):
         self.problems = problems
 
 
-_Model = ConfigModel
-
-
 _ORIGIN = re.compile(r"^[a-z][a-z0-9+.\-]*://[^/\s?#]+$")
 
 
-class CorsConfig(_Model):
+class CorsConfig(ConfigModel):
     """Browser apps on other origins. Empty `allow_origins`: CORS is off."""
 
     allow_origins: list[str] = []  # exact origins (`https://app.example.com`), or "*"
@@ -64,7 +61,7 @@ class CorsConfig(_Model):
         return origins
 
 
-class ServerConfig(_Model):
+class ServerConfig(ConfigModel):
     host: str = "0.0.0.0"
     port: int = Field(default=8080, ge=0, le=65535)
     metrics_port: int | None = Field(default=None, ge=0, le=65535)
@@ -87,9 +84,13 @@ class ServerConfig(_Model):
     # all sent yet, or a body still arriving); past it new ones are refused. 0: no cap. Behind
     # a load balancer every client has its address: raise it, or set 0 there.
     max_pending_per_address: NonNegativeInt = 64
+    # Once the process is quiet after serving, give glibc's free heap pages back to the OS, so
+    # RSS falls back toward idle after a peak (gateway.pipeline.memory). Off: RSS stays near
+    # the peak, reused by the next one.
+    trim_memory: bool = True
 
 
-class PriceConfig(_Model):
+class PriceConfig(ConfigModel):
     """USD per million tokens."""
 
     input: NonNegativeFloat = 0
@@ -103,13 +104,13 @@ class PriceConfig(_Model):
     cache_write_1h: NonNegativeFloat | None = None
 
 
-class LimitConfig(_Model):
+class LimitConfig(ConfigModel):
     rpm: PositiveInt | None = None
     tpm: PositiveInt | None = None
     max_concurrent: PositiveInt | None = None
 
 
-class ModelConfig(_Model):
+class ModelConfig(ConfigModel):
     provider: str
     model: str | None = None  # the upstream's own id; defaults to this model's name
     price: PriceConfig = PriceConfig()
@@ -125,12 +126,12 @@ class ModelConfig(_Model):
 FallbackKind = Literal["connect", "timeout", "429", "5xx", "context_length"]
 
 
-class CooldownConfig(_Model):
+class CooldownConfig(ConfigModel):
     failures: PositiveInt = 3
     seconds: NonNegativeFloat = 30
 
 
-class RoutingConfig(_Model):
+class RoutingConfig(ConfigModel):
     default_tier: str | None = None  # None: a body without `model` is a 400, as at OpenAI
     retries: int = Field(default=1, ge=0, le=10)
     fallback_on: list[FallbackKind] = ["connect", "timeout", "429", "5xx"]
@@ -145,14 +146,14 @@ class RoutingConfig(_Model):
         return value
 
 
-class PlanConfig(_Model):
+class PlanConfig(ConfigModel):
     rpm: PositiveInt | None = None
     tpm: PositiveInt | None = None
     max_concurrent: PositiveInt | None = None
     tiers: list[str] | None = None  # None: every tier
 
 
-class KeyConfig(_Model):
+class KeyConfig(ConfigModel):
     name: str = Field(min_length=1)
     key: str | None = Field(default=None, min_length=1)
     key_sha256: str | None = None
@@ -175,14 +176,14 @@ class KeyConfig(_Model):
         return hashlib.sha256(self.key.encode()).digest()
 
 
-class LimitsConfig(_Model):
+class LimitsConfig(ConfigModel):
     backend: Literal["memory", "redis"] = "memory"
     redis_url: str = "redis://127.0.0.1:6379/0"
     on_backend_error: Literal["allow", "deny"] = "allow"
     lease_ttl_s: PositiveFloat = 60  # a dead replica's leases free themselves after this
 
 
-class RedisConfig(_Model):
+class RedisConfig(ConfigModel):
     """The Redis every replica shares (limits, cooldowns, usage). Only a standalone server is
     supported by this build; Cluster and Sentinel are not yet."""
 
@@ -190,7 +191,7 @@ class RedisConfig(_Model):
     mode: Literal["standalone"] = "standalone"
 
 
-class SinksConfig(_Model):
+class SinksConfig(ConfigModel):
     jsonl: str | None = None  # path of the append-only file; null: off
     jsonl_max_mb: PositiveFloat = 100  # rotate when the file passes this size
     jsonl_rotate_daily: bool = True
@@ -198,14 +199,14 @@ class SinksConfig(_Model):
     redis_stream_maxlen: PositiveInt = 1_000_000
 
 
-class UsageConfig(_Model):
+class UsageConfig(ConfigModel):
     features: list[str] = []
     sinks: SinksConfig = SinksConfig()
     queue_size: PositiveInt = 10_000
     dashboard: bool = False  # serve /dashboard without an admin key
 
 
-class ResponsesConfig(_Model):
+class ResponsesConfig(ConfigModel):
     """Stored Responses (`POST /v1/responses` unless `store: false`): in memory, or in the
     shared Redis when there is a `redis:` section."""
 
@@ -213,7 +214,7 @@ class ResponsesConfig(_Model):
     max_memory_mb: PositiveFloat = 64  # the in-memory store's bound; the oldest go first
 
 
-class GatewayConfig(_Model):
+class GatewayConfig(ConfigModel):
     server: ServerConfig = ServerConfig()
     providers: dict[str, ProviderConfig] = {}
     models: dict[str, ModelConfig] = {}

@@ -62,5 +62,5 @@ async def start_gateway_process(
                 await asyncio.sleep(0.05)
     process.kill()
     await process.wait()
-    log = log_path(config_path, port).read_text()
-    raise AssertionError(f"gateway did not start: {log[-2000:]}")
+    written = log_path(config_path, port).read_text()
+    raise AssertionError(f"gateway did not start: {written[-2000:]}")

@@ -27,6 +27,7 @@ import pytest
 import yaml
 
 from gateway.config import GatewayConfig, parse_config
+from gateway.providers.registry import provider_type
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
@@ -646,7 +647,9 @@ def test_compose_gateway_config_is_valid_mock_only_and_shares_redis() -> None:
     assert "healthcheck" in services["redis"]
     for name, service in gateway_services().items():
         config, _ = compose_gateway_config(service)
-        assert {p.type for p in config.providers.values()} == {"mock"}, "no API keys needed"
+        assert {provider_type(p) for p in config.providers.values()} == {"mock"}, (
+            "no API keys needed"
+        )
         assert config.limits.backend == "redis"
         host = re.fullmatch(r"redis://([a-z0-9-]+):6379/\d+", config.limits.redis_url)
         assert host and host.group(1) in services, config.limits.redis_url

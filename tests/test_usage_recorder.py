@@ -9,7 +9,10 @@ from collections.abc import Callable
 
 import pytest
 
-from gateway.usage import UsageRecord, UsageRecorder, UsageSink
+# From the defining modules: the names gateway.usage loads on first use are Any to mypy.
+from gateway.usage.record import UsageRecord
+from gateway.usage.recorder import UsageRecorder
+from gateway.usage.sinks import UsageSink
 from tests.test_usage_records import make_record
 
 

@@ -11,15 +11,12 @@ from typing import Any
 import orjson
 import pytest
 
-from gateway.usage import (
-    JsonlSink,
-    MemoryUsageStore,
-    UsageQuery,
-    UsageQueryError,
-    UsageRecord,
-    format_ts,
-)
+# From the defining modules: the names gateway.usage loads on first use are Any to mypy.
 from gateway.usage.aggregate import bucket_of, percentiles
+from gateway.usage.jsonl import JsonlSink
+from gateway.usage.memory_store import MemoryUsageStore
+from gateway.usage.query import UsageQuery, UsageQueryError
+from gateway.usage.record import UsageRecord, format_ts
 
 NOW = datetime(2025, 3, 10, 15, 30, 0, tzinfo=UTC)
 

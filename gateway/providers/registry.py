@@ -41,7 +41,13 @@ else:
     ]
 
 
+def provider_type(config: ConfigModel) -> str:
+    """A `providers:` entry's `type` (every registered config model has one; to mypy the entry
+    is only a ConfigModel, since the union is built from the registry at run time)."""
+    kind: str = getattr(config, "type")  # noqa: B009
+    return kind
+
+
 def build_provider(name: str, config: ConfigModel) -> Provider:
     """The Provider for one `providers:` entry (its type was checked when config loaded)."""
-    kind: str = getattr(config, "type")  # noqa: B009 - every provider config has a `type`
-    return REGISTRY[kind].build(name, config)
+    return REGISTRY[provider_type(config)].build(name, config)
