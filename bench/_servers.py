@@ -1,11 +1,12 @@
 """The two servers the benchmark measures the gateway against, each run in its own process:
 
-    python bench/_servers.py upstream --port P
+    python bench/_servers.py upstream --port P [--pace-ms MS]
     python bench/_servers.py relay --port P --upstream-port U
 
 `upstream` is a fast fake OpenAI API: fixed answers, no sleeps, so that what is measured is the
-relay in front of it. `relay` is the floor for any Python proxy: one pooled aiohttp session, the
-body forwarded untouched, the answer copied back (streams chunk by chunk).
+relay in front of it (`--pace-ms` spaces a stream's events, so that streams stay open as real
+ones do, for the memory benchmark). `relay` is the floor for any Python proxy: one pooled
+aiohttp session, the body forwarded untouched, the answer copied back (streams chunk by chunk).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from aiohttp import web
 SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
 SESSION = web.AppKey("session", aiohttp.ClientSession)
 UPSTREAM_URL = web.AppKey("upstream_url", str)
+PACE_S = web.AppKey("pace_s", float)
 
 
 # --- the fake upstream -------------------------------------------------------------------------
@@ -82,15 +84,20 @@ async def fake_chat(request: web.Request) -> web.StreamResponse:
         return web.Response(body=CHAT_COMPLETION, content_type="application/json")
     response = web.StreamResponse(headers=SSE_HEADERS)
     await response.prepare(request)
-    for event in STREAM_EVENTS:
-        # One write per event, like a real server producing tokens, just without the waiting.
+    pace_s = request.app[PACE_S]
+    for number, event in enumerate(STREAM_EVENTS):
+        # One write per event, like a real server producing tokens, by default without the
+        # waiting.
+        if pace_s and number:
+            await asyncio.sleep(pace_s)
         await response.write(event)
     await response.write_eof()
     return response
 
 
-def upstream_app() -> web.Application:
+def upstream_app(pace_s: float = 0.0) -> web.Application:
     app = web.Application()
+    app[PACE_S] = pace_s
     app.router.add_post("/v1/chat/completions", fake_chat)
     return app
 
@@ -161,9 +168,10 @@ def main() -> None:
     parser.add_argument("role", choices=["upstream", "relay"])
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--upstream-port", type=int)
+    parser.add_argument("--pace-ms", type=float, default=0.0, help="upstream: between events")
     args = parser.parse_args()
     if args.role == "upstream":
-        app = upstream_app()
+        app = upstream_app(args.pace_ms / 1000)
     elif args.upstream_port is None:
         parser.error("relay needs --upstream-port")
     else:

@@ -170,7 +170,15 @@ async def relay_stream(
 
     stream, first = opened
     if not response.prepared:
-        await _begin(response, request, state)
+        try:
+            await _begin(response, request, state)
+        except BaseException:
+            # The client left as its answer began (a reset, or the handler cancelled while
+            # the headers were written): nobody will read this stream. Unclosed, it would
+            # hold its upstream connection and buffers until the model's total timeout.
+            state.stream_cut = True
+            await stream.aclose(completed=False)
+            raise
     await _pump(response, state, stream, first, client, drain)
     return response
 

@@ -16,6 +16,7 @@ from gateway.limits.base import Limiter
 from gateway.limits.cooldowns import CooldownStore, MemoryCooldowns
 from gateway.limits.keeper import LeaseKeeper
 from gateway.pipeline.drain import Drain
+from gateway.pipeline.memory import MemoryTrimmer
 from gateway.pipeline.pending import PendingClients
 from gateway.pipeline.runtime import Runtime
 from gateway.store.redis import SharedRedis
@@ -48,6 +49,9 @@ class GatewayProcess:
         self.responses: ResponseStore = build_response_store(redis if config.redis else None)
         self.in_flight = 0
         self.drain = Drain()
+        self.memory = MemoryTrimmer(
+            lambda: self.in_flight, lambda: self.current.config.server.trim_memory
+        )
         # Connections and bodies per client address not yet complete (server.protocol).
         self.pending = PendingClients(lambda: self.current.config.server.max_pending_per_address)
         self._background: set[asyncio.Task[None]] = set()
@@ -86,8 +90,10 @@ class GatewayProcess:
     async def start(self) -> None:
         await self.usage.start()
         self.leases.start()
+        self.memory.start()
 
     async def aclose(self) -> None:
+        await self.memory.stop()
         if self._background:
             await asyncio.gather(*list(self._background), return_exceptions=True)
         await self.usage.aclose(USAGE_FLUSH_S)

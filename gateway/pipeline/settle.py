@@ -24,6 +24,7 @@ def finish(process: GatewayProcess, state: RequestState, status: int) -> None:
     back (token reservations corrected by the tokens it used), its runtime last."""
     tokens = tokens_of(state)
     runtime = state.runtime
+    process.memory.served()
     if runtime is not None and state.api_call:
         cost = cost_usd(runtime.config, state.model, tokens)
         _observe(runtime.config, state, status, tokens, cost)

@@ -1,0 +1,93 @@
+"""Driving a target with `wrk`, the C load generator (a Python one cannot saturate a bare relay,
+so it flatters whatever is slower): installing it when missing, POSTing a JSON body from a Lua
+script, and reading its summary as JSON."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import orjson
+from _launch import BenchFailed, run_to_end
+
+# wrk's Lua hooks: every request the same POST; at the end, the summary as one JSON line
+# (wrk's own text report is for people).
+_SCRIPT = """\
+wrk.method = "POST"
+wrk.body = {body}
+wrk.headers["Content-Type"] = "application/json"
+{headers}
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    '\\nWRK_JSON {{"requests": %d, "duration_us": %d, "bytes": %d, "connect_errors": %d, '
+    .. '"read_errors": %d, "write_errors": %d, "status_errors": %d, "timeouts": %d, '
+    .. '"p50_us": %d, "p99_us": %d}}\\n',
+    summary.requests, summary.duration, summary.bytes, e.connect, e.read, e.write, e.status,
+    e.timeout, latency:percentile(50), latency:percentile(99)))
+end
+"""
+
+
+def ensure_wrk() -> str:
+    """The path of `wrk`; installed from Debian's packages when missing and this is root."""
+    found = shutil.which("wrk")
+    if found:
+        return found
+    if os.geteuid() == 0 and shutil.which("apt-get"):
+        print("installing wrk (apt-get install wrk)...", file=sys.stderr, flush=True)
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        for argv in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", "wrk"]):
+            subprocess.run(argv, env=env, check=False, capture_output=True, timeout=600)
+        found = shutil.which("wrk")
+        if found:
+            return found
+    raise BenchFailed("this benchmark needs wrk: install it (Debian: apt-get install wrk)")
+
+
+def _lua_string(text: str) -> str:
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def write_script(path: Path, body: dict[str, Any], headers: dict[str, str] | None = None) -> Path:
+    lines = [
+        f"wrk.headers[{_lua_string(k)}] = {_lua_string(v)}" for k, v in (headers or {}).items()
+    ]
+    path.write_text(
+        _SCRIPT.format(body=_lua_string(orjson.dumps(body).decode()), headers="\n".join(lines))
+    )
+    return path
+
+
+def run_wrk(
+    url: str, script: Path, connections: int, duration_s: float, threads: int = 2
+) -> dict[str, Any]:
+    """One wrk run; its summary (requests, errors, p50/p99 in microseconds)."""
+    argv = [
+        ensure_wrk(),
+        f"-t{min(threads, connections)}",
+        f"-c{connections}",
+        f"-d{duration_s:g}s",
+        "--timeout",
+        "30s",
+        "-s",
+        str(script),
+        url,
+    ]
+    code, out, err = run_to_end(argv, timeout_s=duration_s + 120)
+    text = out.decode(errors="replace")
+    if code != 0:
+        raise BenchFailed(f"wrk failed with {code}:\n{text[-2000:]}{err.decode()[-2000:]}")
+    for line in text.splitlines():
+        if line.startswith("WRK_JSON "):
+            summary: dict[str, Any] = orjson.loads(line.removeprefix("WRK_JSON "))
+            summary["errors"] = sum(
+                summary[k]
+                for k in ("connect_errors", "read_errors", "write_errors", "status_errors")
+            )
+            return summary
+    raise BenchFailed(f"wrk printed no summary:\n{text[-2000:]}")
