@@ -174,19 +174,19 @@ async def _drain(stream: asyncio.StreamReader | None, into: bytearray) -> None:
         into.extend(chunk)
 
 
-def _last_json_object(stdout: str, stderr: str) -> dict[str, Any]:
+def last_json_object(stdout: str, stderr: str, what: str = "node script") -> dict[str, Any]:
     lines = [line for line in stdout.splitlines() if line.strip()]
     if not lines:
-        raise AssertionError(f"node script printed nothing on stdout\nstderr:\n{stderr}")
+        raise AssertionError(f"{what} printed nothing on stdout\nstderr:\n{stderr}")
     try:
         result = json.loads(lines[-1])
     except json.JSONDecodeError as exc:
         raise AssertionError(
-            f"node script's last stdout line is not JSON: {lines[-1]!r}\n"
+            f"{what}'s last stdout line is not JSON: {lines[-1]!r}\n"
             f"stdout:\n{stdout}\nstderr:\n{stderr}"
         ) from exc
     if not isinstance(result, dict):
-        raise AssertionError(f"node script's last stdout line is not a JSON object: {result!r}")
+        raise AssertionError(f"{what}'s last stdout line is not a JSON object: {result!r}")
     return result
 
 
@@ -204,40 +204,50 @@ async def run_node(script: str, env: dict[str, str], timeout_s: float = 60) -> d
         (workdir / "node_modules").symlink_to(modules, target_is_directory=True)
         path = workdir / "script.mjs"
         path.write_text(script, encoding="utf-8")
-        proc = await asyncio.create_subprocess_exec(
-            node,
-            str(path),
-            cwd=workdir,
-            env=_child_env(env),
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
+        return await run_script(
+            [node, str(path)], workdir, _child_env(env), timeout_s, "node script"
         )
-        out, err = bytearray(), bytearray()
-        readers = asyncio.gather(_drain(proc.stdout, out), _drain(proc.stderr, err))
-        timed_out = False
-        try:
-            await asyncio.wait_for(proc.wait(), timeout_s)
-        except TimeoutError:
-            timed_out = True
+
+
+async def run_script(
+    argv: list[str], cwd: Path, env: dict[str, str], timeout_s: float, what: str
+) -> dict[str, Any]:
+    """Run a client script as a child process (an asyncio subprocess, so a gateway in this
+    event loop keeps serving it) and return the JSON object of its last stdout line. A nonzero
+    exit or a run past `timeout_s` raises AssertionError with its output; cancelled or timed
+    out, the child is killed, never left behind."""
+    proc = await asyncio.create_subprocess_exec(
+        *argv,
+        cwd=cwd,
+        env=env,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = bytearray(), bytearray()
+    readers = asyncio.gather(_drain(proc.stdout, out), _drain(proc.stderr, err))
+    timed_out = False
+    try:
+        await asyncio.wait_for(proc.wait(), timeout_s)
+    except TimeoutError:
+        timed_out = True
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        await proc.wait()
+    finally:
+        if proc.returncode is None:  # cancelled: never leave the child behind
             with contextlib.suppress(ProcessLookupError):
                 proc.kill()
             await proc.wait()
-        finally:
-            if proc.returncode is None:  # cancelled: never leave the child behind
-                with contextlib.suppress(ProcessLookupError):
-                    proc.kill()
-                await proc.wait()
-            await readers
+        await readers
     stdout = out.decode("utf-8", errors="replace")
     stderr = err.decode("utf-8", errors="replace")
     if timed_out:
         raise AssertionError(
-            f"node script ran over {timeout_s}s and was killed\nstdout:\n{stdout}\n"
-            f"stderr:\n{stderr}"
+            f"{what} ran over {timeout_s}s and was killed\nstdout:\n{stdout}\nstderr:\n{stderr}"
         )
     if proc.returncode != 0:
         raise AssertionError(
-            f"node script exited with {proc.returncode}\nstderr:\n{stderr}\nstdout:\n{stdout}"
+            f"{what} exited with {proc.returncode}\nstderr:\n{stderr}\nstdout:\n{stdout}"
         )
-    return _last_json_object(stdout, stderr)
+    return last_json_object(stdout, stderr, what)

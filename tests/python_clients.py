@@ -23,7 +23,6 @@ the internet fails at once instead of leaving this machine.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import fcntl
 import hashlib
 import json
@@ -36,6 +35,8 @@ import threading
 import time
 from pathlib import Path
 from typing import Any
+
+from tests.node_clients import run_script
 
 REQUIREMENTS_DIR = Path(__file__).resolve().parent / "pyclients"
 REQUIREMENTS = REQUIREMENTS_DIR / "requirements.txt"
@@ -201,29 +202,6 @@ def _child_env(env: dict[str, str]) -> dict[str, str]:
     return {**inherited, **_OFFLINE_ENV, **env}
 
 
-async def _drain(stream: asyncio.StreamReader | None, into: bytearray) -> None:
-    if stream is None:
-        return
-    while chunk := await stream.read(65536):
-        into.extend(chunk)
-
-
-def _last_json_object(stdout: str, stderr: str) -> dict[str, Any]:
-    lines = [line for line in stdout.splitlines() if line.strip()]
-    if not lines:
-        raise AssertionError(f"python script printed nothing on stdout\nstderr:\n{stderr}")
-    try:
-        result = json.loads(lines[-1])
-    except json.JSONDecodeError as exc:
-        raise AssertionError(
-            f"python script's last stdout line is not JSON: {lines[-1]!r}\n"
-            f"stdout:\n{stdout}\nstderr:\n{stderr}"
-        ) from exc
-    if not isinstance(result, dict):
-        raise AssertionError(f"python script's last stdout line is not a JSON object: {result!r}")
-    return result
-
-
 async def run_python(script: str, env: dict[str, str], timeout_s: float = 60) -> dict[str, Any]:
     """Run `script` with the client venv's Python; return the JSON object of its last stdout line.
 
@@ -237,41 +215,6 @@ async def run_python(script: str, env: dict[str, str], timeout_s: float = 60) ->
         workdir = Path(folder)
         path = workdir / "script.py"
         path.write_text(script, encoding="utf-8")
-        proc = await asyncio.create_subprocess_exec(
-            str(venv_python(venv)),
-            "-I",  # isolated: no user site-packages, no PYTHON* variables, no cwd on sys.path
-            str(path),
-            cwd=workdir,
-            env=_child_env({"HOME": str(workdir), **env}),
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )
-        out, err = bytearray(), bytearray()
-        readers = asyncio.gather(_drain(proc.stdout, out), _drain(proc.stderr, err))
-        timed_out = False
-        try:
-            await asyncio.wait_for(proc.wait(), timeout_s)
-        except TimeoutError:
-            timed_out = True
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
-            await proc.wait()
-        finally:
-            if proc.returncode is None:  # cancelled: never leave the child behind
-                with contextlib.suppress(ProcessLookupError):
-                    proc.kill()
-                await proc.wait()
-            await readers
-    stdout = out.decode("utf-8", errors="replace")
-    stderr = err.decode("utf-8", errors="replace")
-    if timed_out:
-        raise AssertionError(
-            f"python script ran over {timeout_s}s and was killed\nstdout:\n{stdout}\n"
-            f"stderr:\n{stderr}"
-        )
-    if proc.returncode != 0:
-        raise AssertionError(
-            f"python script exited with {proc.returncode}\nstderr:\n{stderr}\nstdout:\n{stdout}"
-        )
-    return _last_json_object(stdout, stderr)
+        argv = [str(venv_python(venv)), "-I", str(path)]  # -I: isolated, no user site
+        env = _child_env({"HOME": str(workdir), **env})
+        return await run_script(argv, workdir, env, timeout_s, "python script")
