@@ -40,6 +40,8 @@ def messages_config(upstream_url: str, usage_path: Path) -> dict[str, Any]:
     raw["usage"] = {"sinks": {"jsonl": str(usage_path)}}
     raw["plans"]["limited"] = {"tiers": ["fast"], "rpm": 1}
     raw["keys"].append({"name": "limited", "key": "gw-limited", "plan": "limited"})
+    raw["plans"]["tokens"] = {"tiers": ["fast"], "tpm": 200}
+    raw["keys"].append({"name": "tokens", "key": "gw-tokens", "plan": "tokens"})
     return raw
 
 
@@ -309,6 +311,31 @@ async def test_rate_limited_key_gets_rate_limit_error_with_retry_after(
             await sdk.messages.create(model="fast", max_tokens=5, messages=USER)
     assert limited.value.body["error"]["type"] == "rate_limit_error"  # type: ignore[index]
     assert float(limited.value.response.headers["retry-after"]) > 0
+
+
+async def test_tpm_counts_the_anthropic_body_and_max_tokens(
+    upstream: FakeOpenAI, gateway: GatewayServer
+) -> None:
+    """The token estimate is made from the Anthropic body: a long system prompt in text blocks
+    and `max_tokens` count, so a request bigger than the plan's tpm is refused for good."""
+    async with anthropic.AsyncAnthropic(
+        base_url=gateway.url, api_key="gw-tokens", max_retries=0
+    ) as sdk:
+        upstream.next(Behaviour(words=["ok"], prompt_tokens=5, completion_tokens=1))
+        await sdk.messages.create(model="fast", max_tokens=20, messages=USER)
+        with pytest.raises(anthropic.RateLimitError) as by_max_tokens:
+            await sdk.messages.create(model="fast", max_tokens=500, messages=USER)
+        with pytest.raises(anthropic.RateLimitError) as by_system:
+            await sdk.messages.create(
+                model="fast",
+                max_tokens=5,
+                system=[{"type": "text", "text": "word " * 400}],
+                messages=USER,
+            )
+    for refused in (by_max_tokens.value, by_system.value):
+        assert refused.body["error"]["type"] == "rate_limit_error"  # type: ignore[index]
+        assert refused.response.headers["x-should-retry"] == "false"
+    assert len(upstream.requests) == 1
 
 
 async def test_a_failure_mid_stream_is_one_error_event(

@@ -17,6 +17,7 @@ import anthropic
 import pytest
 from aiohttp import web
 from anthropic.types import MessageParam
+from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.server.serving import GatewayServer
 from tests.conftest import APP_KEY, StartGateway, base_config
@@ -203,6 +204,20 @@ async def claude(gateway: GatewayServer) -> AsyncIterator[anthropic.AsyncAnthrop
         yield sdk
 
 
+async def metric_samples(
+    gateway: GatewayServer,
+) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every sample of /metrics by name and labels (the collectors are process-wide, so a test
+    compares before and after)."""
+    async with aiohttp.ClientSession() as http, http.get(gateway.url + "/metrics") as answer:
+        text = await answer.text()
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
 def _records(gateway: GatewayServer) -> list[dict[str, Any]]:
     path = Path(gateway.config.usage.sinks.jsonl or "")
     if not path.exists():
@@ -371,6 +386,7 @@ async def test_fallback_from_a_native_model_to_a_translated_one(
 ) -> None:
     claude_upstream.fail_with = (529, "overloaded_error")
     upstream.next(Behaviour(words=["From", " GPT"], prompt_tokens=8, completion_tokens=2))
+    before = await metric_samples(gateway)
     raw = await claude.messages.with_raw_response.create(
         model="claude-opus-4-1", max_tokens=64, messages=USER
     )
@@ -382,6 +398,22 @@ async def test_fallback_from_a_native_model_to_a_translated_one(
     assert upstream.requests[-1].body["messages"] == [{"role": "user", "content": "Hello"}]
     (record,) = await usage_records(gateway, 1)
     assert record["model"] == "gpt-up" and record["attempts"] == 2
+    # Metrics as for chat: the fallback, the failed attempt, the answer and its tokens.
+    after = await metric_samples(gateway)
+
+    def grew(name: str, **labels: str) -> float:
+        key = (name, tuple(sorted(labels.items())))
+        return after.get(key, 0.0) - before.get(key, 0.0)
+
+    fallback = {"tier": "mixed", "from_model": "claude-up", "to_model": "gpt-up"}
+    assert grew("gateway_fallbacks_total", **fallback, reason="5xx") == 1
+    error = {"provider": "claude", "model": "claude-up", "reason": "5xx"}
+    assert grew("gateway_upstream_errors_total", **error) == 1
+    answered = {"tier": "mixed", "model": "gpt-up", "feature": "other", "status": "200"}
+    assert grew("gateway_requests_total", **answered) == 1
+    tokens = {"feature": "other", "model": "gpt-up"}
+    assert grew("gateway_tokens_total", **tokens, kind="prompt") == 8
+    assert grew("gateway_tokens_total", **tokens, kind="completion") == 2
 
 
 async def test_stream_falls_back_when_the_first_event_is_an_error(
