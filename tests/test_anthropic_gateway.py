@@ -122,10 +122,7 @@ async def test_streamed_parallel_tool_calls_through_anthropic(
     assert final.choices[0].finish_reason == "tool_calls"
     assert message.content == "Checking."
     assert message.tool_calls is not None
-    calls = [
-        (c.id, c.function.name, json.loads(c.function.arguments))  # type: ignore[union-attr]
-        for c in message.tool_calls
-    ]
+    calls = [(c.id, c.function.name, json.loads(c.function.arguments)) for c in message.tool_calls]
     assert calls == [
         ("toolu_1", "get_weather", {"city": "Paris"}),
         ("toolu_2", "get_weather", {"city": "Rome"}),

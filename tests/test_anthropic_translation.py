@@ -13,18 +13,18 @@ import pytest
 from openai.lib.streaming.chat import ChatCompletionStreamState
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
-from gateway.config import ModelConfig, TimeoutConfig
+from gateway.config import ModelConfig
 from gateway.errors import UpstreamFailure
 from gateway.providers.anthropic import AnthropicProvider, AnthropicProviderConfig
 from gateway.providers.anthropic_request import JSON_OBJECT_INSTRUCTION, translate_request
 from gateway.providers.anthropic_response import openai_usage, translate_response
 from gateway.providers.anthropic_stream import StreamTranslator
-from gateway.providers.base import EventStream, UpstreamCall, Usage
+from gateway.providers.base import EventStream, TimeoutConfig, UpstreamCall, Usage
 from gateway.providers.registry import build_provider
 from tests.fakes.anthropic_upstream import FakeAnthropic, Reply, text, tool_use
 
 API_KEY = "sk-ant-gateway"
-WEATHER = {
+WEATHER: dict[str, Any] = {
     "type": "function",
     "function": {
         "name": "get_weather",
@@ -213,7 +213,7 @@ def test_tools_become_anthropic_tools_with_input_schema() -> None:
             "name": "get_weather",
             "description": "Weather for a city",
             "input_schema": WEATHER["function"]["parameters"],
-        },  # type: ignore[index]
+        },
         {"name": "now", "input_schema": {"type": "object", "properties": {}}},
     ]
     assert "tool_choice" not in out
@@ -473,7 +473,8 @@ def test_usage_counts_cache_reads_and_writes_as_prompt_tokens() -> None:
 
 
 def sse(event: dict[str, Any]) -> bytes:
-    return b"event: " + event["type"].encode() + b"\ndata: " + orjson.dumps(event) + b"\n\n"
+    name: str = event["type"]
+    return b"event: " + name.encode() + b"\ndata: " + orjson.dumps(event) + b"\n\n"
 
 
 def start_event(

@@ -193,7 +193,7 @@ def anthropic_config(claude_url: str) -> dict[str, Any]:
     }
 
 
-ANTHROPIC_CASES = {
+ANTHROPIC_CASES: dict[str, tuple[Reply, dict[str, Any], str]] = {
     "text": (
         Reply(content=[text("Sunny in Paris.")], cache_read_input_tokens=5),
         {},

@@ -18,6 +18,7 @@ import aiohttp
 import openai
 import pytest
 from aiohttp import web
+from openai.types.chat import ChatCompletionMessageParam
 
 from gateway.config import ConfigError, parse_config
 from gateway.server.serving import GatewayServer
@@ -54,7 +55,10 @@ EXPOSED = (
     "retry-after",
     "retry-after-ms",
 )
-CHAT = {"model": "demo", "messages": [{"role": "user", "content": "Hello from a browser"}]}
+CHAT_MESSAGES: list[ChatCompletionMessageParam] = [
+    {"role": "user", "content": "Hello from a browser"}
+]
+CHAT = {"model": "demo", "messages": CHAT_MESSAGES}
 
 
 def cors_config(*origins: str, rpm: int | None = None) -> dict[str, Any]:
@@ -122,8 +126,8 @@ async def test_preflight_on_every_api_path_allows_the_sdk_headers(
             assert int(headers["Access-Control-Max-Age"]) == 600
             assert "Origin" in headers["Vary"]
     # A preflight naming no headers is allowed the ones the SDKs and the gateway use.
-    headers = preflight_headers(ORIGIN, requested=None)
-    async with http.options(gateway.url + "/v1/chat/completions", headers=headers) as answer:
+    bare = preflight_headers(ORIGIN, requested=None)
+    async with http.options(gateway.url + "/v1/chat/completions", headers=bare) as answer:
         assert answer.status == 204
         allowed = {
             h.strip().lower() for h in answer.headers["Access-Control-Allow-Headers"].split(",")
@@ -466,7 +470,7 @@ async def test_a_page_on_another_origin_calls_the_gateway_with_fetch(
     async with openai.AsyncOpenAI(
         base_url=gateway.url + "/v1", api_key=APP_KEY, max_retries=0, timeout=20
     ) as client:
-        expected = await client.chat.completions.create(**CHAT)
+        expected = await client.chat.completions.create(model="demo", messages=CHAT_MESSAGES)
     expected_text = expected.choices[0].message.content
     assert expected_text
 

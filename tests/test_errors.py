@@ -7,6 +7,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from multidict import CIMultiDictProxy
 
 from gateway.server.serving import GatewayServer
 from tests.conftest import APP_KEY, StartGateway, base_config, free_port, merged
@@ -22,7 +23,7 @@ async def post(
     json: Any = None,
     headers: dict[str, str] | None = None,
     path: str = "/v1/chat/completions",
-) -> tuple[int, dict[str, Any], aiohttp.typedefs.LooseHeaders]:
+) -> tuple[int, dict[str, Any], CIMultiDictProxy[str]]:
     async with (
         aiohttp.ClientSession() as http,
         http.post(

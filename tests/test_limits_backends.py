@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,7 +19,7 @@ from redis.crc import key_slot
 
 from gateway.limits.base import Admission, Limiter, LimiterUnavailable, LimitSpec
 from gateway.limits.memory import MemoryLimiter
-from gateway.limits.redis import RedisLimiter, ScriptBatcher
+from gateway.limits.redis import RedisLimiter, ScriptBatcher, ScriptCall
 from gateway.store.redis import connect
 from tests.redis_server import RedisServer
 from tests.redis_server import redis_server as redis_server  # the fixture, re-exported
@@ -506,7 +506,7 @@ class CountingBatcher(ScriptBatcher):
         super().__init__(client)
         self.pipelines: list[int] = []
 
-    async def _pipeline(self, batch: list[Any]) -> list[Any]:
+    async def _pipeline(self, batch: Sequence[ScriptCall]) -> list[Any]:
         self.pipelines.append(len(batch))
         return await super()._pipeline(batch)
 

@@ -13,13 +13,14 @@ from typing import Any
 import aiohttp
 import anthropic
 import pytest
+from anthropic.types import ImageBlockParam, MessageParam, ToolParam
 
 from gateway.server.serving import GatewayServer
 from tests.conftest import APP_KEY, StartGateway, base_config
 from tests.fakes.openai_upstream import Behaviour, FakeOpenAI
 
-USER = [{"role": "user", "content": "Hello there"}]
-WEATHER = {
+USER: list[MessageParam] = [{"role": "user", "content": "Hello there"}]
+WEATHER: ToolParam = {
     "name": "get_weather",
     "description": "Weather for a city",
     "input_schema": {
@@ -187,7 +188,12 @@ async def test_tool_round_trip_translated(
         tools=[WEATHER],
         messages=[
             *USER,
-            {"role": "assistant", "content": [tool.model_dump()]},
+            {
+                "role": "assistant",
+                "content": [
+                    {"type": "tool_use", "id": tool.id, "name": tool.name, "input": tool.input}
+                ],
+            },
             {
                 "role": "user",
                 "content": [{"type": "tool_result", "tool_use_id": "call_1", "content": "18C"}],
@@ -217,7 +223,7 @@ async def test_tool_call_streamed_translated(
 async def test_an_image_goes_up_as_a_data_url(
     claude: anthropic.AsyncAnthropic, upstream: FakeOpenAI
 ) -> None:
-    image = {
+    image: ImageBlockParam = {
         "type": "image",
         "source": {"type": "base64", "media_type": "image/png", "data": PIXEL},
     }

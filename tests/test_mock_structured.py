@@ -14,6 +14,13 @@ import anthropic
 import jsonschema
 import openai
 import pytest
+from anthropic.types import MessageParam, ToolParam
+from openai.types.chat import (
+    ChatCompletionFunctionToolParam,
+    ChatCompletionMessageFunctionToolCall,
+    ChatCompletionMessageParam,
+    ParsedFunctionToolCall,
+)
 from pydantic import BaseModel, Field
 
 from gateway.providers.mock_json import sample_json
@@ -116,7 +123,7 @@ def test_sampled_values_validate_and_are_deterministic(name: str) -> None:
         assert sample_json(schema, seed) == value
 
 
-WEATHER = {
+WEATHER: ChatCompletionFunctionToolParam = {
     "type": "function",
     "function": {
         "name": "get_weather",
@@ -125,7 +132,7 @@ WEATHER = {
         "strict": True,
     },
 }
-SAVE_PERSON = {
+SAVE_PERSON: ChatCompletionFunctionToolParam = {
     "type": "function",
     "function": {"name": "save_person", "parameters": Person.model_json_schema()},
 }
@@ -155,13 +162,23 @@ async def client(gateway: GatewayServer) -> AsyncIterator[openai.AsyncOpenAI]:
         yield sdk
 
 
-def ask(text: str) -> list[dict[str, Any]]:
+def ask(text: str) -> list[ChatCompletionMessageParam]:
     return [{"role": "user", "content": text}]
 
 
-def schema_of(tool: dict[str, Any]) -> dict[str, Any]:
-    parameters: dict[str, Any] = tool["function"]["parameters"]
-    return parameters
+def ask_claude(text: str) -> list[MessageParam]:
+    return [{"role": "user", "content": text}]
+
+
+def schema_of(tool: ChatCompletionFunctionToolParam) -> dict[str, Any]:
+    return dict(tool["function"].get("parameters") or {})
+
+
+def function_calls(message: Any) -> list[ChatCompletionMessageFunctionToolCall]:
+    """The message's tool calls, every one a function call (the mock makes no custom ones)."""
+    calls = list(message.tool_calls or [])
+    assert all(isinstance(call, ChatCompletionMessageFunctionToolCall) for call in calls)
+    return calls
 
 
 async def test_a_tool_call_fits_its_schema_and_follows_the_words_of_the_prompt(
@@ -173,7 +190,7 @@ async def test_a_tool_call_fits_its_schema_and_follows_the_words_of_the_prompt(
     choice = answer.choices[0]
     assert choice.finish_reason == "tool_calls"
     assert choice.message.content is None
-    (call,) = choice.message.tool_calls or []
+    (call,) = function_calls(choice.message)
     assert call.type == "function" and call.id.startswith("call_")
     assert call.function.name == "save_person"
     Person.model_validate_json(call.function.arguments)
@@ -183,7 +200,7 @@ async def test_a_tool_call_fits_its_schema_and_follows_the_words_of_the_prompt(
     weather = await client.chat.completions.create(
         model="demo", messages=ask("What's the weather in Oslo?"), tools=TOOLS
     )
-    (call,) = weather.choices[0].message.tool_calls or []
+    (call,) = function_calls(weather.choices[0].message)
     assert call.function.name == "get_weather"
     jsonschema.validate(json.loads(call.function.arguments), schema_of(WEATHER))
 
@@ -207,7 +224,7 @@ async def test_tool_choice_is_honoured(client: openai.AsyncOpenAI) -> None:
         tools=TOOLS,
         tool_choice={"type": "function", "function": {"name": "save_person"}},
     )
-    (call,) = named.choices[0].message.tool_calls or []
+    (call,) = function_calls(named.choices[0].message)
     assert call.function.name == "save_person"
 
     allowed = await client.chat.completions.create(
@@ -222,16 +239,16 @@ async def test_tool_choice_is_honoured(client: openai.AsyncOpenAI) -> None:
             },
         },
     )
-    (call,) = allowed.choices[0].message.tool_calls or []
+    (call,) = function_calls(allowed.choices[0].message)
     assert call.function.name == "save_person"
 
 
 async def test_a_tool_loop_ends_with_prose_once_the_result_is_in(
     client: openai.AsyncOpenAI,
 ) -> None:
-    messages: list[Any] = ask("What's the weather in Oslo?")
+    messages: list[Any] = list(ask("What's the weather in Oslo?"))
     first = await client.chat.completions.create(model="demo", messages=messages, tools=TOOLS)
-    (call,) = first.choices[0].message.tool_calls or []
+    (call,) = function_calls(first.choices[0].message)
     messages.append(first.choices[0].message.model_dump(exclude_none=True))
     messages.append({"role": "tool", "tool_call_id": call.id, "content": '{"temp": 3}'})
     second = await client.chat.completions.create(model="demo", messages=messages, tools=TOOLS)
@@ -249,7 +266,7 @@ async def test_a_streamed_tool_call_is_the_same_call_in_openai_stream_shape(
 ) -> None:
     prompt = ask("Please save this person")
     whole = await client.chat.completions.create(model="demo", messages=prompt, tools=TOOLS)
-    (expected,) = whole.choices[0].message.tool_calls or []
+    (expected,) = function_calls(whole.choices[0].message)
 
     stream = await client.chat.completions.create(
         model="demo",
@@ -283,7 +300,7 @@ async def test_a_streamed_tool_call_is_the_same_call_in_openai_stream_shape(
     # The SDK's stream helper puts it back together.
     async with client.chat.completions.stream(model="demo", messages=prompt, tools=TOOLS) as helper:
         final = await helper.get_final_completion()
-    (rebuilt,) = final.choices[0].message.tool_calls or []
+    (rebuilt,) = function_calls(final.choices[0].message)
     assert rebuilt.function.arguments == expected.function.arguments
 
 
@@ -302,8 +319,9 @@ async def test_parse_gets_an_instance_of_the_pydantic_model(client: openai.Async
     parsed_call = await client.chat.completions.parse(
         model="demo", messages=ask("Store the address"), tools=[tool]
     )
-    (call,) = parsed_call.choices[0].message.tool_calls or []
-    assert isinstance(call.function.parsed_arguments, Address)
+    (parsed_tool,) = parsed_call.choices[0].message.tool_calls or []
+    assert isinstance(parsed_tool, ParsedFunctionToolCall)
+    assert isinstance(parsed_tool.function.parsed_arguments, Address)
 
 
 async def test_json_object_and_truncation(client: openai.AsyncOpenAI) -> None:
@@ -337,7 +355,7 @@ def _format() -> Any:
 async def test_the_anthropic_sdk_gets_a_tool_use_block_from_the_mock(
     gateway: GatewayServer,
 ) -> None:
-    tool = {
+    tool: ToolParam = {
         "name": "save_person",
         "description": "Save a person",
         "input_schema": Person.model_json_schema(),
@@ -346,7 +364,10 @@ async def test_the_anthropic_sdk_gets_a_tool_use_block_from_the_mock(
         base_url=gateway.url, api_key="none", max_retries=0
     ) as claude:
         message = await claude.messages.create(
-            model="demo", max_tokens=1024, messages=ask("Please save this person"), tools=[tool]
+            model="demo",
+            max_tokens=1024,
+            messages=ask_claude("Please save this person"),
+            tools=[tool],
         )
         assert message.stop_reason == "tool_use"
         (block,) = [b for b in message.content if b.type == "tool_use"]
@@ -354,7 +375,10 @@ async def test_the_anthropic_sdk_gets_a_tool_use_block_from_the_mock(
         Person.model_validate(block.input)
 
         async with claude.messages.stream(
-            model="demo", max_tokens=1024, messages=ask("Please save this person"), tools=[tool]
+            model="demo",
+            max_tokens=1024,
+            messages=ask_claude("Please save this person"),
+            tools=[tool],
         ) as stream:
             final = await stream.get_final_message()
         (streamed,) = [b for b in final.content if b.type == "tool_use"]
@@ -363,7 +387,7 @@ async def test_the_anthropic_sdk_gets_a_tool_use_block_from_the_mock(
         none = await claude.messages.create(
             model="demo",
             max_tokens=1024,
-            messages=ask("Please save this person"),
+            messages=ask_claude("Please save this person"),
             tools=[tool],
             tool_choice={"type": "none"},
         )

@@ -7,12 +7,13 @@ import struct
 
 import openai
 import pytest
+from openai.types.chat import ChatCompletionMessageParam
 
 from gateway.server.serving import GatewayServer
 from tests.conftest import APP_KEY, FREE_KEY, UPSTREAM_KEY
 from tests.fakes.openai_upstream import Behaviour, FakeOpenAI
 
-MESSAGES = [{"role": "user", "content": "Say hello"}]
+MESSAGES: list[ChatCompletionMessageParam] = [{"role": "user", "content": "Say hello"}]
 
 
 async def test_chat_answer_comes_from_the_tiers_model_with_its_upstream_id(

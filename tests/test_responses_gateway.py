@@ -18,6 +18,7 @@ import jsonschema
 import openai
 import pytest
 from openai.types.responses import FunctionToolParam
+from openai.types.responses.response_input_param import ItemReference
 from pydantic import BaseModel
 
 from gateway.config import ResponsesConfig
@@ -311,7 +312,7 @@ async def test_the_mock_calls_the_tool_and_answers_json(client: openai.AsyncOpen
     called = await client.responses.create(model="demo", input="weather please", tools=[WEATHER])
     (item,) = called.output
     assert item.type == "function_call"
-    jsonschema.validate(json.loads(item.arguments), WEATHER["parameters"])
+    jsonschema.validate(json.loads(item.arguments), WEATHER["parameters"] or {})
     done = await client.responses.create(
         model="demo",
         previous_response_id=called.id,
@@ -392,6 +393,7 @@ async def test_item_references_resolve_from_the_gateways_store(
     upstream.next(Behaviour(words=["Translated"]))
     first = await client.responses.create(model="fast", input="One")
     item_id = first.output[0].id
+    assert item_id is not None
     asked: list[Any] = [
         {"role": "user", "content": "One"},
         {"type": "item_reference", "id": item_id},
@@ -559,7 +561,7 @@ async def test_redis_keeps_responses_for_every_replica(
         await second.responses.create(model="fast", input="Two", previous_response_id=response.id)
         assert upstream.requests[-1].body["messages"][1]["content"] == "Remembered"
         # Item references resolve on every replica too.
-        reference = {"type": "item_reference", "id": response.output[0].id}
+        reference: ItemReference = {"type": "item_reference", "id": response.output[0].id or ""}
         upstream.next(Behaviour(words=["Referenced"]))
         await second.responses.create(model="fast", input=[reference])
         assert upstream.requests[-1].body["messages"] == [

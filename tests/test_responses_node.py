@@ -180,7 +180,7 @@ async def test_openai_node_responses_create_and_stream(
     assert claude_upstream.requests[0].body["system"] == "Be brief."
 
 
-WEATHER_TOOL = {
+WEATHER_TOOL: dict[str, Any] = {
     "type": "function",
     "name": "get_weather",
     "description": "Weather for a city",

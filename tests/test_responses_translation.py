@@ -95,7 +95,7 @@ def spec_view(response: dict[str, Any]) -> dict[str, Any]:
 # EasyInputMessage and an InputMessage); its code generators read `oneOf` as a union. Request
 # bodies the tests send are checked that way; everything the translators produce is checked
 # with the strict `oneOf`.
-UnionValidator = jsonschema.validators.extend(
+UnionValidator = jsonschema.validators.extend(  # type: ignore[no-untyped-call]  # untyped in the stubs
     jsonschema.Draft202012Validator,
     {"oneOf": jsonschema.Draft202012Validator.VALIDATORS["anyOf"]},
 )

@@ -11,13 +11,14 @@ from typing import Any
 import aiohttp
 import openai
 import pytest
+from openai.types.chat import ChatCompletionMessageParam
 from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.server.serving import GatewayServer
 from tests.conftest import APP_KEY, StartGateway, free_port
 from tests.fakes.openai_upstream import Behaviour, FakeOpenAI
 
-MESSAGES = [{"role": "user", "content": "hi"}]
+MESSAGES: list[ChatCompletionMessageParam] = [{"role": "user", "content": "hi"}]
 
 
 @pytest.fixture

@@ -45,8 +45,8 @@ async def test_a_body_that_does_not_arrive_in_time_is_a_408_and_holds_no_slot(
     # Five clients are sending slowly; with two slots, others are still served.
     async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {APP_KEY}"}) as http:
         for _ in range(3):
-            async with http.post(gateway.url + "/v1/chat/completions", data=BODY) as answer:
-                assert answer.status == 200, await answer.text()
+            async with http.post(gateway.url + "/v1/chat/completions", data=BODY) as served:
+                assert served.status == 200, await served.text()
     for status, answer in await asyncio.gather(*slow):
         assert status == 408
         assert answer == {

@@ -40,15 +40,15 @@ async def test_an_unexpected_error_mid_stream_cuts_the_stream_cleanly(
         "usage": {"sinks": {"jsonl": str(usage)}},
     }
     gateway = await start_gateway(raw)
-    body = {"model": "demo", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+    request = {"model": "demo", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
     async with aiohttp.ClientSession() as http:
-        async with http.post(gateway.url + "/v1/chat/completions", json=body) as answer:
+        async with http.post(gateway.url + "/v1/chat/completions", json=request) as answer:
             assert answer.status == 200
-            raw = await answer.read()  # a whole chunked body: no ClientPayloadError
-        events = [e for e in raw.split(b"\n\n") if e]
-        assert b"HTTP/1.1" not in raw
+            streamed = await answer.read()  # a whole chunked body: no ClientPayloadError
+        events = [e for e in streamed.split(b"\n\n") if e]
+        assert b"HTTP/1.1" not in streamed
         assert all(e.startswith(b"data: ") for e in events)
-        assert b"chat.completion.chunk" in events[0] and b"[DONE]" not in raw
+        assert b"chat.completion.chunk" in events[0] and b"[DONE]" not in streamed
         error = json.loads(events[-1][len(b"data: ") :])["error"]
         assert error["message"] == "The gateway failed while relaying the stream."
         # The connection is still sound: the next request is served normally.

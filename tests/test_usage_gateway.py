@@ -14,6 +14,7 @@ from typing import Any
 import aiohttp
 import openai
 import pytest
+from openai.types.chat import ChatCompletionMessageParam
 from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.server.serving import GatewayServer
@@ -25,7 +26,7 @@ from tests.redis_server import RedisServer
 APP = "gw-usage-app"
 OTHER = "gw-usage-other"
 ADMIN = "gw-usage-admin"
-MESSAGES = [{"role": "user", "content": "hi"}]
+MESSAGES: list[ChatCompletionMessageParam] = [{"role": "user", "content": "hi"}]
 FEATURES = ["chat-api", "support-triage", "semantic-search"]
 
 

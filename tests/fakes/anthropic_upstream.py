@@ -263,6 +263,7 @@ class FakeAnthropic(LoopbackServer):
         ]
         size = max(1, reply.chunk_chars)
         for index, block in enumerate(reply.content):
+            start: dict[str, Any]
             if block["type"] == "text":
                 start = {"type": "text", "text": ""}
                 whole, delta_type, key = block["text"], "text_delta", "text"

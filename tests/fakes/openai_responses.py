@@ -107,14 +107,15 @@ class ResponsesAPI:
             return error_response(behaviour)
         previous = body.get("previous_response_id")
         if previous is not None and previous not in self.kept:
-            error = {
+            error: dict[str, str | None] = {
                 "message": f"Previous response with id '{previous}' not found.",
                 "type": "invalid_request_error",
                 "param": "previous_response_id",
                 "code": "previous_response_not_found",
             }
             return web.json_response({"error": error}, status=400)
-        items = body.get("input") if isinstance(body.get("input"), list) else []
+        sent = body.get("input")
+        items: list[Any] = sent if isinstance(sent, list) else []
         known = {item["id"] for kept in self.kept.values() for item in kept["output"]}
         for item in items:
             if item.get("type") == "item_reference" and item.get("id") not in known:
