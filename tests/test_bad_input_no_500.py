@@ -60,9 +60,12 @@ async def test_bad_inputs_get_the_apis_errors_not_500s(
     assert await raw_request(gateway, b"Authorization: Bearer \xff\xfe\xc3\x28key\r\n") == 401
 
 
-async def raw_request(gateway: GatewayServer, header_line: bytes) -> int:
+async def raw_request(
+    gateway: GatewayServer,
+    header_line: bytes,
+    body: bytes = b'{"model": "demo", "messages": [{"role": "user", "content": "hi"}]}',
+) -> int:
     """The status of a request sent byte for byte (clients will not send non-UTF-8 headers)."""
-    body = b'{"model": "demo", "messages": [{"role": "user", "content": "hi"}]}'
     reader, writer = await asyncio.open_connection("127.0.0.1", gateway.port)
     writer.write(
         b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
@@ -76,6 +79,29 @@ async def raw_request(gateway: GatewayServer, header_line: bytes) -> int:
     writer.close()
     await writer.wait_closed()
     return int(status_line.split()[1])
+
+
+async def test_context_headers_that_are_not_utf8_are_recorded_not_lost(
+    upstream: FakeOpenAI, start_gateway: StartGateway, tmp_path: Path
+) -> None:
+    """Bytes that are not UTF-8 in `X-Gateway-Feature` / `X-Gateway-User` used to reach the log
+    line and the usage record as lone surrogates, which JSON cannot encode: the access log
+    printed a traceback and the usage record was lost. They are kept as U+FFFD."""
+    usage = tmp_path / "u.jsonl"
+    gateway = await start_gateway(limited_config(upstream.url, usage))
+    headers = (
+        b"Authorization: Bearer " + APP_KEY.encode() + b"\r\n"
+        b"X-Gateway-Feature: triage-\x80\r\nX-Gateway-User: \xc3\x28ana\r\n"
+    )
+    body = b'{"model": "demo", "messages": [{"role": "user", "content": "hi"}]}'
+    assert await raw_request(gateway, headers, body) == 200
+    for _ in range(100):
+        if usage.exists() and usage.read_text():
+            break
+        await asyncio.sleep(0.02)
+    (record,) = [json.loads(line) for line in usage.read_text().splitlines()]
+    assert record["feature"] == "triage-\ufffd"
+    assert record["user"] == "\ufffd(ana"
 
 
 async def test_a_stream_ended_by_shutdown_is_recorded_as_503(

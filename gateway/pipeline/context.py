@@ -131,8 +131,22 @@ def apply_request_context(
             body["metadata"] = rest
         else:
             del body["metadata"]
-    feature = headers.get("x-gateway-feature") or body_feature or principal.feature
+    feature = _header_text(headers, "x-gateway-feature") or body_feature or principal.feature
     state.feature = str(feature) if feature else "unknown"
-    user = headers.get("x-gateway-user") or body.get("user")
+    user = _header_text(headers, "x-gateway-user") or body.get("user")
     state.user = str(user) if user else None
-    state.conversation = headers.get("x-gateway-conversation") or None
+    state.conversation = _header_text(headers, "x-gateway-conversation") or None
+
+
+def _header_text(headers: Mapping[str, str], name: str) -> str | None:
+    """A header's value as text that can be written anywhere. aiohttp keeps bytes that are not
+    UTF-8 as lone surrogates, which no JSON encoder (log line, usage record) will write; they
+    become U+FFFD here, once, instead of failing every writer downstream."""
+    value = headers.get(name)
+    if not value or value.isascii():
+        return value
+    try:
+        raw = value.encode("utf-8", "surrogateescape")  # the bytes as they came
+    except UnicodeEncodeError:  # a surrogate not from an undecodable byte
+        raw = value.encode("utf-8", "surrogatepass")
+    return raw.decode("utf-8", "replace")
