@@ -17,6 +17,7 @@ from redis.asyncio import Redis
 
 from gateway.limits.cooldowns import CooldownStore, ModelHealth
 from gateway.limits.redis import LuaScript
+from gateway.store.breaker import RedisUnavailable
 
 _HEALTH = LuaScript(
     """
@@ -105,7 +106,12 @@ class RedisCooldowns(CooldownStore):
         if cached is None or local_now - cached[0] >= self.cache_s:
             if len(self._cache) > 1024:  # chains come from config: a handful; bound it anyway
                 self._cache.clear()
-            cached = (local_now, await self._fetch(chain))
+            try:
+                cached = (local_now, await self._fetch(chain))
+            except RedisUnavailable:
+                # The circuit is open: every model counts as healthy, as with no cooldowns at
+                # all, and nothing is logged per request (the breaker logs the outage once).
+                return {}
             self._cache[chain] = cached
         fetched_at, (redis_then, streaks) = cached
         redis_now = redis_then + (local_now - fetched_at)

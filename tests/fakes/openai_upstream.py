@@ -2,14 +2,17 @@
 
 Tests script what it does per request by queueing `Behaviour`s (each request takes the next
 one, else the default): latency before the headers, a pause before the first event and between
-events, an error status, a reset mid-stream, garbage. It records every request it got and when
-it wrote each event or saw its client (the gateway) go away, so tests can assert on timing and
-on what reached the upstream.
+events, an error status, a reset mid-stream, garbage. A request may also pick its own
+behaviour: `fault:<name>` anywhere in its body (a prompt, an input) selects `FAULTS[name]`, so
+concurrent clients of one fake can each meet a different fault (bench/soak.py does). It records
+every request it got and when it wrote each event or saw its client (the gateway) go away, so
+tests can assert on timing and on what reached the upstream.
 """
 
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -45,6 +48,42 @@ class Behaviour:
     raw_body: bytes | None = None  # streams: this body, written as is in one write
     # tool calls to answer with (each {"id", "name", "arguments"}), after any words
     tool_calls: list[dict[str, str]] = field(default_factory=list)
+
+
+SECRET_ECHOED = "sk-upstream-echoed-0123456789abcdef"  # what `echo_secret` leaks, to be redacted
+
+# Every way this fake can misbehave, by the name a request picks it with (`fault:<name>`).
+FAULTS: dict[str, Behaviour] = {
+    "status_500": Behaviour(status=500),
+    "status_503": Behaviour(status=503, headers={"retry-after": "1"}),
+    "status_429": Behaviour(
+        status=429,
+        error={"message": "Rate limit reached", "type": "requests", "param": None, "code": None},
+        headers={"retry-after": "1"},
+    ),
+    "reset_before_headers": Behaviour(reset_before_headers=True),
+    "reset_mid_stream": Behaviour(reset_after_events=2),
+    "slow_headers": Behaviour(delay_s=0.3),
+    "stall_first_event": Behaviour(first_event_delay_s=30),
+    "stall_mid_stream": Behaviour(words=["a", "b", "c"] * 5, pace_s=30),
+    "garbage": Behaviour(garbage=True),
+    "error_event": Behaviour(error_event_after=2),
+    "no_done": Behaviour(no_done=True),
+    "malformed_event": Behaviour(
+        raw_body=b'data: {"choices": [{"delta": {"content": "x"}}]}\n\ndata: {"usage": {broken\n\n'
+    ),
+    "crlf": Behaviour(crlf=True, leading_comment=True),
+    "echo_secret": Behaviour(
+        status=401,
+        error={
+            "message": f"Incorrect API key provided: Bearer {SECRET_ECHOED}",
+            "type": "invalid_request_error",
+            "param": None,
+            "code": "invalid_api_key",
+        },
+    ),
+}
+_FAULT = re.compile(rb"fault:([a-z_0-9]+)")
 
 
 @dataclass
@@ -98,9 +137,14 @@ class FakeOpenAI(LoopbackServer):
     # --- handlers ---------------------------------------------------------------------------
 
     async def _begin(self, request: web.Request) -> tuple[Behaviour, dict[str, Any]]:
-        body = await request.json()
+        raw = await request.read()
+        body = orjson.loads(raw)
         self.requests.append(Received(request.path, dict(request.headers), body))
-        behaviour = self.queue.popleft() if self.queue else self.default
+        picked = _FAULT.search(raw)
+        if picked is not None and picked.group(1).decode() in FAULTS:
+            behaviour = FAULTS[picked.group(1).decode()]
+        else:
+            behaviour = self.queue.popleft() if self.queue else self.default
         if behaviour.delay_s:
             await asyncio.sleep(behaviour.delay_s)
         if behaviour.reset_before_headers:
