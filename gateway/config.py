@@ -146,11 +146,27 @@ class RoutingConfig(ConfigModel):
         return value
 
 
+class BudgetConfig(ConfigModel):
+    """A spend cap in USD over a period: `day` or `month` (UTC calendar, reset at the
+    boundary) or `total` (never reset)."""
+
+    usd: NonNegativeFloat
+    period: Literal["day", "month", "total"] = "month"
+
+
+class BudgetsConfig(ConfigModel):
+    """Caps across every key: per feature (the request's feature), and over everything."""
+
+    features: dict[str, BudgetConfig] = {}
+    total: BudgetConfig | None = None
+
+
 class PlanConfig(ConfigModel):
     rpm: PositiveInt | None = None
     tpm: PositiveInt | None = None
     max_concurrent: PositiveInt | None = None
     tiers: list[str] | None = None  # None: every tier
+    budget: BudgetConfig | None = None  # per key on this plan
 
 
 class KeyConfig(ConfigModel):
@@ -160,6 +176,7 @@ class KeyConfig(ConfigModel):
     plan: str | None = None
     feature: str | None = None
     admin: bool = False
+    budget: BudgetConfig | None = None  # overrides the plan's
 
     @field_validator("key_sha256")
     @classmethod
@@ -223,6 +240,7 @@ class GatewayConfig(ConfigModel):
     routing: RoutingConfig = RoutingConfig()
     plans: dict[str, PlanConfig] = {}
     keys: list[KeyConfig] | None = None  # None: auth is off
+    budgets: BudgetsConfig = BudgetsConfig()
     limits: LimitsConfig = LimitsConfig()
     usage: UsageConfig = UsageConfig()
     redis: RedisConfig | None = None  # None: `limits.redis_url` says where Redis is

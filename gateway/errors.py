@@ -124,6 +124,16 @@ class RateLimited(GatewayError):
     should_retry = True
 
 
+class InsufficientQuota(GatewayError):
+    """A budget is spent: as OpenAI answers an exhausted quota. Retrying does not help until
+    the budget's period resets."""
+
+    status = 429
+    type = "insufficient_quota"
+    code = "insufficient_quota"
+    should_retry = False
+
+
 class UpstreamError(GatewayError):
     status = 502
     type = "upstream_error"

@@ -285,6 +285,12 @@ RATE_LIMITED = Counter(
     ["plan", "limit"],
     registry=REGISTRY,
 )
+BUDGET_REFUSALS = Counter(
+    "gateway_budget_refusals_total",
+    "Requests refused because a budget was spent, by the budget's scope.",
+    ["scope"],
+    registry=REGISTRY,
+)
 IN_FLIGHT = Gauge(
     "gateway_in_flight_requests",
     "Requests being served now.",

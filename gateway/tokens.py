@@ -93,6 +93,11 @@ class TokenEstimate:
         return self._prompt
 
     @property
+    def completion(self) -> int:
+        """What a completion may write, as it asked (0 for embeddings)."""
+        return completion_reserve(self._body) if self._completion else 0
+
+    @property
     def reserve(self) -> int:
         """What to reserve under `tpm`: the prompt, and for a completion what it may write."""
         if self._completion:

@@ -3,8 +3,12 @@
 -- KEYS[2] tpm log      ZSET  id -> reservation time (ms)
 -- KEYS[3] tpm tokens   HASH  id -> reserved tokens, plus the field '#sum'
 -- KEYS[4] leases       ZSET  id -> lease expiry (ms)
+-- KEYS[5] admission marker STRING (set once per admission id: a replay takes nothing twice)
+-- KEYS[6..5+n] budget counters STRING nano-dollars spent and reserved in the current period
 -- ARGV: rpm, tpm, max_concurrent (0: no such limit), tokens, id, window_ms, lease_ttl_ms,
---       keep_ms (extra key lifetime past the newest entry), min_concurrency_wait_ms
+--       keep_ms (extra key lifetime past the newest entry), min_concurrency_wait_ms,
+--       n (budgets), cost (nano-dollars to reserve in each), then per budget: its cap and how
+--       long its counter lives (ms, 0: for ever)
 -- The clock is Redis TIME, so replicas need no synchronised clocks.
 if redis.replicate_commands then pcall(redis.replicate_commands) end
 
@@ -17,6 +21,8 @@ local window = tonumber(ARGV[6])
 local lease_ttl = tonumber(ARGV[7])
 local keep = tonumber(ARGV[8])
 local min_concurrency_wait = tonumber(ARGV[9])
+local budgets = tonumber(ARGV[10] or '0')
+local cost = tonumber(ARGV[11] or '0')
 
 local time = redis.call('TIME')
 local now = tonumber(time[1]) * 1000 + tonumber(time[2]) / 1000
@@ -106,9 +112,27 @@ if max_concurrent > 0 then
   end
 end
 
+-- Budgets: the first whose spend plus this request's worst case passes its cap refuses.
+local budget_refused = 0
+local budget_used = {}
+for i = 1, budgets do
+  budget_used[i] = tonumber(redis.call('GET', KEYS[5 + i]) or '0')
+  if budget_refused == 0 and budget_used[i] + cost > tonumber(ARGV[10 + 2 * i]) then
+    budget_refused = i
+  end
+end
+
 local allowed = 0
-if wait_requests < 0 and wait_tokens < 0 and wait_concurrency < 0 and too_large == 0 then
+if wait_requests < 0 and wait_tokens < 0 and wait_concurrency < 0 and too_large == 0
+    and budget_refused == 0 then
   allowed = 1
+  if budgets > 0 and redis.call('SET', KEYS[5], '1', 'NX', 'PX', math.ceil(window + keep)) then
+    for i = 1, budgets do
+      budget_used[i] = redis.call('INCRBY', KEYS[5 + i], cost)
+      local lives = tonumber(ARGV[11 + 2 * i])
+      if lives > 0 then keep_alive(KEYS[5 + i], lives) end
+    end
+  end
   if rpm > 0 then
     redis.call('ZADD', KEYS[1], now, id)
     requests = requests + 1
@@ -139,8 +163,10 @@ if tpm > 0 and reserved > 0 then
 end
 
 -- Lua numbers become integers in replies: durations go back as strings.
-return {
+local reply = {
   allowed,
   tostring(wait_requests), tostring(wait_tokens), tostring(wait_concurrency), too_large,
-  requests, reserved, tostring(requests_reset), tostring(tokens_reset),
+  requests, reserved, tostring(requests_reset), tostring(tokens_reset), budget_refused,
 }
+for i = 1, budgets do reply[#reply + 1] = tostring(budget_used[i]) end
+return reply

@@ -11,13 +11,18 @@ tokens reserved, a concurrency lease held) or nothing is.
   replaces it with the real count, so a request that used fewer tokens gives the rest back.
 - `max_concurrent`: leases with an expiry. A lease is released on settle, renewed while a long
   request lives, and expires by itself if the process holding it dies.
+- budgets (`gateway.limits.budgets`): USD caps per period. Admission reserves the request's
+  worst-case cost in each; settle replaces it with the real cost.
 Redis backends use Redis `TIME` as the clock, never the replica's.
 """
 
 from __future__ import annotations
 
 import abc
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+
+from gateway.limits.budgets import BudgetCharge, BudgetHold, BudgetState
 
 WINDOW_S = 60.0
 
@@ -40,6 +45,10 @@ class LimitSpec:
         return self.rpm is None and self.tpm is None and self.max_concurrent is None
 
 
+def nothing_to_ask(spec: LimitSpec, budgets: Sequence[BudgetCharge]) -> bool:
+    return spec.empty and not budgets
+
+
 @dataclass(slots=True)
 class Admission:
     """The answer to one admission.
@@ -47,8 +56,9 @@ class Admission:
     When refused, `limit` is `requests`, `tokens` or `concurrency` and `retry_after` is a true
     wait: retrying after that long succeeds unless others took the room first. It is None
     when the request can never fit (more tokens than `tpm` on its own; then
-    `extra["too_large"]` is set). For concurrency it is an upper bound: the earliest lease
-    expiry, though leases are usually given back sooner. When allowed,
+    `extra["too_large"]` is set) and for `budget` (a spent budget stays so until its period
+    resets; `extra["budget_scope"]` says which). For concurrency it is an upper bound: the
+    earliest lease expiry, though leases are usually given back sooner. When allowed,
     `lease_id` names the concurrency lease (None when the subject has no concurrency limit) and
     `reservation` what settle needs to correct the token reservation.
     """
@@ -66,6 +76,8 @@ class Admission:
     tokens_limit: int | None = None
     tokens_remaining: int | None = None
     tokens_reset_s: float | None = None
+    budget_holds: tuple[BudgetHold, ...] = ()  # what settle corrects to the real cost
+    budgets: tuple[BudgetState, ...] = ()  # each budget as judged (for the remaining header)
     extra: dict[str, str] = field(default_factory=dict)
 
 
@@ -73,18 +85,38 @@ class Limiter(abc.ABC):
     """One backend for every subject."""
 
     @abc.abstractmethod
-    async def admit(self, subject: str, spec: LimitSpec, tokens: int) -> Admission:
-        """Take one request (and `tokens` reserved, and a lease) for `subject`, or refuse.
-        Raises LimiterUnavailable when the backend cannot be asked."""
+    async def admit(
+        self,
+        subject: str,
+        spec: LimitSpec,
+        tokens: int,
+        budgets: Sequence[BudgetCharge] = (),
+        cost: int = 0,
+    ) -> Admission:
+        """Take one request (and `tokens` reserved, and a lease, and `cost` nano-dollars in
+        each of `budgets`) for `subject`, or refuse: all or nothing. Raises LimiterUnavailable
+        when the backend cannot be asked."""
 
     @abc.abstractmethod
-    async def settle(self, subject: str, admission: Admission, actual_tokens: int | None) -> None:
+    async def settle(
+        self,
+        subject: str,
+        admission: Admission,
+        actual_tokens: int | None,
+        actual_cost: int | None = None,
+    ) -> None:
         """The request ended: release its lease, and correct its token reservation to
-        `actual_tokens` (None: keep the reservation as it was). Never raises: a failure is
-        logged and left to expiry."""
+        `actual_tokens` and its budget reservations to `actual_cost` nano-dollars (None: keep
+        the reservation as it was). Never raises: a failure is logged and left to expiry."""
 
     @abc.abstractmethod
-    def settle_nowait(self, subject: str, admission: Admission, actual_tokens: int | None) -> None:
+    def settle_nowait(
+        self,
+        subject: str,
+        admission: Admission,
+        actual_tokens: int | None,
+        actual_cost: int | None = None,
+    ) -> None:
         """`settle` without the caller awaiting anything: done at once (memory) or queued to
         be sent (Redis), so a request's end needs no background task. Never raises."""
 

@@ -20,10 +20,17 @@ import itertools
 import math
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from gateway.limits.base import WINDOW_S, Admission, Limiter, LimitSpec
+from gateway.limits.base import WINDOW_S, Admission, Limiter, LimitSpec, nothing_to_ask
+from gateway.limits.budgets import (
+    BudgetCharge,
+    BudgetHold,
+    BudgetState,
+    first_refusing,
+    keep_s,
+)
 
 # A retry lands just after the moment room frees, not on the edge (float rounding, clocks
 # read a hair early).
@@ -44,6 +51,15 @@ def choose_refusal(waits: Mapping[str, float], too_large: bool) -> tuple[str, fl
         return "tokens", None
     limit = max((name for name in LIMIT_NAMES if name in waits), key=lambda name: waits[name])
     return limit, waits[limit]
+
+
+def budget_refusal(charge: BudgetCharge) -> Admission:
+    """A refusal by a spent budget: no retry-after, it stays so until its period resets."""
+    admission = Admission(allowed=False, limit="budget")
+    admission.extra["budget_scope"] = charge.scope
+    admission.extra["budget_name"] = charge.name
+    admission.extra["budget_period"] = charge.period
+    return admission
 
 
 def refused(waits: Mapping[str, float], too_large: bool) -> Admission:
@@ -103,7 +119,8 @@ class _Subject:
 
 
 class MemoryLimiter(Limiter):
-    """rpm, tpm and concurrency for one process. `clock` is injectable for tests."""
+    """rpm, tpm, concurrency and budgets for one process. `clock` (the windows and leases)
+    and `wall_clock` (the UTC calendar of budget periods) are injectable for tests."""
 
     def __init__(
         self,
@@ -111,10 +128,14 @@ class MemoryLimiter(Limiter):
         lease_ttl_s: float = 60.0,
         window_s: float = WINDOW_S,
         clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self._ttl = lease_ttl_s
         self._window = window_s
         self._clock = clock
+        self._wall_clock = wall_clock
+        # budget counter → (nano-dollars spent and reserved, wall time it may be forgotten)
+        self._spend: dict[str, tuple[int, float]] = {}
         self._subjects: dict[str, _Subject] = {}
         self._ids = itertools.count(1)
         self._next_sweep = clock() + window_s
@@ -138,8 +159,44 @@ class MemoryLimiter(Limiter):
             if state.empty:
                 del self._subjects[name]
 
-    async def admit(self, subject: str, spec: LimitSpec, tokens: int) -> Admission:
-        if spec.empty:
+    def _spent(self, counter: str, wall: float) -> int:
+        held = self._spend.get(counter)
+        if held is None:
+            return 0
+        if held[1] <= wall:  # an old period's counter
+            del self._spend[counter]
+            return 0
+        return held[0]
+
+    def _take_budgets(
+        self, budgets: Sequence[BudgetCharge], cost: int, wall: float
+    ) -> tuple[BudgetCharge | None, list[BudgetHold], list[BudgetState]]:
+        """Reserve `cost` in every budget, or in none: (the refusing budget or None, what
+        was reserved, each budget's standing)."""
+        counters = [charge.counter(wall) for charge in budgets]
+        used = [self._spent(counter, wall) for counter in counters]
+        refusing = first_refusing(budgets, used, cost)
+        if refusing is not None:
+            states = [BudgetState(c.scope, c.limit, u) for c, u in zip(budgets, used, strict=True)]
+            return refusing, [], states
+        holds: list[BudgetHold] = []
+        states = []
+        for charge, counter, spent in zip(budgets, counters, used, strict=True):
+            kept = keep_s(charge.period)
+            self._spend[counter] = (spent + cost, math.inf if kept is None else wall + kept)
+            holds.append(BudgetHold(charge.scope, counter, cost))
+            states.append(BudgetState(charge.scope, charge.limit, spent + cost))
+        return None, holds, states
+
+    async def admit(
+        self,
+        subject: str,
+        spec: LimitSpec,
+        tokens: int,
+        budgets: Sequence[BudgetCharge] = (),
+        cost: int = 0,
+    ) -> Admission:
+        if nothing_to_ask(spec, budgets):
             return Admission(allowed=True)
         tokens = max(tokens, 0)
         now = self._clock()
@@ -170,10 +227,18 @@ class MemoryLimiter(Limiter):
             earliest = expiries[len(expiries) - spec.max_concurrent]
             waits["concurrency"] = max(earliest - now, MIN_CONCURRENCY_WAIT_S)
 
+        budget_states: list[BudgetState] = []
         if waits or too_large:
             admission = refused(waits, too_large)
+        elif budgets and (taken := self._take_budgets(budgets, cost, self._wall_clock()))[0]:
+            refusing, _, budget_states = taken
+            assert refusing is not None
+            admission = budget_refusal(refusing)
         else:
             admission = Admission(allowed=True)
+            if budgets:
+                _, holds, budget_states = taken
+                admission.budget_holds = tuple(holds)
             ident = f"m{next(self._ids)}"
             if spec.rpm is not None:
                 state.requests.append(now)
@@ -187,6 +252,7 @@ class MemoryLimiter(Limiter):
             if spec.max_concurrent is not None:
                 state.add_lease(ident, now + self._ttl)
                 admission.lease_id = ident
+        admission.budgets = tuple(budget_states)
         self._fill_headers(admission, state, spec, now)
         if state.empty:
             del self._subjects[subject]
@@ -212,10 +278,30 @@ class MemoryLimiter(Limiter):
                 else 0.0
             )
 
-    async def settle(self, subject: str, admission: Admission, actual_tokens: int | None) -> None:
-        self.settle_nowait(subject, admission, actual_tokens)
+    async def settle(
+        self,
+        subject: str,
+        admission: Admission,
+        actual_tokens: int | None,
+        actual_cost: int | None = None,
+    ) -> None:
+        self.settle_nowait(subject, admission, actual_tokens, actual_cost)
 
-    def settle_nowait(self, subject: str, admission: Admission, actual_tokens: int | None) -> None:
+    def settle_nowait(
+        self,
+        subject: str,
+        admission: Admission,
+        actual_tokens: int | None,
+        actual_cost: int | None = None,
+    ) -> None:
+        if actual_cost is not None:
+            for hold in admission.budget_holds:
+                held = self._spend.get(hold.counter)
+                if held is not None:  # else its period is long over: nothing to correct
+                    self._spend[hold.counter] = (
+                        held[0] + max(actual_cost, 0) - hold.reserved,
+                        held[1],
+                    )
         state = self._subjects.get(subject)
         if state is None:
             return

@@ -20,7 +20,8 @@ import functools
 import hashlib
 import logging
 import secrets
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
@@ -28,8 +29,16 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import NoScriptError, RedisError
 
-from gateway.limits.base import WINDOW_S, Admission, Limiter, LimiterUnavailable, LimitSpec
-from gateway.limits.memory import MIN_CONCURRENCY_WAIT_S, refused
+from gateway.limits.base import (
+    WINDOW_S,
+    Admission,
+    Limiter,
+    LimiterUnavailable,
+    LimitSpec,
+    nothing_to_ask,
+)
+from gateway.limits.budgets import BudgetCharge, BudgetHold, BudgetState, keep_s
+from gateway.limits.memory import MIN_CONCURRENCY_WAIT_S, budget_refusal, refused
 from gateway.store.breaker import RedisUnavailable
 
 log = logging.getLogger("gateway.limits.redis")
@@ -213,7 +222,11 @@ class RedisLimiter(Limiter):
         lease_ttl_s: float = 60.0,
         window_s: float = WINDOW_S,
         prefix: str = "gw",
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
+        # Budget periods are UTC calendar days and months: named from this clock (injectable
+        # for tests), not Redis TIME; replicas agree on a date to well under a second.
+        self._wall_clock = wall_clock
         self._redis = client  # the process's shared client: closed by its owner, not here
         self._batcher = ScriptBatcher(self._redis)
         self._ttl_ms = lease_ttl_s * 1000.0
@@ -225,11 +238,29 @@ class RedisLimiter(Limiter):
         base = f"{self._prefix}:{{{subject}}}"
         return f"{base}:rpm", f"{base}:tpm", f"{base}:tpm:n", f"{base}:leases"
 
-    async def admit(self, subject: str, spec: LimitSpec, tokens: int) -> Admission:
-        if spec.empty:
+    def budget_key(self, subject: str, counter: str) -> str:
+        """A budget counter's key. A key's own budget shares its subject's hash tag; budgets
+        across keys (feature, total) have one of their own. Standalone Redis (and Sentinel)
+        run the admission over all of them in one script; Redis Cluster would refuse the
+        cross-slot call (Cluster is not supported by this build)."""
+        if counter.startswith("key:"):
+            return f"{self._prefix}:{{{subject}}}:budget:{counter}"
+        return f"{self._prefix}:{{budgets}}:{counter}"
+
+    async def admit(
+        self,
+        subject: str,
+        spec: LimitSpec,
+        tokens: int,
+        budgets: Sequence[BudgetCharge] = (),
+        cost: int = 0,
+    ) -> Admission:
+        if nothing_to_ask(spec, budgets):
             return Admission(allowed=True)
         ident = secrets.token_hex(12)
-        args = (
+        wall = self._wall_clock()
+        counters = [charge.counter(wall) for charge in budgets]
+        args: list[Any] = [
             spec.rpm or 0,
             spec.tpm or 0,
             spec.max_concurrent or 0,
@@ -239,16 +270,35 @@ class RedisLimiter(Limiter):
             self._ttl_ms,
             KEEP_MS,
             MIN_CONCURRENCY_WAIT_S * 1000.0,
-        )
+            len(budgets),
+            max(cost, 0),
+        ]
+        for charge in budgets:
+            lives = keep_s(charge.period)
+            args += [charge.limit, 0 if lives is None else int(lives * 1000)]
+        keys = [
+            *self.keys(subject),
+            f"{self._prefix}:{{{subject}}}:admitted:{ident}",
+            *(self.budget_key(subject, counter) for counter in counters),
+        ]
         try:
-            reply = await self._batcher.run(ADMIT, self.keys(subject), args)
+            reply = await self._batcher.run(ADMIT, keys, args)
         except BACKEND_ERRORS as exc:
             raise LimiterUnavailable(f"redis: {exc}") from exc
         allowed, w_requests, w_tokens, w_concurrency, too_large = reply[:5]
-        requests, reserved, requests_reset, tokens_reset = reply[5:9]
+        requests, reserved, requests_reset, tokens_reset, budget_refused = reply[5:10]
+        used = [int(value) for value in reply[10 : 10 + len(budgets)]]
+        states = tuple(
+            BudgetState(charge.scope, charge.limit, spent)
+            for charge, spent in zip(budgets, used, strict=True)
+        )
 
         if int(allowed):
             admission = Admission(allowed=True)
+            admission.budget_holds = tuple(
+                BudgetHold(charge.scope, self.budget_key(subject, counter), max(cost, 0))
+                for charge, counter in zip(budgets, counters, strict=True)
+            )
             if spec.tpm is not None:
                 admission.reservation = ident
                 admission.reserved_tokens = max(tokens, 0)
@@ -264,7 +314,11 @@ class RedisLimiter(Limiter):
                 )
                 if float(raw) >= 0
             }
-            admission = refused(waits, bool(int(too_large)))
+            if waits or int(too_large):
+                admission = refused(waits, bool(int(too_large)))
+            else:
+                admission = budget_refusal(budgets[int(budget_refused) - 1])
+        admission.budgets = states
         if spec.rpm is not None:
             admission.requests_limit = spec.rpm
             admission.requests_remaining = max(spec.rpm - int(requests), 0)
@@ -275,30 +329,50 @@ class RedisLimiter(Limiter):
             admission.tokens_reset_s = max(_duration_s(tokens_reset), 0.0)
         return admission
 
-    async def settle(self, subject: str, admission: Admission, actual_tokens: int | None) -> None:
-        settled = self._submit_settle(subject, admission, actual_tokens)
+    async def settle(
+        self,
+        subject: str,
+        admission: Admission,
+        actual_tokens: int | None,
+        actual_cost: int | None = None,
+    ) -> None:
+        settled = self._submit_settle(subject, admission, actual_tokens, actual_cost)
         if settled is not None:
             with contextlib.suppress(Exception):  # logged by the callback
                 await settled
 
-    def settle_nowait(self, subject: str, admission: Admission, actual_tokens: int | None) -> None:
+    def settle_nowait(
+        self,
+        subject: str,
+        admission: Admission,
+        actual_tokens: int | None,
+        actual_cost: int | None = None,
+    ) -> None:
         """Queued on the batcher: the request's end awaits nothing, and no task is made for
-        it. A failure is logged; the lease and reservation then expire by themselves."""
-        self._submit_settle(subject, admission, actual_tokens)
+        it. A failure is logged; the lease and reservation then expire by themselves (a
+        budget reservation is then kept as reserved: never less than what was spent)."""
+        self._submit_settle(subject, admission, actual_tokens, actual_cost)
 
     def _submit_settle(
-        self, subject: str, admission: Admission, actual_tokens: int | None
+        self,
+        subject: str,
+        admission: Admission,
+        actual_tokens: int | None,
+        actual_cost: int | None,
     ) -> asyncio.Future[Any] | None:
         correct = actual_tokens is not None and admission.reservation is not None
-        if admission.lease_id is None and not correct:
+        holds = admission.budget_holds if actual_cost is not None else ()
+        if admission.lease_id is None and not correct and not holds:
             return None
         _, _, tokens_key, leases_key = self.keys(subject)
-        args = (
+        keys = [leases_key, tokens_key, *(hold.counter for hold in holds)]
+        args: list[Any] = [
             admission.lease_id or "",
             admission.reservation or "",
             "" if actual_tokens is None else max(actual_tokens, 0),
-        )
-        settled = self._batcher.submit(SETTLE, (leases_key, tokens_key), args)
+            *(max(actual_cost or 0, 0) - hold.reserved for hold in holds),
+        ]
+        settled = self._batcher.submit(SETTLE, keys, args)
         settled.add_done_callback(functools.partial(_log_settle_failure, subject))
         return settled
 

@@ -12,12 +12,19 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
 
 from gateway.errors import GatewayError, RateLimited, ServiceUnavailable, retry_headers
 from gateway.limits.base import Admission, LimiterUnavailable, LimitSpec
-from gateway.metrics import LIMITER_ERRORS, RATE_LIMITED
+from gateway.metrics import BUDGET_REFUSALS, LIMITER_ERRORS, RATE_LIMITED
+from gateway.pipeline.budgets import (
+    budget_charges,
+    budget_exhausted,
+    remaining_headers,
+    worst_case_cost,
+)
 from gateway.pipeline.context import RequestState
 from gateway.pipeline.lease import GiveBack, Outcome
 from gateway.pipeline.process import GatewayProcess
@@ -150,26 +157,42 @@ def _plan_label(state: RequestState) -> str:
     return (state.principal.plan if state.principal else None) or "none"
 
 
+_NO_LIMITS = LimitSpec()
+
+
 async def admit_key(
-    process: GatewayProcess, runtime: Runtime, state: RequestState, estimate: TokenEstimate
+    process: GatewayProcess,
+    runtime: Runtime,
+    state: RequestState,
+    estimate: TokenEstimate,
+    chain: Sequence[str],
 ) -> None:
-    """The key's plan: rpm, tpm (reserving the estimate) and max_concurrent."""
+    """The key's plan (rpm, tpm reserving the estimate, max_concurrent) and every budget the
+    request must fit (reserving its worst-case cost on `chain`), in one admission."""
     principal = state.principal
-    if principal is None or principal.plan is None:
+    if principal is None:
         return
-    plan = runtime.config.plans[principal.plan]
-    if plan.rpm is None and plan.tpm is None and plan.max_concurrent is None:
+    config = runtime.config
+    plan = config.plans[principal.plan] if principal.plan is not None else None
+    spec = LimitSpec(plan.rpm, plan.tpm, plan.max_concurrent) if plan is not None else _NO_LIMITS
+    budgets = budget_charges(config, principal, state.feature)
+    if spec.empty and not budgets:
         return
-    spec = LimitSpec(plan.rpm, plan.tpm, plan.max_concurrent)
+    cost = worst_case_cost(config, chain, estimate) if budgets else 0
     subject = f"key:{principal.name}"
     try:
-        admission = await process.limiter.admit(subject, spec, estimate.reserve)
+        admission = await process.limiter.admit(
+            subject, spec, estimate.reserve if spec.tpm is not None else 0, budgets, cost
+        )
     except LimiterUnavailable:
         _backend_down(runtime, subject)
         return
-    state.ratelimit_headers = ratelimit_headers(admission)
+    state.ratelimit_headers = ratelimit_headers(admission) | remaining_headers(admission)
     if not admission.allowed:
-        RATE_LIMITED.labels(principal.plan, admission.limit or "requests").inc()
+        if admission.limit == "budget":
+            BUDGET_REFUSALS.labels(admission.extra.get("budget_scope", "total")).inc()
+            raise budget_exhausted(admission, dict(state.ratelimit_headers))
+        RATE_LIMITED.labels(principal.plan or "none", admission.limit or "requests").inc()
         raise refusal(admission, f"key '{principal.name}'")
     _keep(process, state, Hold(subject, admission))
 
@@ -179,7 +202,9 @@ def _keep(process: GatewayProcess, state: RequestState, hold: Hold) -> GiveBack:
     tokens settled) when the request settles. Returns the give-back, for `give_back_now`."""
     if hold.admission.lease_id is not None:
         process.leases.hold(hold.subject, hold.admission.lease_id)
-    return state.lease.take(lambda outcome: release_nowait(process, hold, outcome.tokens))
+    return state.lease.take(
+        lambda outcome: release_nowait(process, hold, outcome.tokens, outcome.cost)
+    )
 
 
 async def release(process: GatewayProcess, hold: Hold, actual_tokens: int | None) -> None:
@@ -189,11 +214,13 @@ async def release(process: GatewayProcess, hold: Hold, actual_tokens: int | None
     await process.limiter.settle(hold.subject, hold.admission, actual_tokens)
 
 
-def release_nowait(process: GatewayProcess, hold: Hold, actual_tokens: int | None) -> None:
+def release_nowait(
+    process: GatewayProcess, hold: Hold, actual_tokens: int | None, actual_cost: int | None
+) -> None:
     """`release` without awaiting: the limiter settles at once or queues it."""
     if hold.admission.lease_id is not None:
         process.leases.drop(hold.subject, hold.admission.lease_id)
-    process.limiter.settle_nowait(hold.subject, hold.admission, actual_tokens)
+    process.limiter.settle_nowait(hold.subject, hold.admission, actual_tokens, actual_cost)
 
 
 class ModelGate:

@@ -11,7 +11,7 @@ import hashlib
 import hmac
 from dataclasses import dataclass
 
-from gateway.config import GatewayConfig
+from gateway.config import BudgetConfig, GatewayConfig
 from gateway.errors import AuthenticationFailed
 
 
@@ -24,6 +24,7 @@ class Principal:
     feature: str | None
     admin: bool
     allowed_tiers: frozenset[str] | None  # None: every tier
+    budget: BudgetConfig | None = None  # the key's own, else its plan's
 
 
 # With auth off there is no access control at all, admin endpoints included (the log warns).
@@ -39,7 +40,8 @@ class Authenticator:
         for key in config.keys or []:
             plan = config.plans.get(key.plan) if key.plan else None
             tiers = frozenset(plan.tiers) if plan and plan.tiers is not None else None
-            principal = Principal(key.name, key.plan, key.feature, key.admin, tiers)
+            budget = key.budget or (plan.budget if plan else None)
+            principal = Principal(key.name, key.plan, key.feature, key.admin, tiers, budget)
             self._keys.append((key.secret_digest(), principal))
 
     def authenticate(self, authorization: str | None, x_api_key: str | None) -> Principal:

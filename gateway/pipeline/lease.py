@@ -18,11 +18,12 @@ log = logging.getLogger("gateway.lease")
 
 @dataclass(slots=True)
 class Outcome:
-    """What a give-back may need to know about how the request ended: the tokens it used (a
-    limiter corrects its token reservation with them). Zero for a thing given back early,
-    before any upstream answered with it."""
+    """What a give-back may need to know about how the request ended: the tokens it used and
+    what they cost in nano-dollars (a limiter corrects its token and budget reservations with
+    them). Zero for a thing given back early, before any upstream answered with it."""
 
     tokens: int = 0
+    cost: int = 0
 
 
 NOTHING_USED = Outcome()

@@ -75,7 +75,7 @@ async def admit(
     in_flight.inc()
     state.lease.take(lambda _: in_flight.dec())
     state.estimate = estimate = TokenEstimate(body, completion=completion)
-    await admit_key(process, runtime, state, estimate)
+    await admit_key(process, runtime, state, estimate, route.chain)
     models = runtime.config.models
     attempts = AttemptLoop(
         runtime.config,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 
 from gateway.config import GatewayConfig
+from gateway.limits.budgets import to_nano
 from gateway.metrics import NO_MODEL, TTFT, request_series, spend_series
 from gateway.pipeline.context import RequestState
 from gateway.pipeline.cost import Tokens, cost_usd, feature_label, tokens_of
@@ -25,12 +26,13 @@ def finish(process: GatewayProcess, state: RequestState, status: int) -> None:
     tokens = tokens_of(state)
     runtime = state.runtime
     process.memory.served()
+    cost = 0.0
     if runtime is not None and state.api_call:
         cost = cost_usd(runtime.config, state.model, tokens)
         _observe(runtime.config, state, status, tokens, cost)
         process.usage.record(_record(state, status, tokens, cost), state.started_wall)
     # Given back without awaiting: at once in memory, queued for Redis's next pipeline.
-    state.lease.close(Outcome(tokens.total))
+    state.lease.close(Outcome(tokens.total, to_nano(cost) if cost else 0))
 
 
 def _observe(
