@@ -287,7 +287,8 @@ async def test_dashboard_shows_usage_cost_errors_and_fallbacks(
     assert feature("support-triage", "tokens") == str(2 * per_request_tokens)
     assert feature("support-triage", "cost_usd") == f"${2 * main_cost:.4f}"
     assert feature("streaming-chat", "requests") == "1"
-    assert feature("streaming-chat", "cost_usd") == f"${cheap_cost:.4f}"
+    # Under a cent: three significant figures, not 4 decimals ($0.0004).
+    assert feature("streaming-chat", "cost_usd") == f"${cheap_cost:.6f}" == "$0.000420"
 
     def model(name: str, field: str) -> str:
         return dom.text("td", "models", data_model=name, data_field=field)
@@ -428,3 +429,67 @@ async def test_dashboard_says_fallbacks_are_unavailable_when_metrics_are_elsewhe
     assert dom.text(id="fallbacks-status") == (
         "fallbacks: unavailable (metrics on a separate port)"
     )
+
+
+TINY_PRICE = {"input": 0.01, "output": 0.02}  # 10 + 16 tokens: $0.00000042 a request
+
+
+async def test_dashboard_shows_budgets_and_prints_small_costs_with_their_digits(
+    start_gateway: StartGateway, tmp_path: Path
+) -> None:
+    raw = dashboard_config(dashboard=True)
+    raw["models"]["dash-tiny"] = {"provider": "mock", "price": TINY_PRICE}
+    raw["tiers"]["tiny"] = ["dash-tiny"]
+    raw["keys"][0]["budget"] = {"usd": 0.001, "period": "day"}
+    raw["budgets"] = {
+        "features": {"support-triage": {"usd": 0.5, "period": "month"}},
+        "total": {"usd": 10, "period": "total"},
+    }
+    gateway = await start_gateway(raw)
+    messages: Any = [{"role": "user", "content": PROMPT}]
+    async with openai.AsyncOpenAI(
+        base_url=gateway.url + "/v1", api_key=APP_KEY, max_retries=0, timeout=20
+    ) as client:
+        for _ in range(3):
+            await client.chat.completions.create(model="tiny", messages=messages, max_tokens=16)
+    spent = 3 * cost(TINY_PRICE)
+    assert spent == pytest.approx(1.26e-6)
+
+    dom = await dump_dom(gateway.url + "/dashboard", tmp_path / "profile")
+    assert dom.find("body", data_state="ready"), "the page did not finish loading its data"
+    assert dom.text(id="total-cost") == "$0.00000126"  # not $0.0000
+
+    def budget(scope: str, name: str, field: str) -> str:
+        return dom.text("td", "budgets", data_scope=scope, data_name=name, data_field=field)
+
+    today = datetime.now(UTC)
+    assert budget("key", "app", "period") == today.strftime("%Y-%m-%d")
+    assert budget("key", "app", "budget_usd") == "$0.00100"
+    assert budget("key", "app", "spent_usd") == "$0.00000126"
+    assert budget("key", "app", "remaining_usd") == "$0.000999"
+    tomorrow = (today + timedelta(days=1)).strftime("%Y-%m-%d")
+    assert budget("key", "app", "resets_at") == f"{tomorrow} 00:00"
+    assert budget("feature", "support-triage", "period") == today.strftime("%Y-%m")
+    assert budget("feature", "support-triage", "spent_usd") == "$0.0000"
+    assert budget("total", "total", "budget_usd") == "$10.0000"
+    assert budget("total", "total", "spent_usd") == "$0.00000126"
+    assert budget("total", "total", "resets_at") == "never"
+
+    # The cost axis: each tick its own label (tiny steps used to print $0.0001 on every one).
+    ticks = [text.strip() for _, text in dom.find("text", "chart-cost") if "$" in text]
+    assert len(ticks) >= 3 and len(set(ticks)) == len(ticks), ticks
+
+
+async def test_budgets_data_needs_what_the_usage_data_needs(start_gateway: StartGateway) -> None:
+    raw = dashboard_config(dashboard=False)
+    raw["keys"][0]["budget"] = {"usd": 1, "period": "month"}
+    gateway = await start_gateway(raw)
+    async with aiohttp.ClientSession() as http:
+        async with http.get(gateway.url + "/dashboard/budgets") as refused:
+            assert refused.status == 401
+        headers = {"Authorization": f"Bearer {ADMIN_KEY}"}
+        async with http.get(gateway.url + "/dashboard/budgets", headers=headers) as answer:
+            assert answer.status == 200
+            (row,) = (await answer.json())["data"]
+    assert row["scope"] == "key" and row["name"] == "app" and row["budget_usd"] == 1
+    assert row["spent_usd"] == 0 and row["remaining_usd"] == 1

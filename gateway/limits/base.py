@@ -127,6 +127,11 @@ class Limiter(abc.ABC):
         and a dead process's leases expire."""
 
     @abc.abstractmethod
+    async def budget_used(self, budgets: Sequence[tuple[str, BudgetCharge]]) -> list[int]:
+        """For each (subject, budget): nano-dollars spent and reserved in its current period.
+        Raises LimiterUnavailable when the backend cannot be asked."""
+
+    @abc.abstractmethod
     async def in_flight(self, subject: str) -> int:
         """Leases currently held for `subject` (expired ones not counted)."""
 

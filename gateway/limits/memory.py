@@ -328,6 +328,10 @@ class MemoryLimiter(Limiter):
             if lease_id in state.leases:
                 state.leases[lease_id] = now + self._ttl
 
+    async def budget_used(self, budgets: Sequence[tuple[str, BudgetCharge]]) -> list[int]:
+        wall = self._wall_clock()
+        return [self._spent(charge.counter(wall), wall) for _, charge in budgets]
+
     async def in_flight(self, subject: str) -> int:
         state = self._subjects.get(subject)
         if state is None:

@@ -401,6 +401,21 @@ class RedisLimiter(Limiter):
                 extra={"leases": len(leases), "error": str(exc)},
             )
 
+    async def budget_used(self, budgets: Sequence[tuple[str, BudgetCharge]]) -> list[int]:
+        if not budgets:
+            return []
+        wall = self._wall_clock()
+        keys = [self.budget_key(subject, charge.counter(wall)) for subject, charge in budgets]
+        try:
+            # One key at a time in a pipeline, not MGET: the keys may lie in different slots.
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for key in keys:
+                    pipe.get(key)
+                values = await pipe.execute()
+        except BACKEND_ERRORS as exc:
+            raise LimiterUnavailable(f"redis: {exc}") from exc
+        return [int(value) if value is not None else 0 for value in values]
+
     async def in_flight(self, subject: str) -> int:
         try:
             return int(await IN_FLIGHT.run(self._redis, (self.keys(subject)[3],), ()))

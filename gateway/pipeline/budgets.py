@@ -37,6 +37,24 @@ def budget_charges(
     return tuple(charges)
 
 
+def configured_budgets(config: GatewayConfig) -> list[tuple[str, BudgetCharge]]:
+    """Every budget of the config, with the limiter subject it is admitted under: each key's
+    (its own or its plan's), each feature's, the total."""
+    found: list[tuple[str, BudgetCharge]] = []
+    for key in config.keys or []:
+        plan = config.plans.get(key.plan) if key.plan else None
+        budget = key.budget or (plan.budget if plan else None)
+        if budget is not None:
+            charge = BudgetCharge("key", key.name, to_nano(budget.usd), budget.period)
+            found.append((f"key:{key.name}", charge))
+    for feature, budget in config.budgets.features.items():
+        found.append(("", BudgetCharge("feature", feature, to_nano(budget.usd), budget.period)))
+    total = config.budgets.total
+    if total is not None:
+        found.append(("", BudgetCharge("total", "total", to_nano(total.usd), total.period)))
+    return found
+
+
 def worst_case_cost(config: GatewayConfig, chain: Sequence[str], estimate: TokenEstimate) -> int:
     """Nano-dollars the request may cost at most: its prompt estimate at the input price and
     what it may write at the output price, on the priciest model of its chain."""

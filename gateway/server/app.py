@@ -47,6 +47,7 @@ def create_app(process: GatewayProcess, reloader: Reloader | None = None) -> web
     app.router.add_get("/v1/usage", usage.usage)
     app.router.add_get("/dashboard", dashboard.page)
     app.router.add_get("/dashboard/usage", dashboard.usage)
+    app.router.add_get("/dashboard/budgets", dashboard.budgets)
     app.router.add_get("/dashboard/{name}", dashboard.asset)
     app.router.add_get("/healthz", health.healthz)
     app.router.add_get("/readyz", health.readyz)

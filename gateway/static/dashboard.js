@@ -11,7 +11,19 @@
 
   // --- formatting ------------------------------------------------------------------------
   const fmtInt = (n) => Math.round(n).toLocaleString("en-US");
-  const fmtCost = (usd) => "$" + (usd >= 100 ? usd.toFixed(2) : usd.toFixed(4));
+  // Costs of a cent and more with 4 decimals (2 from $100); smaller ones with the digits they
+  // need for three significant figures, so a request's $0.00000400 does not read as $0.0000.
+  const fmtCost = (usd) => {
+    if (usd >= 100) return "$" + usd.toFixed(2);
+    if (usd >= 0.01 || !(usd > 0)) return "$" + usd.toFixed(4);
+    return "$" + usd.toFixed(Math.min(10, 2 - Math.floor(Math.log10(usd))));
+  };
+  // Axis ticks: as many decimals as the step between ticks has, so no two ticks read alike.
+  const tickCost = (step) => {
+    let decimals = 0;
+    while (decimals < 10 && Math.abs(Number(step.toFixed(decimals)) - step) > step * 1e-6) decimals++;
+    return (usd) => "$" + usd.toFixed(decimals);
+  };
   const fmtRate = (errors, requests) =>
     requests ? (100 * errors / requests).toFixed(1) + "%" : "0.0%";
   const fmtMs = (ms) => (ms == null ? "–" : ms >= 1000 ? (ms / 1000).toFixed(2) + " s"
@@ -70,6 +82,19 @@
     if (response.status === 401 || response.status === 403) throw new AuthNeeded(message);
     if (!response.ok) throw new Error(`usage: HTTP ${response.status}: ${message}`);
     return body;
+  }
+
+  // Each budget's spend in its current period (none configured: an empty list).
+  async function fetchBudgets() {
+    const headers = {};
+    const key = sessionStorage.getItem(KEY_STORE);
+    if (key) headers.Authorization = "Bearer " + key;
+    const response = await fetch("dashboard/budgets", { headers, cache: "no-store" });
+    const body = await response.json().catch(() => ({}));
+    const message = body.error ? body.error.message : response.statusText;
+    if (response.status === 401 || response.status === 403) throw new AuthNeeded(message);
+    if (!response.ok) throw new Error(`budgets: HTTP ${response.status}: ${message}`);
+    return body.data;
   }
 
   // Fallbacks are not in the usage records; /metrics counts them since the process started.
@@ -140,6 +165,31 @@
         cell("latency_p95", fmtMs(row.latency_ms && row.latency_ms.p95), row.latency_ms ? row.latency_ms.p95 : ""));
     });
     table.replaceChildren(head, ...(body.length ? body : [emptyRow(11, "No requests in this range.")]));
+  }
+
+  function renderBudgets(rows) {
+    $("budgets-section").hidden = rows.length === 0;
+    const head = el("tr", {}, el("th", {}, "budget"), el("th", {}, "period"),
+      el("th", {}, "cap"), el("th", {}, "spent"), el("th"), el("th", {}, "left"),
+      el("th", {}, "resets"));
+    const body = rows.map((row) => {
+      const name = row.scope === "total" ? "total" : `${row.scope} ${row.name}`;
+      const keys = { "data-scope": row.scope, "data-name": row.name };
+      const cell = (field, text, value, extra = {}) =>
+        el("td", { ...keys, "data-field": field, "data-value": value, ...extra }, text);
+      const used = row.budget_usd > 0 ? row.spent_usd / row.budget_usd : 1;
+      return el("tr", keys,
+        el("td", {}, name),
+        cell("period", row.period_id, row.period),
+        cell("budget_usd", fmtCost(row.budget_usd), row.budget_usd),
+        cell("spent_usd", fmtCost(row.spent_usd), row.spent_usd),
+        bar(used),
+        cell("remaining_usd", fmtCost(row.remaining_usd), row.remaining_usd,
+          row.remaining_usd > 0 ? {} : { class: "bad" }),
+        cell("resets_at", row.resets_at ? row.resets_at.slice(0, 16).replace("T", " ") : "never",
+          row.resets_at || ""));
+    });
+    $("budgets").replaceChildren(head, ...body);
   }
 
   function renderErrors(rows) {
@@ -276,7 +326,8 @@
       }
     });
     target.replaceChildren(
-      svg("svg", { viewBox: `0 0 ${W} ${H}`, role: "img" }, ...axes(days, scale, fmtCost), ...marks),
+      svg("svg", { viewBox: `0 0 ${W} ${H}`, role: "img" },
+        ...axes(days, scale, tickCost(scale.step)), ...marks),
       legend(names));
     target.className = "chart";
   }
@@ -299,11 +350,12 @@
     $("status").textContent = "Loading…";
     $("status").className = "muted";
     try {
-      const [features, models, pairs, dayFeature, dayModel, fallbacks] = await Promise.all([
-        fetchUsage("feature", range), fetchUsage("model", range),
-        fetchUsage("feature,model", range), fetchUsage("day,feature", range),
-        fetchUsage("day,model", range), fetchFallbacks(),
-      ]);
+      const [features, models, pairs, dayFeature, dayModel, fallbacks, budgets] =
+        await Promise.all([
+          fetchUsage("feature", range), fetchUsage("model", range),
+          fetchUsage("feature,model", range), fetchUsage("day,feature", range),
+          fetchUsage("day,model", range), fetchFallbacks(), fetchBudgets(),
+        ]);
       const rows = features.data;
       const sum = (f) => rows.reduce((s, r) => s + f(r), 0);
       const requests = sum((r) => r.requests), errors = sum((r) => r.errors);
@@ -322,6 +374,7 @@
       const days = utcDays(range);
       stackedBars($("chart-requests"), days, seriesOf(dayFeature.data, "feature", (r) => r.requests), "feature");
       lines($("chart-cost"), days, seriesOf(dayModel.data, "model", (r) => r.cost_usd), "model");
+      renderBudgets(budgets);
       renderErrors(pairs.data);
       renderFallbacks(fallbacks);
 
