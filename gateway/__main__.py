@@ -1,9 +1,11 @@
-"""Command line: `gateway serve` and `gateway check-config` (also `python -m gateway`)."""
+"""Command line: `gateway serve`, `gateway check-config` and `gateway keys` (also
+`python -m gateway`)."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 from collections.abc import Coroutine
 from typing import Any
@@ -25,6 +27,30 @@ def _parser() -> argparse.ArgumentParser:
     )
     check = commands.add_parser("check-config", help="check a config file and list its problems")
     check.add_argument("--config", help="config file (default: $GATEWAY_CONFIG, then config.yaml)")
+    keys = commands.add_parser("keys", help="manage a running gateway's runtime keys")
+    keys.add_argument(
+        "--url",
+        default=os.environ.get("GATEWAY_URL", "http://127.0.0.1:8080"),
+        help="the gateway (default: $GATEWAY_URL, then http://127.0.0.1:8080)",
+    )
+    keys.add_argument(
+        "--admin-key",
+        default=os.environ.get("GATEWAY_ADMIN_KEY"),
+        help="an admin key (default: $GATEWAY_ADMIN_KEY)",
+    )
+    actions = keys.add_subparsers(dest="action", required=True)
+    create = actions.add_parser("create", help="make a key; its secret is printed once")
+    create.add_argument("name")
+    create.add_argument("--plan")
+    create.add_argument("--feature")
+    create.add_argument("--budget-usd", type=float)
+    create.add_argument("--budget-period", choices=["day", "month", "total"], default="month")
+    create.add_argument("--tiers", help="comma-separated tier names")
+    create.add_argument("--expires-at", help="ISO 8601 datetime")
+    create.add_argument("--admin", action="store_true")
+    actions.add_parser("list", help="every key, with budgets and spend")
+    revoke = actions.add_parser("revoke", help="delete a key: refused everywhere within 1 s")
+    revoke.add_argument("name")
     return parser
 
 
@@ -76,6 +102,10 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "check-config":
         return _check_config(args.config or default_config_path())
+    if args.command == "keys":
+        from gateway.ops.keys_cli import run_keys_command
+
+        return run_keys_command(args)
     return _serve(args)
 
 

@@ -241,6 +241,9 @@ class GatewayConfig(ConfigModel):
     plans: dict[str, PlanConfig] = {}
     keys: list[KeyConfig] | None = None  # None: auth is off
     budgets: BudgetsConfig = BudgetsConfig()
+    # Where keys made with /admin/keys are kept when there is no `redis:` section: a SQLite
+    # file, relative to the config file's folder.
+    keys_db: str = "gateway-keys.db"
     limits: LimitsConfig = LimitsConfig()
     usage: UsageConfig = UsageConfig()
     redis: RedisConfig | None = None  # None: `limits.redis_url` says where Redis is

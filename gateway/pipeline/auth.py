@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import time
 from dataclasses import dataclass
 
 from gateway.config import BudgetConfig, GatewayConfig
-from gateway.errors import AuthenticationFailed
+from gateway.errors import AuthenticationFailed, PermissionDenied
+from gateway.pipeline.keys import RuntimeKeys
+from gateway.store.keys import KeyRecord
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,8 +37,12 @@ ANONYMOUS = Principal(name="anonymous", plan=None, feature=None, admin=True, all
 class Authenticator:
     """Checks presented keys against one config snapshot."""
 
-    def __init__(self, config: GatewayConfig) -> None:
+    def __init__(self, config: GatewayConfig, runtime_keys: RuntimeKeys | None = None) -> None:
         self.enabled = config.keys is not None
+        self.config = config
+        # Keys made with /admin/keys: process-wide, carried from one config snapshot to the
+        # next; only consulted while auth is on (a `keys:` section).
+        self.runtime_keys = runtime_keys
         self._keys: list[tuple[bytes, Principal]] = []
         for key in config.keys or []:
             plan = config.plans.get(key.plan) if key.plan else None
@@ -60,9 +67,40 @@ class Authenticator:
         for candidate, principal in self._keys:
             if hmac.compare_digest(digest, candidate):
                 found = principal
+        if found is None and self.runtime_keys is not None:
+            record = self.runtime_keys.lookup(digest)
+            if record is not None:
+                return self.runtime_principal(record)
         if found is None:
             raise AuthenticationFailed("Incorrect API key provided.")
         return found
+
+    def runtime_principal(self, record: KeyRecord) -> Principal:
+        """A stored key as a caller, under this snapshot's plans; refused when disabled or
+        past its expiry, or when its plan is no longer in the config."""
+        if record.disabled:
+            raise AuthenticationFailed("This API key is disabled.", code="key_disabled")
+        if record.expires_at is not None and record.expires_at <= time.time():
+            raise AuthenticationFailed("This API key has expired.", code="key_expired")
+        plan = self.config.plans.get(record.plan) if record.plan else None
+        if record.plan and plan is None:
+            raise PermissionDenied(
+                f"This API key's plan {record.plan!r} is no longer configured.",
+                code="plan_not_configured",
+            )
+        tiers = frozenset(plan.tiers) if plan and plan.tiers is not None else None
+        if record.tiers is not None:
+            tiers = (
+                frozenset(record.tiers) & tiers if tiers is not None else frozenset(record.tiers)
+            )
+        budget = (
+            BudgetConfig.model_validate(
+                {"usd": record.budget_usd, "period": record.budget_period or "month"}
+            )
+            if record.budget_usd is not None
+            else (plan.budget if plan else None)
+        )
+        return Principal(record.name, record.plan, record.feature, record.admin, tiers, budget)
 
 
 def _bearer(header: str | None) -> str | None:

@@ -16,6 +16,7 @@ from gateway.limits.base import Limiter
 from gateway.limits.cooldowns import CooldownStore, MemoryCooldowns
 from gateway.limits.keeper import LeaseKeeper
 from gateway.pipeline.drain import Drain
+from gateway.pipeline.keys import RuntimeKeys
 from gateway.pipeline.memory import MemoryTrimmer
 from gateway.pipeline.pending import PendingClients
 from gateway.pipeline.runtime import Runtime
@@ -47,6 +48,8 @@ class GatewayProcess:
         self.usage = usage or UsageService(config.usage, redis)
         # Stored Responses; Redis or memory as the config at start says (a reload keeps it).
         self.responses: ResponseStore = build_response_store(redis if config.redis else None)
+        # Keys made with /admin/keys (the runtime's authenticator reads them).
+        self.keys = runtime.auth.runtime_keys or RuntimeKeys(None)
         self.in_flight = 0
         self.drain = Drain()
         self.memory = MemoryTrimmer(
@@ -89,6 +92,7 @@ class GatewayProcess:
 
     async def start(self) -> None:
         await self.usage.start()
+        await self.keys.start()
         self.leases.start()
         self.memory.start()
 
@@ -98,6 +102,7 @@ class GatewayProcess:
             await asyncio.gather(*list(self._background), return_exceptions=True)
         await self.usage.aclose(USAGE_FLUSH_S)
         await self.leases.stop()
+        await self.keys.aclose()
         await self.limiter.aclose()
         await self.cooldowns.aclose()
         await self.current.aclose()

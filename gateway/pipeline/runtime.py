@@ -15,6 +15,7 @@ from gateway.config import GatewayConfig
 from gateway.errors import ServiceUnavailable
 from gateway.logs import REDACT, config_secrets
 from gateway.pipeline.auth import Authenticator
+from gateway.pipeline.keys import RuntimeKeys
 from gateway.pipeline.routing import Router
 from gateway.providers.base import Provider
 from gateway.providers.registry import build_provider
@@ -76,7 +77,11 @@ async def _close(provider: Provider) -> None:
         log.exception("closing provider %s failed", provider.name)
 
 
-def build_runtime(config: GatewayConfig, previous: Runtime | None = None) -> Runtime:
+def build_runtime(
+    config: GatewayConfig,
+    previous: Runtime | None = None,
+    runtime_keys: RuntimeKeys | None = None,
+) -> Runtime:
     """Build every provider and index for `config`. A provider whose config did not change
     since `previous` is reused, connection pool and all. Raises on a provider that cannot be
     built; nothing new is left open in that case."""
@@ -89,7 +94,9 @@ def build_runtime(config: GatewayConfig, previous: Runtime | None = None) -> Run
             providers[name] = build_provider(name, provider_config)
     for provider in providers.values():
         provider.max_answer_bytes = int(config.server.max_answer_mb * 2**20)
-    auth = Authenticator(config)
+    if runtime_keys is None and previous is not None:
+        runtime_keys = previous.auth.runtime_keys  # the same stored keys, under the new config
+    auth = Authenticator(config, runtime_keys)
     # The previous config's secrets stay hidden too: requests on it may still log.
     secrets = config_secrets(config)
     if previous is not None:

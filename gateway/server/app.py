@@ -13,7 +13,7 @@ from gateway.ingress import chat, embeddings, models
 from gateway.ingress.completions import handler as completions
 from gateway.ingress.messages import handler as messages
 from gateway.ingress.responses import handler as responses
-from gateway.ops import admin, dashboard, health, metrics, usage
+from gateway.ops import admin, dashboard, health, keys, metrics, usage
 from gateway.ops.admin import RELOADER
 from gateway.ops.reload import Reloader
 from gateway.pipeline.process import GatewayProcess
@@ -54,6 +54,10 @@ def create_app(process: GatewayProcess, reloader: Reloader | None = None) -> web
     if process.current.config.server.metrics_port is None:
         app.router.add_get("/metrics", metrics.metrics)
     app.router.add_post("/admin/reload", admin.reload_config, expect_handler=expect_continue)
+    app.router.add_post("/admin/keys", keys.create_key, expect_handler=expect_continue)
+    app.router.add_get("/admin/keys", keys.list_keys)
+    app.router.add_patch("/admin/keys/{name}", keys.update_key, expect_handler=expect_continue)
+    app.router.add_delete("/admin/keys/{name}", keys.delete_key)
     app.cleanup_ctx.append(_process_lifecycle)
     return app
 

@@ -12,10 +12,12 @@ from aiohttp import web
 from gateway.config import GatewayConfig
 from gateway.limits.factory import build_cooldowns, build_limiter
 from gateway.ops.reload import POLL_S, Reloader
+from gateway.pipeline.keys import RuntimeKeys
 from gateway.pipeline.process import GatewayProcess
 from gateway.pipeline.runtime import build_runtime
 from gateway.server.app import create_app, create_metrics_app
 from gateway.server.protocol import GatewayAppRunner
+from gateway.store.keys import build_key_store
 from gateway.store.redis import SharedRedis, redis_url, uses_redis
 
 log = logging.getLogger("gateway.server")
@@ -37,8 +39,14 @@ class GatewayServer:
         self.host = host if host is not None else config.server.host
         self.port = port if port is not None else config.server.port
         redis = SharedRedis(redis_url(config)) if uses_redis(config) else None
+        # Runtime keys only mean something while auth is on (a `keys:` section).
+        store = (
+            build_key_store(config.keys_db, redis if config.redis else None, config_path)
+            if config.keys is not None
+            else None
+        )
         self.process = GatewayProcess(
-            build_runtime(config),
+            build_runtime(config, runtime_keys=RuntimeKeys(store)),
             build_limiter(config.limits, redis),
             build_cooldowns(config.limits, redis),
             redis=redis,
