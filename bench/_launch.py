@@ -6,6 +6,8 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import http.client
+import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -200,3 +202,22 @@ def _answers(port: int, health_path: str | None) -> bool:
         return False
     finally:
         conn.close()
+
+
+def ensure_command(command: str, package: str) -> str:
+    """The path of `command`; installed from Debian's `package` when missing and this is
+    root, else the benchmark stops and says what to install."""
+    found = shutil.which(command) or shutil.which(command, path="/usr/sbin:/sbin")
+    if found:
+        return found
+    if os.geteuid() == 0 and shutil.which("apt-get"):
+        print(f"installing {package} (apt-get install {package})...", file=sys.stderr, flush=True)
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        for argv in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", package]):
+            subprocess.run(argv, env=env, check=False, capture_output=True, timeout=600)
+        found = shutil.which(command) or shutil.which(command, path="/usr/sbin:/sbin")
+        if found:
+            return found
+    raise BenchFailed(
+        f"this benchmark needs {command}: install it (Debian: apt-get install {package})"
+    )

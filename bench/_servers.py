@@ -52,7 +52,7 @@ CHAT_COMPLETION = orjson.dumps(
 )
 
 
-def _chunk(delta: dict[str, str], finish: str | None = None, usage: bool = False) -> bytes:
+def chunk(delta: dict[str, str], finish: str | None = None, usage: bool = False) -> bytes:
     event: dict[str, object] = {
         "id": "chatcmpl-bench",
         "object": "chat.completion.chunk",
@@ -68,11 +68,11 @@ def _chunk(delta: dict[str, str], finish: str | None = None, usage: bool = False
 # Five chunks then [DONE]. The last chunk carries usage (as several compatible servers send it),
 # so the gateway does its real usage-reading work while every target receives the same bytes.
 STREAM_EVENTS = (
-    _chunk({"role": "assistant", "content": ""}),
-    _chunk({"content": "Hello"}),
-    _chunk({"content": " there,"}),
-    _chunk({"content": " how can I help?"}),
-    _chunk({}, finish="stop", usage=True),
+    chunk({"role": "assistant", "content": ""}),
+    chunk({"content": "Hello"}),
+    chunk({"content": " there,"}),
+    chunk({"content": " how can I help?"}),
+    chunk({}, finish="stop", usage=True),
     b"data: [DONE]\n\n",
 )
 
@@ -110,8 +110,11 @@ async def relay_chat(request: web.Request) -> web.StreamResponse:
     answer, not the request body, decides whether to stream, so the relay never parses JSON."""
     body = await request.read()
     session = request.app[SESSION]
+    # The upstream's path is the request's own, so one relay serves every upstream route.
     async with session.post(
-        request.app[UPSTREAM_URL], data=body, headers={"Content-Type": "application/json"}
+        request.app[UPSTREAM_URL] + request.path,
+        data=body,
+        headers={"Content-Type": "application/json"},
     ) as upstream:
         if upstream.content_type != "text/event-stream":
             return web.Response(
@@ -129,7 +132,7 @@ async def relay_chat(request: web.Request) -> web.StreamResponse:
 
 def relay_app(upstream_port: int) -> web.Application:
     app = web.Application()
-    app[UPSTREAM_URL] = f"http://{HOST}:{upstream_port}/v1/chat/completions"
+    app[UPSTREAM_URL] = f"http://{HOST}:{upstream_port}"
 
     async def session_ctx(app: web.Application) -> AsyncIterator[None]:
         # Pool settings like the gateway's provider session, so only the work per request differs.
@@ -141,7 +144,7 @@ def relay_app(upstream_port: int) -> web.Application:
             yield
 
     app.cleanup_ctx.append(session_ctx)
-    app.router.add_post("/v1/chat/completions", relay_chat)
+    app.router.add_post("/{path:.*}", relay_chat)
     return app
 
 

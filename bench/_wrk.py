@@ -4,15 +4,11 @@ script, and reading its summary as JSON."""
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import orjson
-from _launch import BenchFailed, run_to_end
+from _launch import BenchFailed, ensure_command, run_to_end
 
 # wrk's Lua hooks: every request the same POST; at the end, the summary as one JSON line
 # (wrk's own text report is for people).
@@ -35,18 +31,7 @@ end
 
 def ensure_wrk() -> str:
     """The path of `wrk`; installed from Debian's packages when missing and this is root."""
-    found = shutil.which("wrk")
-    if found:
-        return found
-    if os.geteuid() == 0 and shutil.which("apt-get"):
-        print("installing wrk (apt-get install wrk)...", file=sys.stderr, flush=True)
-        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        for argv in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", "wrk"]):
-            subprocess.run(argv, env=env, check=False, capture_output=True, timeout=600)
-        found = shutil.which("wrk")
-        if found:
-            return found
-    raise BenchFailed("this benchmark needs wrk: install it (Debian: apt-get install wrk)")
+    return ensure_command("wrk", "wrk")
 
 
 def _lua_string(text: str) -> str:

@@ -15,14 +15,24 @@ from collections.abc import Iterable
 
 REDACTED = "[REDACTED]"
 
-_PATTERNS = [
-    re.compile(r"(?i)(bearer\s+)[A-Za-z0-9._~+/=-]{6,}"),
-    re.compile(r"\b(sk-(?:ant-)?)[A-Za-z0-9_-]{8,}"),
-    re.compile(
-        r"""(?i)((?:x-api-key|api[_-]?key|authorization|password|secret)["']?\s*[:=]\s*["']?)"""
-        r"""(?!\[REDACTED\])[^"',\s}\]]{4,}"""
-    ),
-]
+_BEARER = re.compile(r"(?i)(bearer\s+)[A-Za-z0-9._~+/=-]{6,}")
+_SK_KEY = re.compile(r"\b(sk-(?:ant-)?)[A-Za-z0-9_-]{8,}")
+_KEY_VALUE = re.compile(
+    r"""(?i)((?:x-api-key|api[_-]?key|authorization|password|secret)["']?\s*[:=]\s*["']?)"""
+    r"""(?!\[REDACTED\])[^"',\s}\]]{4,}"""
+)
+_PATTERNS = [_BEARER, _SK_KEY, _KEY_VALUE]
+
+# A pattern can only match where its literal words occur. Looking for them first is about 30
+# times cheaper than running the patterns (the key-value one costs ~14 us on a log line), and
+# almost no line has them. Only for ASCII text: there lower() is exactly what (?i) matches,
+# while Unicode case folding has characters (dotless i, long s) that the patterns match and
+# lower() does not turn into ASCII.
+_KEY_VALUE_WORDS = ("api-key", "api_key", "apikey", "authorization", "password", "secret")
+
+
+def _replace(match: re.Match[str]) -> str:
+    return match.group(1) + REDACTED
 
 
 class Redactor:
@@ -38,8 +48,17 @@ class Redactor:
         for secret in self._secrets:
             if secret in text:
                 text = text.replace(secret, REDACTED)
-        for pattern in _PATTERNS:
-            text = pattern.sub(lambda m: m.group(1) + REDACTED, text)
+        if not text.isascii():
+            for pattern in _PATTERNS:
+                text = pattern.sub(_replace, text)
+            return text
+        lowered = text.lower()
+        if "bearer" in lowered:
+            text = _BEARER.sub(_replace, text)
+        if "sk-" in text:
+            text = _SK_KEY.sub(_replace, text)
+        if any(word in lowered for word in _KEY_VALUE_WORDS):
+            text = _KEY_VALUE.sub(_replace, text)
         return text
 
 

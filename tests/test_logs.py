@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import json
+import logging
 import signal
 from pathlib import Path
 
 import aiohttp
 
-from gateway.logs import REDACT, JsonFormatter
+from gateway.logs import REDACT, AccessLog, JsonFormatter, JsonLineHandler
 from tests.conftest import free_port
 from tests.fakes.openai_upstream import Behaviour, FakeOpenAI
 from tests.gateway_process import log_path, start_gateway_process, write_config
@@ -91,3 +93,74 @@ async def test_a_real_process_logs_json_lines_with_request_facts_and_no_secrets(
     failed = [line for line in lines if line.get("msg") == "upstream attempt failed"]
     assert failed and failed[0]["upstream_status"] == 500 and "error" in failed[0]
     assert requests[2]["status"] == 401
+
+
+def _json_setup() -> tuple[logging.Logger, io.StringIO, JsonLineHandler, AccessLog]:
+    root = logging.getLogger()
+    stream = io.StringIO()
+    handler = JsonLineHandler(stream)
+    handler.setFormatter(JsonFormatter())
+    logger = logging.getLogger(f"gateway.access-test-{len(root.manager.loggerDict)}")
+    access = AccessLog(logger)
+    access.use(handler)
+    return root, stream, handler, access
+
+
+def test_access_lines_written_directly_equal_what_logging_writes() -> None:
+    root, stream, handler, access = _json_setup()
+    saved = root.handlers[:], root.level
+    root.handlers[:] = [handler]
+    root.setLevel(logging.INFO)
+    try:
+        fields = {"request_id": "req_1", "status": 200, "key": "web", "latency_ms": 1.5}
+        access.write("request", fields)  # no running loop: written at once
+        access.logger.info("request", extra=fields)  # the same line through logging
+        access.write("request", {**fields, "error": "Bearer abcdefghijk leaked"})
+        direct, through_logging, redacted = (
+            json.loads(x) for x in stream.getvalue().split("\n")[:3]
+        )
+    finally:
+        root.handlers[:], level = saved
+        root.setLevel(level)
+    assert direct.keys() == through_logging.keys()
+    assert list(direct) == list(through_logging)  # same order of fields
+    assert {k: v for k, v in direct.items() if k != "ts"} == {
+        k: v for k, v in through_logging.items() if k != "ts"
+    }
+    assert direct["ts"][:16] == through_logging["ts"][:16] and direct["ts"].endswith("Z")
+    assert "abcdefghijk" not in redacted["error"]
+
+
+async def test_access_lines_held_for_the_loop_turn_come_before_later_lines() -> None:
+    root, stream, handler, access = _json_setup()
+    saved = root.handlers[:], root.level
+    root.handlers[:] = [handler]
+    root.setLevel(logging.INFO)
+    try:
+        access.write("request", {"n": 1})
+        access.write("request", {"n": 2})
+        assert stream.getvalue() == ""  # held until the loop's turn ends...
+        logging.getLogger("gateway.other").warning("after")  # ...or another line is written
+        access.write("request", {"n": 3})
+        await asyncio.sleep(0)
+        lines = [json.loads(x) for x in stream.getvalue().splitlines()]
+    finally:
+        root.handlers[:], level = saved
+        root.setLevel(level)
+    assert [line.get("n", line["msg"]) for line in lines] == [1, 2, "after", 3]
+
+
+def test_another_handler_gets_access_lines_through_logging() -> None:
+    root, stream, handler, access = _json_setup()
+    other = io.StringIO()
+    extra_handler = logging.StreamHandler(other)
+    saved = root.handlers[:], root.level
+    root.handlers[:] = [handler, extra_handler]
+    root.setLevel(logging.INFO)
+    try:
+        access.write("request", {"n": 1})
+    finally:
+        root.handlers[:], level = saved
+        root.setLevel(level)
+    assert json.loads(stream.getvalue())["n"] == 1
+    assert other.getvalue() == "request\n"

@@ -15,11 +15,11 @@ from gateway.errors import GatewayError, MethodNotAllowed, NotFound
 from gateway.http import cors
 from gateway.http.answers import error_response
 from gateway.http.request import PROCESS, STATE
+from gateway.logs import ACCESS_LOG
 from gateway.pipeline.context import RequestState, request_id_from
 from gateway.pipeline.settle import finish
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-log = logging.getLogger("gateway.access")
 errors_log = logging.getLogger("gateway.error")
 
 
@@ -112,8 +112,11 @@ def gateway_middleware(
     return middleware
 
 
+_NOT_LOGGED = frozenset(("/healthz", "/readyz", "/metrics"))
+
+
 def _access_log(request: web.Request, state: RequestState, status: int) -> None:
-    if not log.isEnabledFor(logging.INFO) or request.path in ("/healthz", "/readyz", "/metrics"):
+    if request.path in _NOT_LOGGED or not ACCESS_LOG.logger.isEnabledFor(logging.INFO):
         return
     fields = {
         "request_id": state.request_id,
@@ -130,4 +133,4 @@ def _access_log(request: web.Request, state: RequestState, status: int) -> None:
     }
     if state.error:
         fields["error"] = state.error
-    log.info("request", extra=fields)
+    ACCESS_LOG.write("request", fields)

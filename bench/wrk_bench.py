@@ -1,0 +1,305 @@
+"""The gateway against a bare aiohttp relay, every target driven by `wrk`, in front of nginx.
+
+    .venv/bin/python bench/wrk_bench.py [--quick] [--rounds N] [--out PATH]
+
+A Python load generator tops out near the bare relay's speed and so flatters whatever is
+slower; `wrk` (C) and an nginx upstream answering from memory are never the bottleneck, so the
+ratios here are the targets' own. Targets, each its own process:
+
+- direct: wrk straight at nginx (the floor for latency);
+- relay: a bare aiohttp relay on uvloop (`_servers.py relay`: read the body, forward it with one
+  pooled session, copy the answer back);
+- gateway: `gateway serve` with everything a production config turns on: auth (a key), a tier,
+  prices, the access log (info, to a file), the usage JSONL sink, metrics;
+- gateway+limits: the same, the key's plan with memory limits (rpm, tpm, concurrency) set
+  high enough never to refuse.
+
+Measured in rounds that take turns between the targets (a shared VM's speed drifts): c=1 p50 and
+p99; requests/s at c=64 with the CPU time (user and system, from /proc) each request cost the
+target's process; a short stream at c=1 (its whole time: nginx sends it in one write, so this is
+time to first token plus the relaying); CPU per relayed event, from the CPU per request of a
+46-event and a 6-event stream at c=64. Every figure also as a ratio to the bare relay.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from _common import HOST, free_port
+from _harness import check_config, run_in_tempdir, start_gateway, stop_on_sigterm, write_results
+from _launch import BENCH_DIR, Children
+from _nginx import EXTRA_LONG_EVENTS, nginx_argv
+from _wrk import run_wrk, write_script
+
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+ROUTES = {"chat": "", "short": "/short", "long": "/long"}  # nginx path prefix per upstream shape
+
+GATEWAY_CONFIG = """\
+server: {{host: {host}, port: 0, log_level: info, shutdown_grace_s: 1}}
+providers:
+  up: {{type: openai, base_url: "http://{host}:{upstream_port}/v1"}}
+  up-short: {{type: openai, base_url: "http://{host}:{upstream_port}/short/v1"}}
+  up-long: {{type: openai, base_url: "http://{host}:{upstream_port}/long/v1"}}
+models:
+  bench-model: {{provider: up, model: bench-model, price: {{input: 0.15, output: 0.6}}}}
+  bench-short: {{provider: up-short, model: bench-model, price: {{input: 0.15, output: 0.6}}}}
+  bench-long: {{provider: up-long, model: bench-model, price: {{input: 0.15, output: 0.6}}}}
+tiers:
+  chat: [bench-model]
+  short: [bench-short]
+  long: [bench-long]
+plans:
+  open: {{}}
+  limited: {{rpm: 100000000, tpm: 1000000000, max_concurrent: 100000}}
+keys:
+  - {{name: open-key, key: sk-bench-open, plan: open, feature: chat-api}}
+  - {{name: limited-key, key: sk-bench-limited, plan: limited, feature: chat-api}}
+limits: {{backend: memory}}
+usage:
+  features: [chat-api]
+  sinks: {{jsonl: usage.jsonl}}
+"""
+
+
+@dataclass(frozen=True)
+class Plan:
+    rounds: int = 3
+    c1_s: float = 4.0
+    c64_s: float = 6.0
+    stream_c1_s: float = 3.0
+    stream_c64_s: float = 5.0
+    concurrency: int = 64
+
+
+QUICK = Plan(rounds=1, c1_s=2.0, c64_s=3.0, stream_c1_s=2.0, stream_c64_s=2.0)
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    port: int
+    pid: int | None  # whose CPU is counted (None: direct, nothing in between)
+    gateway: bool  # speaks the gateway's API (tier as model, a key) or the upstream's paths
+    key: str = ""
+
+    def url(self, route: str) -> str:
+        path = "/v1/chat/completions" if self.gateway else ROUTES[route] + "/v1/chat/completions"
+        return f"http://{HOST}:{self.port}{path}"
+
+
+# scenario -> (route, stream, concurrency is 64, duration attribute of Plan)
+SCENARIOS = {
+    "c1": ("chat", False, False, "c1_s"),
+    "c64": ("chat", False, True, "c64_s"),
+    "stream_c1": ("short", True, False, "stream_c1_s"),
+    "short_c64": ("short", True, True, "stream_c64_s"),
+    "long_c64": ("long", True, True, "stream_c64_s"),
+}
+
+
+def cpu_ticks(pid: int) -> tuple[int, int]:
+    """(user, system) clock ticks the process (all its threads) has used so far."""
+    with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
+        text = stat.read()
+    fields = text[text.rfind(")") + 2 :].split()
+    return int(fields[11]), int(fields[12])
+
+
+def measure(target: Target, scenario: str, plan: Plan, workdir: Path) -> dict[str, Any]:
+    route, stream, at_c64, duration_attr = SCENARIOS[scenario]
+    body: dict[str, Any] = {
+        "model": route if target.gateway else "bench-model",
+        "messages": [{"role": "user", "content": "Say hello."}],
+        "max_tokens": 16,
+    }
+    if stream:
+        body["stream"] = True
+    headers = {"Authorization": f"Bearer {target.key}"} if target.key else {}
+    script = write_script(workdir / f"{target.name}-{scenario}.lua", body, headers)
+    connections = plan.concurrency if at_c64 else 1
+    before = cpu_ticks(target.pid) if target.pid else (0, 0)
+    summary = run_wrk(target.url(route), script, connections, getattr(plan, duration_attr), 1)
+    after = cpu_ticks(target.pid) if target.pid else (0, 0)
+    requests = max(summary["requests"], 1)
+    summary["rps"] = summary["requests"] / (summary["duration_us"] / 1e6)
+    summary["user_us"] = (after[0] - before[0]) / _CLOCK_TICKS * 1e6 / requests
+    summary["sys_us"] = (after[1] - before[1]) / _CLOCK_TICKS * 1e6 / requests
+    return summary
+
+
+def wanted(target: Target, scenario: str) -> bool:
+    # Straight at nginx only latency means something; its CPU and throughput are not a
+    # Python target's floor.
+    return target.pid is not None or scenario in ("c1", "stream_c1")
+
+
+def write_gateway_config(directory: Path, upstream_port: int) -> Path:
+    path = directory / "gateway.yaml"
+    path.write_text(GATEWAY_CONFIG.format(host=HOST, upstream_port=upstream_port))
+    check_config(path)
+    return path
+
+
+def run_bench(plan: Plan, workdir: Path) -> dict[str, list[dict[str, Any]]]:
+    python = sys.executable
+    servers = str(BENCH_DIR / "_servers.py")
+    up_port, relay_port, gw_port, lim_port = (free_port() for _ in range(4))
+    raw: dict[str, list[dict[str, Any]]] = {}
+    with Children() as children:
+        nginx = children.start("nginx", nginx_argv(workdir, up_port), log=workdir / "nginx.err")
+        children.wait_ready(nginx, up_port, health_path=None)
+        relay = children.start(
+            "relay",
+            [python, servers, "relay", "--port", str(relay_port), "--upstream-port", str(up_port)],
+            log=workdir / "relay.stderr",
+        )
+        children.wait_ready(relay, relay_port)
+        config = write_gateway_config(workdir, up_port)
+        gateway = start_gateway(children, "gateway", config, gw_port, workdir)
+        limited = start_gateway(children, "gateway-limits", config, lim_port, workdir)
+        targets = (
+            Target("direct", up_port, None, False),
+            Target("relay", relay_port, relay.pid, False),
+            Target("gateway", gw_port, gateway.pid, True, "sk-bench-open"),
+            Target("gateway+limits", lim_port, limited.pid, True, "sk-bench-limited"),
+        )
+        for target in targets:  # warm up: connections, caches, the JIT-less interpreter's dicts
+            if target.pid:
+                measure(target, "c64", Plan(c64_s=1.0), workdir)
+                measure(target, "short_c64", Plan(stream_c64_s=1.0), workdir)
+        for round_no in range(1, plan.rounds + 1):
+            print(f"  round {round_no}/{plan.rounds}:", end="", flush=True)
+            for scenario in SCENARIOS:
+                print(f" {scenario}", end="", flush=True)
+                for target in targets:
+                    if wanted(target, scenario):
+                        result = measure(target, scenario, plan, workdir)
+                        raw.setdefault(f"{target.name}/{scenario}", []).append(result)
+            print(flush=True)
+        children.check_alive()
+    return raw
+
+
+def pool(raw: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, dict[str, float]]]:
+    """Per target and scenario: the median over rounds of each figure."""
+    pooled: dict[str, dict[str, dict[str, float]]] = {}
+    for key, rounds in raw.items():
+        target, scenario = key.split("/")
+        figures = {
+            name: statistics.median(r[name] for r in rounds)
+            for name in ("p50_us", "p99_us", "rps", "user_us", "sys_us")
+        }
+        figures["errors"] = sum(r["errors"] + r["timeouts"] for r in rounds)
+        pooled.setdefault(target, {})[scenario] = figures
+    return pooled
+
+
+def _ratio(value: float, floor: float) -> str:
+    # Below a tenth of a microsecond the floor is measurement noise, not a cost to divide by.
+    return f"{value / floor:.2f}x" if floor >= 0.1 else "n/a"
+
+
+Figures = dict[str, dict[str, float]]  # scenario -> figure -> value, for one target
+
+
+def _cpu(t: Figures, scenario: str = "c64") -> float:
+    return t[scenario]["user_us"] + t[scenario]["sys_us"]
+
+
+def _per_event(t: Figures) -> float:
+    """CPU per relayed event: what 40 more events in a stream cost, per event."""
+    return (_cpu(t, "long_c64") - _cpu(t, "short_c64")) / EXTRA_LONG_EVENTS
+
+
+def _rows(relay: Figures, direct: Figures) -> list[tuple[str, Callable[[Figures], str]]]:
+    def ms(value_us: float) -> str:
+        return f"{value_us / 1000:.2f}"
+
+    def latency(t: Figures) -> str:
+        return f"{ms(t['c1']['p50_us'])} / {ms(t['c1']['p99_us'])} ms"
+
+    def added(scenario: str) -> Callable[[Figures], str]:
+        return lambda t: f"{ms(t[scenario]['p50_us'] - direct[scenario]['p50_us'])} ms"
+
+    def rps(scenario: str) -> Callable[[Figures], str]:
+        def cell(t: Figures) -> str:
+            value = t[scenario]["rps"]
+            return f"{value:.0f} ({_ratio(value, relay[scenario]['rps'])})"
+
+        return cell
+
+    def cpu(t: Figures) -> str:
+        user, system = t["c64"]["user_us"], t["c64"]["sys_us"]
+        return f"{user:.0f} + {system:.0f} us ({_ratio(_cpu(t), _cpu(relay))})"
+
+    def per_event(t: Figures) -> str:
+        return f"{_per_event(t):.1f} us ({_ratio(_per_event(t), _per_event(relay))})"
+
+    return [
+        ("c=1 p50 / p99", latency),
+        ("c=1 p50 added over direct", added("c1")),
+        ("c=64 requests/s", rps("c64")),
+        ("CPU per request (c=64), user + sys", cpu),
+        ("stream c=1 p50 added over direct", added("stream_c1")),
+        ("stream c=64 requests/s", rps("short_c64")),
+        ("CPU per relayed event", per_event),
+    ]
+
+
+def report(pooled: dict[str, Figures]) -> list[str]:
+    """The run as a Markdown table (the README's), each figure with its ratio to the relay."""
+    names = ("relay", "gateway", "gateway+limits")
+    lines = [
+        f"wrk_bench on {platform.node()} ({os.cpu_count()} cores), "
+        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
+        "",
+        "| | bare relay | gateway | gateway+limits |",
+        "|---|---|---|---|",
+    ]
+    for label, cell in _rows(pooled["relay"], pooled["direct"]):
+        lines.append(f"| {label} | " + " | ".join(cell(pooled[name]) for name in names) + " |")
+    errors = {name: sum(s["errors"] for s in by.values()) for name, by in pooled.items()}
+    if any(errors.values()):
+        lines += ["", f"ERRORS (connect/read/write/non-2xx/timeouts) by target: {errors}"]
+    direct = pooled["direct"]
+    lines += [
+        "",
+        f"direct (nginx): c=1 p50 {direct['c1']['p50_us'] / 1000:.2f} ms, "
+        f"stream c=1 p50 {direct['stream_c1']['p50_us'] / 1000:.2f} ms. nginx writes a stream "
+        "whole, so the relay copies it in one piece; the gateway still reads it event by event.",
+    ]
+    return lines
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="a short smoke run (numbers noisy)")
+    parser.add_argument("--rounds", type=int, help="rounds taking turns (default 3)")
+    parser.add_argument(
+        "--out", type=Path, default=BENCH_DIR / "results" / "wrk_latest.json", help="results JSON"
+    )
+    args = parser.parse_args()
+    stop_on_sigterm()
+    plan = QUICK if args.quick else Plan()
+    if args.rounds:
+        plan = Plan(**{**asdict(plan), "rounds": args.rounds})
+    print("measuring direct, relay, gateway, gateway+limits with wrk, taking turns:", flush=True)
+    raw = run_in_tempdir("wrk-bench-", lambda workdir: run_bench(plan, workdir))
+    pooled = pool(raw)
+    text = report(pooled)
+    print("\n" + "\n".join(text))
+    write_results(args.out, {"plan": asdict(plan), "pooled": pooled, "raw": raw, "report": text})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
