@@ -24,7 +24,7 @@ import shutil
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from subprocess import Popen
 from typing import Any
@@ -62,6 +62,7 @@ class Server:
     health_path: str | None
     cwd: Path
     env: dict[str, str]
+    headers: dict[str, str] = field(default_factory=dict)  # sent with every request
 
 
 # --- valgrind ------------------------------------------------------------------------------
@@ -157,7 +158,7 @@ async def send_all(
     samples = Samples()
     url = f"http://{HOST}:{server.port}/v1/chat/completions"
     make = stream_sender if stream else chat_sender
-    send: Sender = make(url, server.model, samples, dict(HEADERS))
+    send: Sender = make(url, server.model, samples, {**HEADERS, **server.headers})
     remaining = requests
 
     async def worker() -> None:
@@ -235,7 +236,21 @@ def child_env(pythonpath: Path | None = None) -> dict[str, str]:
     return env
 
 
-def gateway_server(root: Path, workdir: Path, upstream_port: int) -> tuple[Server, str]:
+# `--auth`: the base config as it is (off), or with a key whose plan has no limits (open) or
+# limits in memory set too high to refuse (limits): what auth and admission cost.
+AUTH_CONFIGS = {
+    "off": "",
+    "open": "plans: {p: {}}\nkeys: [{name: k, key: sk-bench-key, plan: p}]\n",
+    "limits": (
+        "plans: {p: {rpm: 100000000, tpm: 1000000000, max_concurrent: 100000}}\n"
+        "keys: [{name: k, key: sk-bench-key, plan: p}]\nlimits: {backend: memory}\n"
+    ),
+}
+
+
+def gateway_server(
+    root: Path, workdir: Path, upstream_port: int, auth: str = "off"
+) -> tuple[Server, str]:
     """`python -m gateway serve` importing the gateway from `root`: run in `workdir` with
     `root` first on PYTHONPATH, ahead of the virtualenv's editable install (whose finder comes
     last). Checked: the package really comes from `root`, and `root`'s gateway accepts the
@@ -251,7 +266,9 @@ def gateway_server(root: Path, workdir: Path, upstream_port: int) -> tuple[Serve
             f"python imports the gateway from {where}, not from {root}: {err.decode()[-1000:]}"
         )
     config = workdir / "gateway.yaml"
-    config.write_text(GATEWAY_CONFIG.format(host=HOST, upstream_port=upstream_port))
+    config.write_text(
+        GATEWAY_CONFIG.format(host=HOST, upstream_port=upstream_port) + AUTH_CONFIGS[auth]
+    )
     code, out, err = run_to_end(
         [python, "-m", "gateway", "check-config", "--config", str(config)], 120, workdir, env
     )
@@ -259,7 +276,9 @@ def gateway_server(root: Path, workdir: Path, upstream_port: int) -> tuple[Serve
         raise BenchFailed(f"gateway check-config refused the config:\n{(out + err).decode()}")
     port = free_port()
     argv = [python, "-m", "gateway", "serve", "--config", str(config), "--port", str(port)]
-    return Server("gateway", argv, port, "fast", "/healthz", workdir, env), str(where.parent)
+    headers = {"Authorization": "Bearer sk-bench-key"} if auth != "off" else {}
+    server = Server("gateway", argv, port, "fast", "/healthz", workdir, env, headers)
+    return server, str(where.parent)
 
 
 def relay_server(upstream_port: int) -> Server:
@@ -312,7 +331,7 @@ def git(root: Path, *args: str) -> str:
 
 
 def run_all(
-    plan: Plan, root: Path, with_relay: bool, keep: Path | None, workdir: Path
+    plan: Plan, root: Path, with_relay: bool, keep: Path | None, workdir: Path, auth: str = "off"
 ) -> dict[str, Any]:
     for name in ("valgrind", "callgrind_control"):
         tool(name)  # missing tools fail before anything starts
@@ -325,7 +344,7 @@ def run_all(
             log=workdir / "upstream.stderr",
         )
         children.wait_ready(upstream, up_port)
-        gateway, package = gateway_server(root, workdir, up_port)
+        gateway, package = gateway_server(root, workdir, up_port, auth)
         print(f"gateway code: {package}", flush=True)
         servers = ([relay_server(up_port)] if with_relay else []) + [gateway]
         for server in servers:
@@ -393,6 +412,13 @@ def main() -> int:
         help="the checkout whose gateway/ package to run (default: this one)",
     )
     parser.add_argument("--no-relay", action="store_true", help="count the gateway only")
+    parser.add_argument(
+        "--auth",
+        choices=sorted(AUTH_CONFIGS),
+        default="off",
+        help="off: no keys (the default, comparable across commits); open: a key without "
+        "limits; limits: a key with memory limits that never refuse",
+    )
     parser.add_argument("--start-timeout", type=float, default=Plan.start_timeout_s, help="seconds")
     parser.add_argument(
         "--keep-dumps", type=Path, help="copy the callgrind dumps here (for callgrind_annotate)"
@@ -419,7 +445,7 @@ def main() -> int:
     started = time.monotonic()
     measured = run_in_tempdir(
         "instructions-",
-        lambda workdir: run_all(plan, root, not args.no_relay, args.keep_dumps, workdir),
+        lambda workdir: run_all(plan, root, not args.no_relay, args.keep_dumps, workdir, args.auth),
     )
     report = {
         "environment": {
@@ -436,6 +462,7 @@ def main() -> int:
             "gateway_commit": git(root, "rev-parse", "--short", "HEAD"),
             "gateway_uncommitted_changes": bool(git(root, "status", "--porcelain", "gateway")),
             "elapsed_s": round(time.monotonic() - started, 1),
+            "auth": args.auth,
         },
         "plan": asdict(plan),
         "results": measured["results"],
