@@ -12,7 +12,9 @@ ratios here are the targets' own. Targets, each its own process:
 - gateway: `gateway serve` with everything a production config turns on: auth (a key), a tier,
   prices, the access log (info, to a file), the usage JSONL sink, metrics;
 - gateway+limits: the same, the key's plan with memory limits (rpm, tpm, concurrency) set
-  high enough never to refuse.
+  high enough never to refuse;
+- baseline (with `--baseline-root PATH`): the gateway target again, its code from another
+  checkout (a worktree of an older commit), so that a change's gain is measured in one run.
 
 Measured in rounds that take turns between the targets (a shared VM's speed drifts): c=1 p50 and
 p99; requests/s at c=64 with the CPU time (user and system, from /proc) each request cost the
@@ -149,7 +151,18 @@ def write_gateway_config(directory: Path, upstream_port: int) -> Path:
     return path
 
 
-def run_bench(plan: Plan, workdir: Path) -> dict[str, list[dict[str, Any]]]:
+def start_baseline(children: Children, root: Path, config: Path, port: int, workdir: Path) -> Any:
+    """The gateway from `root`'s checkout: its package first on the path."""
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    argv = [sys.executable, "-m", "gateway", "serve", "--config", str(config), "--port", str(port)]
+    proc = children.start("baseline", argv, log=workdir / "baseline.stderr", cwd=workdir, env=env)
+    children.wait_ready(proc, port, health_path="/healthz")
+    return proc
+
+
+def run_bench(
+    plan: Plan, workdir: Path, baseline_root: Path | None = None
+) -> dict[str, list[dict[str, Any]]]:
     python = sys.executable
     servers = str(BENCH_DIR / "_servers.py")
     up_port, relay_port, gw_port, lim_port = (free_port() for _ in range(4))
@@ -166,12 +179,16 @@ def run_bench(plan: Plan, workdir: Path) -> dict[str, list[dict[str, Any]]]:
         config = write_gateway_config(workdir, up_port)
         gateway = start_gateway(children, "gateway", config, gw_port, workdir)
         limited = start_gateway(children, "gateway-limits", config, lim_port, workdir)
-        targets = (
+        targets: tuple[Target, ...] = (
             Target("direct", up_port, None, False),
             Target("relay", relay_port, relay.pid, False),
             Target("gateway", gw_port, gateway.pid, True, "sk-bench-open"),
             Target("gateway+limits", lim_port, limited.pid, True, "sk-bench-limited"),
         )
+        if baseline_root is not None:
+            base_port = free_port()
+            baseline = start_baseline(children, baseline_root, config, base_port, workdir)
+            targets += (Target("baseline", base_port, baseline.pid, True, "sk-bench-open"),)
         for target in targets:  # warm up: connections, caches, the JIT-less interpreter's dicts
             if target.pid:
                 measure(target, "c64", Plan(c64_s=1.0), workdir)
@@ -257,13 +274,14 @@ def _rows(relay: Figures, direct: Figures) -> list[tuple[str, Callable[[Figures]
 
 def report(pooled: dict[str, Figures]) -> list[str]:
     """The run as a Markdown table (the README's), each figure with its ratio to the relay."""
-    names = ("relay", "gateway", "gateway+limits")
+    names = [name for name in ("relay", "gateway", "gateway+limits", "baseline") if name in pooled]
+    titles = {"relay": "bare relay", "baseline": "baseline (gateway, other checkout)"}
     lines = [
         f"wrk_bench on {platform.node()} ({os.cpu_count()} cores), "
         f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
         "",
-        "| | bare relay | gateway | gateway+limits |",
-        "|---|---|---|---|",
+        "| | " + " | ".join(titles.get(name, name) for name in names) + " |",
+        "|---" * (len(names) + 1) + "|",
     ]
     for label, cell in _rows(pooled["relay"], pooled["direct"]):
         lines.append(f"| {label} | " + " | ".join(cell(pooled[name]) for name in names) + " |")
@@ -285,6 +303,11 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="a short smoke run (numbers noisy)")
     parser.add_argument("--rounds", type=int, help="rounds taking turns (default 3)")
     parser.add_argument(
+        "--baseline-root",
+        type=Path,
+        help="also measure the gateway of this checkout (e.g. a worktree of an older commit)",
+    )
+    parser.add_argument(
         "--out", type=Path, default=BENCH_DIR / "results" / "wrk_latest.json", help="results JSON"
     )
     args = parser.parse_args()
@@ -293,7 +316,10 @@ def main() -> int:
     if args.rounds:
         plan = Plan(**{**asdict(plan), "rounds": args.rounds})
     print("measuring direct, relay, gateway, gateway+limits with wrk, taking turns:", flush=True)
-    raw = run_in_tempdir("wrk-bench-", lambda workdir: run_bench(plan, workdir))
+    root = args.baseline_root.resolve() if args.baseline_root else None
+    if root is not None and not (root / "gateway" / "__init__.py").is_file():
+        parser.error(f"{root} has no gateway/__init__.py")
+    raw = run_in_tempdir("wrk-bench-", lambda workdir: run_bench(plan, workdir, root))
     pooled = pool(raw)
     text = report(pooled)
     print("\n" + "\n".join(text))

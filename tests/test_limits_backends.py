@@ -562,3 +562,22 @@ async def test_a_batch_survives_a_script_flush_between_calls(redis_backend: Back
     assert all(a.allowed for a in admissions)
     assert sorted(a.requests_remaining or 0 for a in admissions) == [94, 95, 96, 97, 98]
     assert await limiter.in_flight(SUBJECT) == 5
+
+
+async def test_memory_a_late_settle_never_corrects_a_newer_reservation() -> None:
+    """A subject forgotten once its log emptied, then made again, numbers its reservations
+    afresh: a settle of the old admission must not land on the new one."""
+    now = [1000.0]
+    limiter = MemoryLimiter(window_s=60, clock=lambda: now[0])
+    spec = LimitSpec(tpm=1000)
+    old = await limiter.admit("key:a", spec, 100)
+    other = await limiter.admit("key:a", spec, 100)
+    now[0] += 61  # both leave the window...
+    await limiter.settle("key:a", other, 0)  # ...and with its log empty the subject is forgotten
+    new = await limiter.admit("key:a", spec, 500)
+    assert new.tokens_remaining == 500
+    await limiter.settle("key:a", old, 0)  # late: must change nothing
+    again = await limiter.admit("key:a", spec, 0)
+    assert again.tokens_remaining == 500
+    await limiter.settle("key:a", new, 50)
+    assert (await limiter.admit("key:a", spec, 0)).tokens_remaining == 950

@@ -158,6 +158,16 @@ def _plan_label(state: RequestState) -> str:
 
 
 _NO_LIMITS = LimitSpec()
+# A plan's LimitSpec, by its three numbers: one frozen dataclass made per distinct plan, not
+# one per request.
+_SPECS: dict[tuple[int | None, int | None, int | None], LimitSpec] = {}
+
+
+def _spec_of(rpm: int | None, tpm: int | None, max_concurrent: int | None) -> LimitSpec:
+    found = _SPECS.get((rpm, tpm, max_concurrent))
+    if found is None:
+        found = _SPECS[(rpm, tpm, max_concurrent)] = LimitSpec(rpm, tpm, max_concurrent)
+    return found
 
 
 async def admit_key(
@@ -174,7 +184,7 @@ async def admit_key(
         return
     config = runtime.config
     plan = config.plans[principal.plan] if principal.plan is not None else None
-    spec = LimitSpec(plan.rpm, plan.tpm, plan.max_concurrent) if plan is not None else _NO_LIMITS
+    spec = _spec_of(plan.rpm, plan.tpm, plan.max_concurrent) if plan is not None else _NO_LIMITS
     budgets = budget_charges(config, principal, state.feature)
     if spec.empty and not budgets:
         return
@@ -245,7 +255,7 @@ class ModelGate:
         limits = self.runtime.config.models[model].limits
         if limits.rpm is None and limits.tpm is None and limits.max_concurrent is None:
             return True  # the common case: no model limits, nothing to ask
-        spec = LimitSpec(limits.rpm, limits.tpm, limits.max_concurrent)
+        spec = _spec_of(limits.rpm, limits.tpm, limits.max_concurrent)
         subject = f"model:{model}"
         try:
             admission = await self.process.limiter.admit(subject, spec, self.estimate.reserve)
