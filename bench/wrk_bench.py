@@ -221,8 +221,8 @@ def pool(raw: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, dict[str, 
 
 
 def _ratio(value: float, floor: float) -> str:
-    # Below a tenth of a microsecond the floor is measurement noise, not a cost to divide by.
-    return f"{value / floor:.2f}x" if floor >= 0.1 else "n/a"
+    # Below half a microsecond the floor is measurement noise, not a cost to divide by.
+    return f"{value / floor:.2f}x" if floor >= 0.5 else "n/a"
 
 
 Figures = dict[str, dict[str, float]]  # scenario -> figure -> value, for one target
