@@ -25,6 +25,7 @@ from gateway.config_base import (
     PositiveFloat,
     PositiveInt,
 )
+from gateway.config_redis import RedisConfig
 from gateway.providers.base import TimeoutConfig
 from gateway.providers.registry import PROVIDER_TYPES, ProviderConfig
 
@@ -198,14 +199,6 @@ class LimitsConfig(ConfigModel):
     redis_url: str = "redis://127.0.0.1:6379/0"
     on_backend_error: Literal["allow", "deny"] = "allow"
     lease_ttl_s: PositiveFloat = 60  # a dead replica's leases free themselves after this
-
-
-class RedisConfig(ConfigModel):
-    """The Redis every replica shares (limits, cooldowns, usage). Only a standalone server is
-    supported by this build; Cluster and Sentinel are not yet."""
-
-    url: str = "redis://127.0.0.1:6379/0"
-    mode: Literal["standalone"] = "standalone"
 
 
 class SinksConfig(ConfigModel):

@@ -13,11 +13,12 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 import pytest
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
@@ -27,7 +28,9 @@ class RedisServer:
     """One redis-server process; `stop()` and `start()` keep the port, so clients can
     reconnect to the same URL."""
 
-    def __init__(self, directory: Path, port: int | None = None) -> None:
+    def __init__(
+        self, directory: Path, port: int | None = None, extra: list[str] | None = None
+    ) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
             pytest.fail(
@@ -37,8 +40,9 @@ class RedisServer:
             )
         self.binary = binary
         self.directory = directory
-        self.port = port or _free_port()
+        self.port = port or free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.extra = extra or []  # more redis-server arguments (cluster, replica)
         self._process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -65,6 +69,7 @@ class RedisServer:
                 "yes",
                 "--loglevel",
                 "warning",
+                *self.extra,
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
@@ -138,6 +143,29 @@ class RedisServer:
                 reply += chunk
             return reply
 
+    def command_all(self, *args: str) -> bytes:
+        """Send one command; its whole raw reply (RESP), however long."""
+        payload = f"*{len(args)}\r\n".encode()
+        for arg in args:
+            data = arg.encode()
+            payload += b"$%d\r\n%s\r\n" % (len(data), data)
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=2) as sock:
+                sock.sendall(payload)
+                reader = sock.makefile("rb")
+                return _read_reply(reader)
+        except OSError:
+            return b""
+
+    @classmethod
+    def at(cls, port: int) -> RedisServer:
+        """A handle on a server someone else runs on `port` (a sentinel), to send it commands."""
+        handle = cls.__new__(cls)
+        handle.port = port
+        handle.url = f"redis://127.0.0.1:{port}/0"
+        handle._process = None
+        return handle
+
     def flush(self) -> None:
         """Forget every key and every loaded script."""
         self.command("FLUSHALL")
@@ -148,6 +176,17 @@ class RedisServer:
             return self.command("PING").startswith(b"+PONG")
         except OSError:
             return False
+
+
+def _read_reply(reader: BinaryIO) -> bytes:
+    """One RESP reply, raw, nested arrays included."""
+    line = reader.readline()
+    kind, rest = line[:1], line[1:-2]
+    if kind == b"$" and int(rest) >= 0:
+        return line + reader.read(int(rest) + 2)
+    if kind == b"*" and int(rest) > 0:
+        return line + b"".join(_read_reply(reader) for _ in range(int(rest)))
+    return bytes(line)
 
 
 @pytest.fixture

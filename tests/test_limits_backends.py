@@ -20,6 +20,7 @@ from redis.crc import key_slot
 from gateway.limits.base import Admission, Limiter, LimiterUnavailable, LimitSpec
 from gateway.limits.memory import MemoryLimiter
 from gateway.limits.redis import RedisLimiter, ScriptBatcher, ScriptCall
+from gateway.store.breaker import RedisClient
 from gateway.store.redis import connect
 from tests.redis_server import RedisServer
 from tests.redis_server import redis_server as redis_server  # the fixture, re-exported
@@ -502,7 +503,7 @@ async def test_redis_unreachable_from_the_start(redis_backend: Backend) -> None:
 class CountingBatcher(ScriptBatcher):
     """The real batcher against the real Redis, counting the pipelines it sends."""
 
-    def __init__(self, client: Redis) -> None:
+    def __init__(self, client: RedisClient) -> None:
         super().__init__(client)
         self.pipelines: list[int] = []
 

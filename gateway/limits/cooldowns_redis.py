@@ -13,11 +13,9 @@ import math
 import time
 from collections.abc import Sequence
 
-from redis.asyncio import Redis
-
 from gateway.limits.cooldowns import CooldownStore, ModelHealth
-from gateway.limits.redis import LuaScript
-from gateway.store.breaker import RedisUnavailable
+from gateway.store.breaker import RedisClient, RedisUnavailable
+from gateway.store.scripts import LuaScript
 
 _HEALTH = LuaScript(
     """
@@ -79,7 +77,7 @@ class RedisCooldowns(CooldownStore):
 
     def __init__(
         self,
-        client: Redis,
+        client: RedisClient,
         *,
         prefix: str = "gw",
         cache_s: float = 1.0,

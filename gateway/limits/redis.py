@@ -17,17 +17,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import hashlib
 import logging
 import secrets
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from importlib import resources
 from typing import Any
 
-from redis.asyncio import Redis
-from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import RedisError
 
 from gateway.limits.base import (
     WINDOW_S,
@@ -37,9 +33,13 @@ from gateway.limits.base import (
     LimitSpec,
     nothing_to_ask,
 )
+from gateway.limits.batcher import ScriptBatcher
 from gateway.limits.budgets import BudgetCharge, BudgetHold, BudgetState, keep_s
 from gateway.limits.memory import MIN_CONCURRENCY_WAIT_S, budget_refusal, refused
-from gateway.store.breaker import RedisUnavailable
+from gateway.store.breaker import RedisClient, RedisUnavailable
+from gateway.store.scripts import LuaScript, ScriptCall
+
+__all__ = ["LuaScript", "RedisLimiter", "ScriptBatcher", "ScriptCall"]
 
 log = logging.getLogger("gateway.limits.redis")
 
@@ -51,152 +51,14 @@ KEEP_MS = 1000.0
 BACKEND_ERRORS: tuple[type[BaseException], ...] = (RedisError, OSError)
 
 
-class LuaScript:
-    """A Lua script run by EVALSHA, loaded again whenever Redis has lost it (NOSCRIPT)."""
-
-    def __init__(self, source: str) -> None:
-        self.source = source
-        self.sha = hashlib.sha1(source.encode()).hexdigest()
-
-    @classmethod
-    def packaged(cls, name: str) -> LuaScript:
-        """A script shipped beside this module as package data."""
-        return cls(resources.files("gateway.limits").joinpath(name).read_text(encoding="utf-8"))
-
-    async def run(self, client: Redis, keys: Sequence[str], args: Sequence[Any]) -> Any:
-        try:
-            return await client.evalsha(self.sha, len(keys), *keys, *args)
-        except NoScriptError:
-            await self.load(client)
-            return await client.evalsha(self.sha, len(keys), *keys, *args)
-
-    async def load(self, client: Redis) -> None:
-        sha = await client.script_load(self.source)
-        if sha != self.sha:  # pragma: no cover - would be a bug in Redis or here
-            raise RedisError(f"SCRIPT LOAD returned {sha}, expected {self.sha}")
-
-
-class ScriptBatcher:
-    """Script calls that share round trips under load. A call made when nothing waits goes out
-    at once, alone. Calls made while one is out queue, and go together in one pipeline (one
-    pipeline in flight at a time; what queues meanwhile goes in the next). So nothing waits at
-    low load, and under load one round trip, and one pass through redis-py's machinery (which
-    costs more CPU per call than the rest of a request), carries many calls. Each call is still
-    its own atomic script run: batching changes no result, only how calls travel."""
-
-    def __init__(self, client: Redis, max_batch: int = 128) -> None:
-        self._client = client
-        self._max_batch = max_batch
-        self._queue: list[_Queued] = []
-        self._sender: asyncio.Task[None] | None = None
-        self._direct = False  # a call is out on its own, sent by its caller
-
-    async def run(self, script: LuaScript, keys: Sequence[str], args: Sequence[Any]) -> Any:
-        if self._direct or self._queue:
-            return await self.submit(script, keys, args)
-        # No call is out on its own and none waits: the caller sends its call itself, with no
-        # task and no pipeline (the common case at low load; a pipeline still out, such as the
-        # last request's settle, is not waited for). Calls made meanwhile queue, and go
-        # together after it.
-        self._direct = True
-        try:
-            return await script.run(self._client, keys, args)
-        finally:
-            self._direct = False
-            self._start_sender()
-
-    def submit(
-        self, script: LuaScript, keys: Sequence[str], args: Sequence[Any]
-    ) -> asyncio.Future[Any]:
-        """Queue a call; its answer (or error) arrives on the returned future."""
-        queued = _Queued(ScriptCall(script, keys, args), asyncio.get_running_loop().create_future())
-        self._queue.append(queued)
-        if not self._direct:
-            self._start_sender()
-        return queued.result
-
-    def _start_sender(self) -> None:
-        if self._queue and self._sender is None:
-            self._sender = asyncio.get_running_loop().create_task(self._send_all())
-
-    async def _send_all(self) -> None:
-        try:
-            while self._queue:
-                batch = self._queue[: self._max_batch]
-                del self._queue[: self._max_batch]
-                await self._send(batch)
-        finally:
-            self._sender = None
-
-    async def wait_idle(self) -> None:
-        """Until every call made so far has its answer (before the client closes)."""
-        while self._sender is not None or self._direct:
-            if self._sender is not None:
-                await asyncio.shield(self._sender)
-            else:
-                await asyncio.sleep(0.001)
-
-    async def pipelined(self, calls: Sequence[ScriptCall]) -> list[Any]:
-        """`calls` in one pipeline, now: each one's result or error, in order. Raises only
-        when Redis could not be asked at all."""
-        results = await self._pipeline(calls)
-        lost = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
-        if lost:
-            # Redis restarted or was flushed: load what it lost, then run again only the
-            # calls it refused (the others have run).
-            for script in {calls[i].script for i in lost}:
-                await script.load(self._client)
-            again = await self._pipeline([calls[i] for i in lost])
-            for i, result in zip(lost, again, strict=True):
-                results[i] = result
-        return results
-
-    async def _send(self, batch: list[_Queued]) -> None:
-        try:
-            results = await self.pipelined([queued.call for queued in batch])
-        except BaseException as exc:
-            for call in batch:
-                if call.result.done():
-                    continue
-                if isinstance(exc, asyncio.CancelledError):
-                    call.result.cancel()
-                else:
-                    call.result.set_exception(exc)
-            if not isinstance(exc, Exception):
-                raise
-            return
-        for call, result in zip(batch, results, strict=True):
-            if call.result.done():  # its caller gave up (cancelled)
-                continue
-            if isinstance(result, Exception):
-                call.result.set_exception(result)
-            else:
-                call.result.set_result(result)
-
-    async def _pipeline(self, calls: Sequence[ScriptCall]) -> list[Any]:
-        async with self._client.pipeline(transaction=False) as pipe:
-            for call in calls:
-                pipe.evalsha(call.script.sha, len(call.keys), *call.keys, *call.args)
-            return list(await pipe.execute(raise_on_error=False))
-
-
-@dataclass(slots=True)
-class ScriptCall:
-    script: LuaScript
-    keys: Sequence[str]
-    args: Sequence[Any]
-
-
-@dataclass(slots=True)
-class _Queued:
-    call: ScriptCall
-    result: asyncio.Future[Any]
-
-
-ADMIT = LuaScript.packaged("admit.lua")
-SETTLE = LuaScript.packaged("settle.lua")
-RENEW = LuaScript.packaged("renew.lua")
-IN_FLIGHT = LuaScript.packaged("in_flight.lua")
+ADMIT = LuaScript.packaged(__package__, "admit.lua")
+SETTLE = LuaScript.packaged(__package__, "settle.lua")
+RENEW = LuaScript.packaged(__package__, "renew.lua")
+IN_FLIGHT = LuaScript.packaged(__package__, "in_flight.lua")
+# Redis Cluster only: the budgets across keys live in a slot of their own (see `admit`).
+RESERVE_BUDGETS = LuaScript.packaged(__package__, "reserve_budgets.lua")
+UNDO_ADMIT = LuaScript.packaged(__package__, "undo_admit.lua")
+SETTLE_BUDGETS = LuaScript.packaged(__package__, "settle_budgets.lua")
 
 
 def _log_settle_failure(subject: str, settled: asyncio.Future[Any]) -> None:
@@ -213,16 +75,24 @@ def _duration_s(value: str) -> float:
 
 
 class RedisLimiter(Limiter):
-    """rpm, tpm and concurrency shared by every replica through one Redis."""
+    """rpm, tpm and concurrency shared by every replica through one Redis.
+
+    `cluster`: the client is a Redis Cluster's, so no script call may span slots. A request's
+    budgets across keys (feature, total; the `{budgets}` slot) are then reserved by a second
+    script after the first has taken the key's own limits and budget (the key's slot); when
+    the second refuses, a third gives the first's reservation back at once. Settling likewise
+    corrects each slot with its own call.
+    """
 
     def __init__(
         self,
-        client: Redis,
+        client: RedisClient,
         *,
         lease_ttl_s: float = 60.0,
         window_s: float = WINDOW_S,
         prefix: str = "gw",
         wall_clock: Callable[[], float] = time.time,
+        cluster: bool = False,
     ) -> None:
         # Budget periods are UTC calendar days and months: named from this clock (injectable
         # for tests), not Redis TIME; replicas agree on a date to well under a second.
@@ -232,6 +102,7 @@ class RedisLimiter(Limiter):
         self._ttl_ms = lease_ttl_s * 1000.0
         self._window_ms = window_s * 1000.0
         self._prefix = prefix
+        self._cluster = cluster
 
     def keys(self, subject: str) -> tuple[str, str, str, str]:
         """rpm log, tpm log, tpm tokens, leases: one hash tag, one Cluster slot."""
@@ -240,12 +111,23 @@ class RedisLimiter(Limiter):
 
     def budget_key(self, subject: str, counter: str) -> str:
         """A budget counter's key. A key's own budget shares its subject's hash tag; budgets
-        across keys (feature, total) have one of their own. Standalone Redis (and Sentinel)
-        run the admission over all of them in one script; Redis Cluster would refuse the
-        cross-slot call (Cluster is not supported by this build)."""
+        across keys (feature, total) have one of their own, `{budgets}`. Standalone Redis (and
+        Sentinel) run the admission over all of them in one script; on a Cluster the two
+        slots get a call each (see the class)."""
         if counter.startswith("key:"):
             return f"{self._prefix}:{{{subject}}}:budget:{counter}"
         return f"{self._prefix}:{{budgets}}:{counter}"
+
+    def _marker(self, tag: str, ident: str) -> str:
+        return f"{self._prefix}:{{{tag}}}:admitted:{ident}"
+
+    @staticmethod
+    def _budget_args(budgets: Sequence[BudgetCharge]) -> list[Any]:
+        args: list[Any] = []
+        for charge in budgets:
+            lives = keep_s(charge.period)
+            args += [charge.limit, 0 if lives is None else int(lives * 1000)]
+        return args
 
     async def admit(
         self,
@@ -258,8 +140,12 @@ class RedisLimiter(Limiter):
         if nothing_to_ask(spec, budgets):
             return Admission(allowed=True)
         ident = secrets.token_hex(12)
+        cost = max(cost, 0)
+        # In the key's slot: everything on a standalone server, only the key's own budget on a
+        # Cluster (the others are reserved below, in their slot).
+        here = [c for c in budgets if c.scope == "key"] if self._cluster else list(budgets)
+        elsewhere = [c for c in budgets if c.scope != "key"] if self._cluster else []
         wall = self._wall_clock()
-        counters = [charge.counter(wall) for charge in budgets]
         args: list[Any] = [
             spec.rpm or 0,
             spec.tpm or 0,
@@ -270,16 +156,14 @@ class RedisLimiter(Limiter):
             self._ttl_ms,
             KEEP_MS,
             MIN_CONCURRENCY_WAIT_S * 1000.0,
-            len(budgets),
-            max(cost, 0),
+            len(here),
+            cost,
+            *self._budget_args(here),
         ]
-        for charge in budgets:
-            lives = keep_s(charge.period)
-            args += [charge.limit, 0 if lives is None else int(lives * 1000)]
         keys = [
             *self.keys(subject),
-            f"{self._prefix}:{{{subject}}}:admitted:{ident}",
-            *(self.budget_key(subject, counter) for counter in counters),
+            self._marker(subject, ident),
+            *(self.budget_key(subject, charge.counter(wall)) for charge in here),
         ]
         try:
             reply = await self._batcher.run(ADMIT, keys, args)
@@ -287,17 +171,29 @@ class RedisLimiter(Limiter):
             raise LimiterUnavailable(f"redis: {exc}") from exc
         allowed, w_requests, w_tokens, w_concurrency, too_large = reply[:5]
         requests, reserved, requests_reset, tokens_reset, budget_refused = reply[5:10]
-        used = [int(value) for value in reply[10 : 10 + len(budgets)]]
+        used = [int(value) for value in reply[10 : 10 + len(here)]]
+        judged = list(here)
+        refusing = here[int(budget_refused) - 1] if int(budget_refused) else None
+        if int(allowed) and elsewhere:
+            shared_used, refusing = await self._reserve_elsewhere(
+                subject, keys, ident, elsewhere, cost, wall
+            )
+            judged += elsewhere
+            used += shared_used
+            if refusing is not None:  # refused there: what this slot took was given back
+                allowed = 0
+                requests = int(requests) - (1 if spec.rpm is not None else 0)
+                reserved = int(reserved) - (max(tokens, 0) if spec.tpm is not None else 0)
         states = tuple(
             BudgetState(charge.scope, charge.limit, spent)
-            for charge, spent in zip(budgets, used, strict=True)
+            for charge, spent in zip(judged, used, strict=True)
         )
 
         if int(allowed):
             admission = Admission(allowed=True)
             admission.budget_holds = tuple(
-                BudgetHold(charge.scope, self.budget_key(subject, counter), max(cost, 0))
-                for charge, counter in zip(budgets, counters, strict=True)
+                BudgetHold(charge.scope, self.budget_key(subject, charge.counter(wall)), cost)
+                for charge in budgets
             )
             if spec.tpm is not None:
                 admission.reservation = ident
@@ -314,10 +210,10 @@ class RedisLimiter(Limiter):
                 )
                 if float(raw) >= 0
             }
-            if waits or int(too_large):
+            if waits or int(too_large) or refusing is None:
                 admission = refused(waits, bool(int(too_large)))
             else:
-                admission = budget_refusal(budgets[int(budget_refused) - 1])
+                admission = budget_refusal(refusing)
         admission.budgets = states
         if spec.rpm is not None:
             admission.requests_limit = spec.rpm
@@ -329,6 +225,45 @@ class RedisLimiter(Limiter):
             admission.tokens_reset_s = max(_duration_s(tokens_reset), 0.0)
         return admission
 
+    async def _reserve_elsewhere(
+        self,
+        subject: str,
+        admitted_keys: list[str],
+        ident: str,
+        budgets: Sequence[BudgetCharge],
+        cost: int,
+        wall: float,
+    ) -> tuple[list[int], BudgetCharge | None]:
+        """Cluster: reserve `cost` in the budgets across keys, once the key's slot admitted
+        the request (`admitted_keys`, with `ident`). When they refuse, or cannot be asked,
+        the key's reservation is given back before this returns (refused) or raises."""
+        keys = [
+            self._marker("budgets", ident),
+            *(self.budget_key(subject, charge.counter(wall)) for charge in budgets),
+        ]
+        args = [len(budgets), cost, int(self._window_ms + KEEP_MS), *self._budget_args(budgets)]
+        try:
+            reply = await self._batcher.run(RESERVE_BUDGETS, keys, args)
+        except BACKEND_ERRORS as exc:
+            # Unknown whether it ran: the key's limits are given back (its lease and entries
+            # would expire anyway), the shared budgets keep what they may hold.
+            self._batcher.submit(UNDO_ADMIT, admitted_keys, (ident, cost)).add_done_callback(
+                functools.partial(_log_settle_failure, subject)
+            )
+            raise LimiterUnavailable(f"redis: {exc}") from exc
+        refused_at = int(reply[0])
+        used = [int(value) for value in reply[1 : 1 + len(budgets)]]
+        if not refused_at:
+            return used, None
+        try:
+            await self._batcher.run(UNDO_ADMIT, admitted_keys, (ident, cost))
+        except BACKEND_ERRORS as exc:
+            log.warning(
+                "could not give back a refused admission; its entries will expire by themselves",
+                extra={"subject": subject, "error": str(exc)},
+            )
+        return used, budgets[refused_at - 1]
+
     async def settle(
         self,
         subject: str,
@@ -337,9 +272,9 @@ class RedisLimiter(Limiter):
         actual_cost: int | None = None,
     ) -> None:
         settled = self._submit_settle(subject, admission, actual_tokens, actual_cost)
-        if settled is not None:
+        if settled:
             with contextlib.suppress(Exception):  # logged by the callback
-                await settled
+                await asyncio.gather(*settled)
 
     def settle_nowait(
         self,
@@ -359,22 +294,35 @@ class RedisLimiter(Limiter):
         admission: Admission,
         actual_tokens: int | None,
         actual_cost: int | None,
-    ) -> asyncio.Future[Any] | None:
+    ) -> list[asyncio.Future[Any]]:
         correct = actual_tokens is not None and admission.reservation is not None
         holds = admission.budget_holds if actual_cost is not None else ()
         if admission.lease_id is None and not correct and not holds:
-            return None
+            return []
+        # On a Cluster, the holds across keys are corrected by a call in their own slot.
+        elsewhere = [h for h in holds if h.scope != "key"] if self._cluster else []
+        here = [h for h in holds if h not in elsewhere] if elsewhere else holds
+        real = max(actual_cost or 0, 0)
         _, _, tokens_key, leases_key = self.keys(subject)
-        keys = [leases_key, tokens_key, *(hold.counter for hold in holds)]
+        keys = [leases_key, tokens_key, *(hold.counter for hold in here)]
         args: list[Any] = [
             admission.lease_id or "",
             admission.reservation or "",
             "" if actual_tokens is None else max(actual_tokens, 0),
-            *(max(actual_cost or 0, 0) - hold.reserved for hold in holds),
+            *(real - hold.reserved for hold in here),
         ]
-        settled = self._batcher.submit(SETTLE, keys, args)
-        settled.add_done_callback(functools.partial(_log_settle_failure, subject))
-        return settled
+        calls = [self._batcher.submit(SETTLE, keys, args)]
+        if elsewhere:
+            calls.append(
+                self._batcher.submit(
+                    SETTLE_BUDGETS,
+                    [hold.counter for hold in elsewhere],
+                    [real - hold.reserved for hold in elsewhere],
+                )
+            )
+        for settled in calls:
+            settled.add_done_callback(functools.partial(_log_settle_failure, subject))
+        return calls
 
     async def renew(self, leases: list[tuple[str, str]]) -> None:
         by_subject: dict[str, list[str]] = {}

@@ -18,7 +18,7 @@ from gateway.pipeline.runtime import build_runtime
 from gateway.server.app import create_app, create_metrics_app
 from gateway.server.protocol import GatewayAppRunner
 from gateway.store.keys import build_key_store
-from gateway.store.redis import SharedRedis, redis_url, uses_redis
+from gateway.store.redis import SharedRedis, redis_config, uses_redis
 
 log = logging.getLogger("gateway.server")
 
@@ -38,7 +38,7 @@ class GatewayServer:
         self.config = config
         self.host = host if host is not None else config.server.host
         self.port = port if port is not None else config.server.port
-        redis = SharedRedis(redis_url(config)) if uses_redis(config) else None
+        redis = SharedRedis(redis_config(config)) if uses_redis(config) else None
         # Runtime keys only mean something while auth is on (a `keys:` section).
         store = (
             build_key_store(config.keys_db, redis if config.redis else None, config_path)

@@ -18,10 +18,12 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar
 
-from redis.asyncio import Redis
+from redis.asyncio import Redis, RedisCluster
 from redis.asyncio.client import Pipeline
+from redis.asyncio.cluster import ClusterPipeline
+from redis.exceptions import ClusterDownError, RedisClusterUnreachableError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -31,17 +33,41 @@ FIRST_PROBE_S = 0.25
 MAX_PROBE_S = 5.0
 SUMMARY_S = 60.0
 
-# What says Redis could not be reached (a script error, say, is Redis answering).
-UNREACHABLE: tuple[type[BaseException], ...] = (RedisConnectionError, RedisTimeoutError, OSError)
+# What says Redis could not be reached (a script error, say, is Redis answering). A Cluster
+# whose slots are not all served (a master down, its failover not done) counts too.
+UNREACHABLE: tuple[type[BaseException], ...] = (
+    RedisConnectionError,
+    RedisTimeoutError,
+    OSError,
+    ClusterDownError,
+    RedisClusterUnreachableError,
+)
 
 
 class RedisUnavailable(RedisConnectionError):
     """Refused without asking: the breaker is open."""
 
 
+class ClusterUnreachable(RedisConnectionError):
+    """No node of the Cluster could be reached. redis-py raises that as an exception outside
+    its RedisError tree; it is re-raised as this, a connection error, so that every user
+    treats it as it treats a standalone Redis being down."""
+
+
+def _as_redis_error(exc: BaseException) -> BaseException:
+    if isinstance(exc, RedisClusterUnreachableError):
+        unreachable = ClusterUnreachable(str(exc))
+        unreachable.__cause__ = exc
+        return unreachable
+    return exc
+
+
 class Breaker:
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, clock: Callable[[], float] = time.monotonic, max_probe_s: float = MAX_PROBE_S
+    ) -> None:
         self._clock = clock
+        self._max_probe_s = max_probe_s
         self.down_since: float | None = None  # None: closed, Redis is taken to be up
         self._interval = FIRST_PROBE_S
         self._refused = 0  # calls refused since the last summary
@@ -106,7 +132,7 @@ class Breaker:
                 try:
                     await self.ping()
                 except UNREACHABLE:
-                    self._interval = min(self._interval * 2, MAX_PROBE_S)
+                    self._interval = min(self._interval * 2, self._max_probe_s)
                     continue
                 except Exception:  # Redis answered, if with an error: it is reachable
                     pass
@@ -159,7 +185,60 @@ class GuardedPipeline(Pipeline):
         return result
 
 
-def guard(client: GuardedRedis) -> GuardedRedis:
-    client.breaker = Breaker()
+class GuardedRedisCluster(RedisCluster):
+    """The Cluster client with the breaker in front of every command and pipeline. redis-py
+    routes each command to its slot's master and follows MOVED/ASK and topology changes; the
+    breaker opens when a command still cannot be served after that."""
+
+    breaker: Breaker
+
+    async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+        self.breaker.check()
+        try:
+            result = await super().execute_command(*args, **kwargs)
+        except UNREACHABLE as exc:
+            self.breaker.failed(exc)
+            raise _as_redis_error(exc) from exc
+        self.breaker.succeeded()
+        return result
+
+    async def _unguarded_ping(self) -> Any:
+        return await super().execute_command("PING")
+
+    def pipeline(
+        self, transaction: Any | None = None, shard_hint: Any | None = None
+    ) -> ClusterPipeline:
+        # mypy reads an attribute ClusterPipeline sets in __init__ as abstract.
+        pipe = GuardedClusterPipeline(self, transaction)  # type: ignore[abstract]
+        pipe.breaker = self.breaker
+        return pipe
+
+
+class GuardedClusterPipeline(ClusterPipeline):
+    breaker: Breaker
+
+    async def execute(
+        self, raise_on_error: bool = True, allow_redirections: bool = True
+    ) -> list[Any]:
+        self.breaker.check()
+        try:
+            result = await super().execute(raise_on_error, allow_redirections)
+        except UNREACHABLE as exc:
+            self.breaker.failed(exc)
+            raise _as_redis_error(exc) from exc
+        self.breaker.succeeded()
+        return result
+
+
+GuardedClient = GuardedRedis | GuardedRedisCluster
+# What the users of the shared client take: either kind speaks the same commands.
+RedisClient = Redis | RedisCluster
+
+
+_Client = TypeVar("_Client", GuardedRedis, GuardedRedisCluster)
+
+
+def guard(client: _Client, max_probe_s: float = MAX_PROBE_S) -> _Client:
+    client.breaker = Breaker(max_probe_s=max_probe_s)
     client.breaker.ping = client._unguarded_ping
     return client

@@ -26,6 +26,8 @@ from typing import Any
 
 from redis.asyncio import Redis
 
+from gateway.store.breaker import RedisClient
+from gateway.store.scripts import LuaScript, ScriptCall, run_pipelined
 from gateway.usage.aggregate import Agg, DimTuple, dims_of
 from gateway.usage.layout import (
     DEFAULT_TTL_DAYS,
@@ -43,18 +45,18 @@ log = logging.getLogger("gateway.usage")
 
 # KEYS[1]: the stream. ARGV: maxlen, field name, the records' JSON joined by \30 (\x1e; JSON
 # never holds a raw control character).
-_APPEND = """
+_APPEND = LuaScript("""
 local n = 0
 for json in string.gmatch(ARGV[3], '[^\\30]+') do
   redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', ARGV[2], json)
   n = n + 1
 end
 return n
-"""
+""")
 
 # KEYS[1]: a day hash. ARGV: ttl in seconds, integer increments, float increments; each a
 # string of `field \29 value` entries joined by \30.
-_INCREMENT = """
+_INCREMENT = LuaScript("""
 local key = KEYS[1]
 for field, value in string.gmatch(ARGV[2], '([^\\30]+)\\29([^\\30]+)') do
   redis.call('HINCRBY', key, field, value)
@@ -64,7 +66,7 @@ for field, value in string.gmatch(ARGV[3], '([^\\30]+)\\29([^\\30]+)') do
 end
 redis.call('EXPIRE', key, ARGV[1])
 return 0
-"""
+""")
 
 CHUNK = 500  # increments per script call: one call holds Redis for a millisecond or so
 
@@ -74,7 +76,7 @@ class RedisUsageSink(UsageSink):
 
     def __init__(
         self,
-        client: Redis,
+        client: RedisClient,
         *,
         stream_maxlen: int = 1_000_000,
         ttl_days: int = DEFAULT_TTL_DAYS,
@@ -89,8 +91,6 @@ class RedisUsageSink(UsageSink):
         self.ttl_s = ttl_days * 86400
         self.base_key = base_key
         self.close_client = close_client
-        self._append = client.register_script(_APPEND)
-        self._increment = client.register_script(_INCREMENT)
 
     @classmethod
     def from_url(cls, url: str, **kwargs: Any) -> RedisUsageSink:
@@ -101,23 +101,24 @@ class RedisUsageSink(UsageSink):
         if not records:
             return
         per_key = _increments(records, self.base_key)
-        async with self.client.pipeline(transaction=False) as pipe:
-            stream = ENTRY_SEP.encode().join(rec.to_json() for rec in records)
-            await self._append(
-                keys=[self.base_key], args=[self.stream_maxlen, STREAM_FIELD, stream], client=pipe
-            )
-            for key, (ints, floats) in per_key.items():
-                for start in range(0, max(len(ints), len(floats)), CHUNK):
-                    await self._increment(
-                        keys=[key],
-                        args=[
+        stream = ENTRY_SEP.encode().join(rec.to_json() for rec in records)
+        calls = [ScriptCall(_APPEND, [self.base_key], [self.stream_maxlen, STREAM_FIELD, stream])]
+        for key, (ints, floats) in per_key.items():
+            for start in range(0, max(len(ints), len(floats)), CHUNK):
+                calls.append(
+                    ScriptCall(
+                        _INCREMENT,
+                        [key],
+                        [
                             self.ttl_s,
                             ENTRY_SEP.join(ints[start : start + CHUNK]),
                             ENTRY_SEP.join(floats[start : start + CHUNK]),
                         ],
-                        client=pipe,
                     )
-            results = await pipe.execute(raise_on_error=False)
+                )
+        # One pipeline; scripts a server lost (a restart, a Cluster master that never ran
+        # them) are loaded and only the refused calls sent again.
+        results = await run_pipelined(self.client, calls)
         refused = [r for r in results if isinstance(r, Exception)]
         if refused:
             log.error(

@@ -10,9 +10,9 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from gateway.store.breaker import RedisClient
 from gateway.usage.aggregate import KEY_INDEX, Agg, DimTuple, group
 from gateway.usage.layout import STREAM_KEY, agg_key, parse_field
 from gateway.usage.query import UsageQuery, UsageUnavailable
@@ -27,7 +27,7 @@ class RedisUsageStore:
 
     source = "redis"
 
-    def __init__(self, client: Redis, *, base_key: str = STREAM_KEY) -> None:
+    def __init__(self, client: RedisClient, *, base_key: str = STREAM_KEY) -> None:
         self.client = client
         self.base_key = base_key
 
