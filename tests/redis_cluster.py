@@ -1,5 +1,5 @@
 """A real Redis Cluster (three masters, no replicas) and a real Sentinel setup (a primary, one
-replica, three sentinels), on free 127.0.0.1 ports, for the tests of `redis.mode`.
+replica, one or three sentinels), on free 127.0.0.1 ports, for the tests of `redis.mode`.
 
 Built from the same `redis-server` binary the other tests use: `--cluster-enabled yes` for the
 cluster's nodes, joined with `redis-cli --cluster create`; `redis-server <file> --sentinel`
@@ -10,7 +10,9 @@ takes a few seconds, not half a minute.
 
 from __future__ import annotations
 
+import random
 import shutil
+import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -42,6 +44,21 @@ def _wait(predicate: object, within_s: float, what: str) -> None:
     raise RuntimeError(f"{what} within {within_s}s")
 
 
+def free_cluster_port() -> int:
+    """A free port whose cluster bus port (+10000) is free and valid too: the ephemeral
+    ports the kernel hands out are often above 55535, where the bus port cannot exist."""
+    for _ in range(200):
+        port = random.randrange(20_000, 30_000)
+        try:
+            with socket.socket() as one, socket.socket() as bus:
+                one.bind(("127.0.0.1", port))
+                bus.bind(("127.0.0.1", port + 10_000))
+        except OSError:
+            continue
+        return port
+    raise RuntimeError("no free port pair for a cluster node")
+
+
 class RedisClusterNodes:
     """Three cluster-enabled masters holding every slot between them."""
 
@@ -53,6 +70,7 @@ class RedisClusterNodes:
             self.nodes.append(
                 RedisServer(
                     folder,
+                    port=free_cluster_port(),
                     extra=[
                         "--cluster-enabled",
                         "yes",
@@ -99,16 +117,22 @@ class RedisClusterNodes:
 
 
 class RedisSentinelSetup:
-    """A primary, a replica of it, and three sentinels watching it as `master_name`."""
+    """A primary, a replica of it, and `sentinels` sentinels watching it as `master_name`,
+    with a majority quorum. Failover tests use one sentinel: three first have to find each
+    other and then elect a leader, which doubles the failover time and changes nothing the
+    client sees (it asks the sentinels in turn until one answers)."""
 
     master_name = "gateway"
 
     def __init__(self, directory: Path, sentinels: int = 3) -> None:
         (directory / "primary").mkdir(parents=True)
         (directory / "replica").mkdir()
-        self.primary = RedisServer(directory / "primary")
+        # No delay before a replica's first sync (the default waits 5 s for more replicas).
+        fast_sync = ["--repl-diskless-sync-delay", "0"]
+        self.primary = RedisServer(directory / "primary", extra=fast_sync)
         self.replica = RedisServer(
-            directory / "replica", extra=["--replicaof", "127.0.0.1", str(self.primary.port)]
+            directory / "replica",
+            extra=[*fast_sync, "--replicaof", "127.0.0.1", str(self.primary.port)],
         )
         self.directory = directory
         self.sentinel_ports = [free_port() for _ in range(sentinels)]
@@ -131,6 +155,7 @@ class RedisSentinelSetup:
             conf = self.directory / f"sentinel-{port}.conf"
             conf.write_text(
                 f"port {port}\nbind 127.0.0.1\ndir {self.directory}\n"
+                f"logfile {self.directory / f'sentinel-{port}.log'}\n"
                 f"sentinel monitor {self.master_name} 127.0.0.1 {self.primary.port} {quorum}\n"
                 f"sentinel down-after-milliseconds {self.master_name} 500\n"
                 f"sentinel failover-timeout {self.master_name} 3000\n"
@@ -138,32 +163,31 @@ class RedisSentinelSetup:
             )
             self._sentinels.append(
                 subprocess.Popen(
-                    [_binary("redis-server"), str(conf), "--sentinel", "--loglevel", "warning"],
+                    [_binary("redis-server"), str(conf), "--sentinel"],
                     stdout=subprocess.DEVNULL,
                     stderr=subprocess.DEVNULL,
                 )
             )
-        for port in self.sentinel_ports:
-            probe = RedisServer.at(port)
-            _wait(
-                lambda probe=probe: (
-                    b"num-other-sentinels"
-                    in probe.command_all("SENTINEL", "MASTER", self.master_name)
-                ),
-                10,
-                "a sentinel did not start",
-            )
+        _wait(
+            lambda: all(self._master_port_at(port) for port in self.sentinel_ports),
+            10,
+            "the sentinels did not start",
+        )
 
     def master_port(self) -> int | None:
         """The primary's port as the first sentinel that answers reports it."""
         for port in self.sentinel_ports:
-            reply = RedisServer.at(port).command_all(
-                "SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.master_name
-            )
-            lines = reply.split(b"\r\n")
-            if len(lines) >= 5 and lines[0] == b"*2":
-                return int(lines[4])
+            found = self._master_port_at(port)
+            if found is not None:
+                return found
         return None
+
+    def _master_port_at(self, port: int) -> int | None:
+        reply = RedisServer.at(port).command_all(
+            "SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.master_name
+        )
+        lines = reply.split(b"\r\n")
+        return int(lines[4]) if len(lines) >= 5 and lines[0] == b"*2" else None
 
     def stop(self) -> None:
         for process in self._sentinels:
@@ -176,7 +200,7 @@ class RedisSentinelSetup:
 
 @pytest.fixture(scope="module")
 def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClusterNodes]:
-    """One cluster for a whole test module (making one takes about a second)."""
+    """One cluster for a whole test module (making one takes about two seconds)."""
     cluster = RedisClusterNodes(tmp_path_factory.mktemp("cluster"))
     try:
         cluster.start()
@@ -186,9 +210,20 @@ def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClu
 
 
 @pytest.fixture
-def redis_sentinel(tmp_path: Path) -> Iterator[RedisSentinelSetup]:
-    """A fresh primary, replica and sentinels for one test (a failover test changes them)."""
-    setup = RedisSentinelSetup(tmp_path / "sentinel")
+def redis_sentinels(tmp_path: Path) -> Iterator[RedisSentinelSetup]:
+    """A primary, a replica and three sentinels for one test."""
+    setup = RedisSentinelSetup(tmp_path / "sentinel", sentinels=3)
+    try:
+        setup.start()
+        yield setup
+    finally:
+        setup.stop()
+
+
+@pytest.fixture
+def redis_failover(tmp_path: Path) -> Iterator[RedisSentinelSetup]:
+    """A primary, a replica and one sentinel, for a test that kills the primary."""
+    setup = RedisSentinelSetup(tmp_path / "sentinel", sentinels=1)
     try:
         setup.start()
         yield setup
