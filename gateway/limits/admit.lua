@@ -35,6 +35,12 @@ local function keep_alive(key, ms)
   if redis.call('PTTL', key) < ms then redis.call('PEXPIRE', key, ms) end
 end
 
+-- The rpm and tpm logs' entries all live one window from their time, and the entry just added
+-- is the newest: its lifetime is the longest any entry needs, so it is set without asking.
+local function keep_window(key)
+  redis.call('PEXPIRE', key, math.ceil(window + keep))
+end
+
 -- The score of the index-th (0-based) entry of a ZSET.
 local function score_at(key, index)
   return tonumber(redis.call('ZRANGE', key, index, index, 'WITHSCORES')[2])
@@ -64,6 +70,7 @@ if tpm > 0 then
     redis.call('HINCRBY', KEYS[3], '#sum', -freed)
     redis.call('HDEL', KEYS[3], unpack(gone))
     redis.call('ZREM', KEYS[2], unpack(gone))
+    if #gone < BATCH then break end
   end
   reserved = tonumber(redis.call('HGET', KEYS[3], '#sum') or '0')
   if tokens > tpm then
@@ -136,7 +143,7 @@ if wait_requests < 0 and wait_tokens < 0 and wait_concurrency < 0 and too_large 
   if rpm > 0 then
     redis.call('ZADD', KEYS[1], now, id)
     requests = requests + 1
-    keep_alive(KEYS[1], window + keep)
+    keep_window(KEYS[1])
   end
   if tpm > 0 then
     redis.call('ZADD', KEYS[2], now, id)
@@ -144,8 +151,8 @@ if wait_requests < 0 and wait_tokens < 0 and wait_concurrency < 0 and too_large 
     if redis.call('HSETNX', KEYS[3], id, tokens) == 1 then
       reserved = redis.call('HINCRBY', KEYS[3], '#sum', tokens)
     end
-    keep_alive(KEYS[2], window + keep)
-    keep_alive(KEYS[3], window + keep)
+    keep_window(KEYS[2])
+    keep_window(KEYS[3])
   end
   if max_concurrent > 0 then
     redis.call('ZADD', KEYS[4], now + lease_ttl, id)
@@ -153,13 +160,14 @@ if wait_requests < 0 and wait_tokens < 0 and wait_concurrency < 0 and too_large 
   end
 end
 
--- How long until each limit is back to its initial state: the newest entry leaves the window.
+-- How long until each limit is back to its initial state: the newest entry leaves the window
+-- (when admitted, the newest is this admission's own: a whole window).
 local requests_reset, tokens_reset = 0, 0
 if rpm > 0 and requests > 0 then
-  requests_reset = score_at(KEYS[1], -1) + window - now
+  requests_reset = allowed == 1 and window or score_at(KEYS[1], -1) + window - now
 end
 if tpm > 0 and reserved > 0 then
-  tokens_reset = score_at(KEYS[2], -1) + window - now
+  tokens_reset = allowed == 1 and window or score_at(KEYS[2], -1) + window - now
 end
 
 -- Lua numbers become integers in replies: durations go back as strings.

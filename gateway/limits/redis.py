@@ -59,6 +59,7 @@ IN_FLIGHT = LuaScript.packaged(__package__, "in_flight.lua")
 RESERVE_BUDGETS = LuaScript.packaged(__package__, "reserve_budgets.lua")
 UNDO_ADMIT = LuaScript.packaged(__package__, "undo_admit.lua")
 SETTLE_BUDGETS = LuaScript.packaged(__package__, "settle_budgets.lua")
+SCRIPTS = (ADMIT, SETTLE, RENEW, RESERVE_BUDGETS, UNDO_ADMIT, SETTLE_BUDGETS)
 
 
 def _log_settle_failure(subject: str, settled: asyncio.Future[Any]) -> None:
@@ -98,7 +99,7 @@ class RedisLimiter(Limiter):
         # for tests), not Redis TIME; replicas agree on a date to well under a second.
         self._wall_clock = wall_clock
         self._redis = client  # the process's shared client: closed by its owner, not here
-        self._batcher = ScriptBatcher(self._redis)
+        self._batcher = ScriptBatcher(self._redis, SCRIPTS)
         self._ttl_ms = lease_ttl_s * 1000.0
         self._window_ms = window_s * 1000.0
         self._prefix = prefix
@@ -271,7 +272,7 @@ class RedisLimiter(Limiter):
         actual_tokens: int | None,
         actual_cost: int | None = None,
     ) -> None:
-        settled = self._submit_settle(subject, admission, actual_tokens, actual_cost)
+        settled = self._submit_settle(subject, admission, actual_tokens, actual_cost, False)
         if settled:
             with contextlib.suppress(Exception):  # logged by the callback
                 await asyncio.gather(*settled)
@@ -284,9 +285,10 @@ class RedisLimiter(Limiter):
         actual_cost: int | None = None,
     ) -> None:
         """Queued on the batcher: the request's end awaits nothing, and no task is made for
-        it. A failure is logged; the lease and reservation then expire by themselves (a
-        budget reservation is then kept as reserved: never less than what was spent)."""
-        self._submit_settle(subject, admission, actual_tokens, actual_cost)
+        it; it travels with the next script call (within 2 ms). A failure is logged; the lease
+        and reservation then expire by themselves (a budget reservation is then kept as
+        reserved: never less than what was spent)."""
+        self._submit_settle(subject, admission, actual_tokens, actual_cost, True)
 
     def _submit_settle(
         self,
@@ -294,6 +296,7 @@ class RedisLimiter(Limiter):
         admission: Admission,
         actual_tokens: int | None,
         actual_cost: int | None,
+        linger: bool,
     ) -> list[asyncio.Future[Any]]:
         correct = actual_tokens is not None and admission.reservation is not None
         holds = admission.budget_holds if actual_cost is not None else ()
@@ -311,13 +314,14 @@ class RedisLimiter(Limiter):
             "" if actual_tokens is None else max(actual_tokens, 0),
             *(real - hold.reserved for hold in here),
         ]
-        calls = [self._batcher.submit(SETTLE, keys, args)]
+        calls = [self._batcher.submit(SETTLE, keys, args, linger=linger)]
         if elsewhere:
             calls.append(
                 self._batcher.submit(
                     SETTLE_BUDGETS,
                     [hold.counter for hold in elsewhere],
                     [real - hold.reserved for hold in elsewhere],
+                    linger=linger,
                 )
             )
         for settled in calls:

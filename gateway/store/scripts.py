@@ -57,18 +57,26 @@ Send = Callable[[Sequence[ScriptCall]], Awaitable[list[Any]]]
 
 
 async def run_pipelined(
-    client: RedisClient, calls: Sequence[ScriptCall], send: Send | None = None
+    client: RedisClient,
+    calls: Sequence[ScriptCall],
+    send: Send | None = None,
+    load: Callable[[set[LuaScript]], Awaitable[None]] | None = None,
 ) -> list[Any]:
     """`calls` in one pipeline (no MULTI: with a Cluster, redis-py splits it per master), each
     one's result or error, in order. Raises only when Redis could not be asked at all. Calls
-    refused with NOSCRIPT are sent again after loading their scripts (the others ran).
-    `send` sends one pipeline (default: `pipeline_calls` on `client`)."""
+    refused with NOSCRIPT are sent again after loading their scripts (the others ran, so a
+    call sent again runs after the calls that followed it). `send` sends one pipeline
+    (default: `pipeline_calls` on `client`); `load` loads the lost scripts (default: each)."""
     send = send or functools.partial(pipeline_calls, client)
     results = await send(calls)
     lost = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
     if lost:
-        for script in {calls[i].script for i in lost}:
-            await script.load(client)
+        scripts = {calls[i].script for i in lost}
+        if load is not None:
+            await load(scripts)
+        else:
+            for script in scripts:
+                await script.load(client)
         again = await send([calls[i] for i in lost])
         for i, result in zip(lost, again, strict=True):
             results[i] = result
