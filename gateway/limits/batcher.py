@@ -17,6 +17,7 @@ next admission always sees the lease given back.
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -24,6 +25,7 @@ from typing import Any
 from redis.exceptions import NoScriptError
 
 from gateway.store.breaker import RedisClient
+from gateway.store.lane import ScriptLane
 from gateway.store.scripts import LuaScript, ScriptCall, pipeline_calls, run_pipelined
 
 # How long a call that nobody waits for may wait for company (a lease is given back that much
@@ -42,6 +44,10 @@ class ScriptBatcher:
         after it run: a call sent again after loading would otherwise run after them (a
         request's settle after the next admission)."""
         self._client = client
+        # Standalone and Sentinel: the direct calls and the pipelines each go on a connection
+        # of their own, without redis-py's per-command machinery (see `gateway.store.lane`).
+        self._direct_lane = ScriptLane.for_client(client)
+        self._pipeline_lane = ScriptLane.for_client(client)
         self._scripts = tuple(scripts)
         self._loaded = not self._scripts
         self._max_batch = max_batch
@@ -62,10 +68,10 @@ class ScriptBatcher:
             if not self._loaded:
                 await self._load_all()
             try:
-                return await self._client.evalsha(script.sha, len(keys), *keys, *args)
+                return await self._call(ScriptCall(script, keys, args))
             except NoScriptError:  # Redis restarted or was flushed
                 await self._load_all({script})
-                return await self._client.evalsha(script.sha, len(keys), *keys, *args)
+                return await self._call(ScriptCall(script, keys, args))
         finally:
             self._direct = False
             self._start_sender()
@@ -116,9 +122,26 @@ class ScriptBatcher:
             else:
                 await asyncio.sleep(0.001)
 
+    async def _call(self, call: ScriptCall) -> Any:
+        if self._direct_lane is None:
+            return await self._client.evalsha(
+                call.script.sha, len(call.keys), *call.keys, *call.args
+            )
+        (reply,) = await self._direct_lane.send((call,))
+        if isinstance(reply, Exception):
+            raise reply
+        return reply
+
     async def pipelined(self, calls: Sequence[ScriptCall]) -> list[Any]:
-        """`calls` in one pipeline, now: each one's result or error, in order. Raises only
-        when Redis could not be asked at all."""
+        """`calls` in one pipeline, now, through the client (so that it may run beside the
+        batcher's own): each one's result or error, in order. Raises only when Redis could
+        not be asked at all."""
+        if not self._loaded:
+            await self._load_all()
+        send = functools.partial(pipeline_calls, self._client)
+        return await run_pipelined(self._client, calls, send, self._load_all)
+
+    async def _deliver(self, calls: Sequence[ScriptCall]) -> list[Any]:
         if not self._loaded:
             await self._load_all()
         return await run_pipelined(self._client, calls, self._pipeline, self._load_all)
@@ -133,7 +156,7 @@ class ScriptBatcher:
 
     async def _send(self, batch: list[_Queued]) -> None:
         try:
-            results = await self.pipelined([queued.call for queued in batch])
+            results = await self._deliver([queued.call for queued in batch])
         except BaseException as exc:
             for call in batch:
                 if call.result.done():
@@ -154,7 +177,15 @@ class ScriptBatcher:
                 call.result.set_result(result)
 
     async def _pipeline(self, calls: Sequence[ScriptCall]) -> list[Any]:
+        if self._pipeline_lane is not None:
+            return await self._pipeline_lane.send(calls)
         return await pipeline_calls(self._client, calls)
+
+    async def aclose(self) -> None:
+        """After `wait_idle`: the lanes' connections go back to the pool."""
+        for lane in (self._direct_lane, self._pipeline_lane):
+            if lane is not None:
+                await lane.aclose()
 
 
 @dataclass(slots=True)

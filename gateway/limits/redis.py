@@ -382,3 +382,4 @@ class RedisLimiter(Limiter):
 
     async def aclose(self) -> None:
         await self._batcher.wait_idle()
+        await self._batcher.aclose()
