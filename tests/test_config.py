@@ -196,3 +196,36 @@ def test_check_config_reads_gateway_config_from_the_environment(tmp_path: Path) 
 
     env = {**os.environ, "GATEWAY_CONFIG": str(ROOT / "examples" / "demo.yaml")}
     assert run_cli("check-config", env=env).returncode == 0
+
+
+@pytest.mark.parametrize(
+    ("section", "expected"),
+    [
+        ("{mode: sentinel}", "mode: sentinel needs a `sentinel:` section"),
+        ("{mode: cluster, sentinel: {master: m, nodes: ['h:1']}}", "needs mode: sentinel"),
+        ("{sentinel: {master: m, nodes: []}, mode: sentinel}", "at least one sentinel"),
+        ("{mode: sentinel, sentinel: {master: m, nodes: ['no-port']}}", "host:port"),
+        ("{mode: cluster, url: 'redis://h:6379/3'}", "only database 0"),
+        ("{cluster: {nodes: ['h:1']}}", "needs mode: cluster"),
+        ("{url: 'http://h:6379'}", "redis://"),
+        ("{mode: replicated}", "redis.mode"),
+    ],
+)
+def test_the_redis_section_is_checked(section: str, expected: str) -> None:
+    found = problems_of(f"redis: {section}\n")
+    assert any(expected in problem for problem in found), found
+
+
+def test_each_redis_mode_loads() -> None:
+    sentinel = parse_config(
+        "redis: {mode: sentinel, sentinel: {master: gw, nodes: ['10.0.0.1:26379']}}\n", env={}
+    )
+    assert sentinel.redis is not None and sentinel.redis.sentinel is not None
+    assert sentinel.redis.sentinel.nodes == ["10.0.0.1:26379"]
+    cluster = parse_config(
+        "redis: {mode: cluster, url: 'redis://10.0.0.1:6379', cluster: {nodes: ['[::1]:7000']}}\n",
+        env={},
+    )
+    assert cluster.redis is not None and cluster.redis.mode == "cluster"
+    legacy = parse_config("limits: {backend: redis, redis_url: 'redis://h:1/0'}\n", env={})
+    assert legacy.redis is None and legacy.limits.redis_url == "redis://h:1/0"
