@@ -17,6 +17,14 @@ if ! command -v redis-server >/dev/null 2>&1; then
   SUDO=$([ "$(id -u)" = 0 ] && echo "" || echo "sudo")
   $SUDO apt-get update -qq && $SUDO apt-get install -y -qq redis-server
 fi
+# The Cluster tests join their nodes with redis-cli (Debian's redis-tools, which redis-server
+# depends on); the Sentinel tests run `redis-server --sentinel`, the same binary as
+# Debian's redis-sentinel package, so that package is not needed.
+if ! command -v redis-cli >/dev/null 2>&1; then
+  echo "redis-cli not found; installing redis-tools" >&2
+  SUDO=$([ "$(id -u)" = 0 ] && echo "" || echo "sudo")
+  $SUDO apt-get update -qq && $SUDO apt-get install -y -qq redis-tools
+fi
 # The dashboard test drives the page in headless Chromium.
 if ! command -v chromium >/dev/null 2>&1; then
   echo "chromium not found; installing it" >&2
