@@ -157,10 +157,6 @@ def redis_config(config: GatewayConfig) -> RedisConfig:
     return config.redis if config.redis is not None else RedisConfig(url=config.limits.redis_url)
 
 
-def redis_url(config: GatewayConfig) -> str:
-    return redis_config(config).url
-
-
 def uses_redis(config: GatewayConfig) -> bool:
     """Whether anything in this config keeps its state in Redis."""
     # A `redis:` section alone says so too: stored responses live there.
