@@ -224,6 +224,15 @@ class ResponsesConfig(ConfigModel):
     max_memory_mb: PositiveFloat = 64  # the in-memory store's bound; the oldest go first
 
 
+class CacheConfig(ConfigModel):
+    """The exact response cache (absent: off): identical requests answered from it."""
+
+    backend: Literal["memory", "redis"] = "memory"  # memory: this process; redis: every replica
+    ttl_s: PositiveFloat = 3600
+    max_mb: PositiveFloat = 256  # the memory backend's bound, least recently used out first
+    scope: Literal["key", "global"] = "key"  # key: a key hits only what it stored itself
+
+
 class GatewayConfig(ConfigModel):
     server: ServerConfig = ServerConfig()
     providers: dict[str, ProviderConfig] = {}
@@ -241,6 +250,7 @@ class GatewayConfig(ConfigModel):
     usage: UsageConfig = UsageConfig()
     redis: RedisConfig | None = None  # None: `limits.redis_url` says where Redis is
     responses: ResponsesConfig = ResponsesConfig()
+    cache: CacheConfig | None = None  # None: no response cache
 
     def upstream_id(self, model_name: str) -> str:
         """The id the upstream knows the model by."""

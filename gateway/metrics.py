@@ -285,6 +285,18 @@ RATE_LIMITED = Counter(
     ["plan", "limit"],
     registry=REGISTRY,
 )
+CACHE_REQUESTS = Counter(
+    "gateway_cache_requests_total",
+    "Requests the response cache saw: hit (answered from it), miss, bypass (not looked up).",
+    ["api", "result"],
+    registry=REGISTRY,
+)
+CACHE_UNAVAILABLE = Counter(
+    "gateway_cache_unavailable_total",
+    "Response cache operations skipped because its Redis could not be reached.",
+    ["op"],
+    registry=REGISTRY,
+)
 BUDGET_REFUSALS = Counter(
     "gateway_budget_refusals_total",
     "Requests refused because a budget was spent, by the budget's scope.",

@@ -77,6 +77,8 @@ def test_record_has_exactly_the_contract_fields_in_order() -> None:
         "api",
         "cache_write_tokens",
         "reasoning_tokens",
+        "cache",
+        "saved_usd",
     ]
 
 
@@ -243,6 +245,8 @@ async def test_memory_store_groups_filters_and_counts_errors() -> None:
         "cache_write_tokens",
         "reasoning_tokens",
         "cost_usd",
+        "cache_hits",
+        "saved_usd",
         "latency_ms",
         "ttft_ms",
     }

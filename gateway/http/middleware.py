@@ -14,8 +14,10 @@ from aiohttp.typedefs import Middleware
 from gateway.errors import GatewayError, MethodNotAllowed, NotFound
 from gateway.http import cors
 from gateway.http.answers import error_response
+from gateway.http.cache import answer_hit, store_answer
 from gateway.http.request import PROCESS, STATE
 from gateway.logs import ACCESS_LOG
+from gateway.pipeline.cache import CacheHit
 from gateway.pipeline.context import RequestState, request_id_from
 from gateway.pipeline.settle import finish
 
@@ -59,13 +61,17 @@ def gateway_middleware(
         try:
             cors_config = process.current.config.server.cors
             response: web.StreamResponse
-            if not cors_config.allow_origins:
-                response = await handler(request)
-            elif cors.is_preflight(request):
-                response = cors.preflight(cors_config, request)
-            else:
-                state.cors_headers = cors.answer_headers(cors_config, request.headers.get("Origin"))
-                response = await handler(request)
+            try:
+                if not cors_config.allow_origins:
+                    response = await handler(request)
+                elif cors.is_preflight(request):
+                    response = cors.preflight(cors_config, request)
+                else:
+                    origin = request.headers.get("Origin")
+                    state.cors_headers = cors.answer_headers(cors_config, origin)
+                    response = await handler(request)
+            except CacheHit as hit:  # found at admission: no upstream call was made
+                response = await answer_hit(request, state, hit)
             if not response.prepared:  # a stream stamped its headers and was sent already
                 state.stamp(response.headers)
                 # Sent here rather than by aiohttp after this returns: the client has its answer
@@ -73,6 +79,8 @@ def gateway_middleware(
                 await response.prepare(request)
                 await response.write_eof()
             status = response.status
+            if state.cache_plan is not None:  # a cache miss to store, now the client has it
+                await store_answer(state, response)
             return response
         except GatewayError as error:
             state.error = state.error or error.message

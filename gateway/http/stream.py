@@ -203,6 +203,7 @@ async def _pump(
     needs_look = client.needs_look
     classify_event = client.classify
     waiting = state.waiting_upstream()  # one timer object for the whole stream
+    captured = state.cache_events  # a list only when the response cache will store this
     try:
         while events is not None:
             out: list[bytes] = []
@@ -227,6 +228,8 @@ async def _pump(
             if out:
                 await response.write(out[0] if len(out) == 1 else b"".join(out))
                 state.streamed_events += len(out)
+                if captured is not None:
+                    captured.extend(out)
                 if state.first_token_at is None:
                     state.first_token_at = time.perf_counter()
             with waiting:

@@ -176,9 +176,12 @@ async def admit_key(
     state: RequestState,
     estimate: TokenEstimate,
     chain: Sequence[str],
+    *,
+    cache_hit: bool = False,
 ) -> None:
     """The key's plan (rpm, tpm reserving the estimate, max_concurrent) and every budget the
-    request must fit (reserving its worst-case cost on `chain`), in one admission."""
+    request must fit (reserving its worst-case cost on `chain`), in one admission. A cache
+    hit costs no tokens and no money: only rpm and max_concurrent apply to it."""
     principal = state.principal
     if principal is None:
         return
@@ -186,6 +189,9 @@ async def admit_key(
     plan = config.plans[principal.plan] if principal.plan is not None else None
     spec = _spec_of(plan.rpm, plan.tpm, plan.max_concurrent) if plan is not None else _NO_LIMITS
     budgets = budget_charges(config, principal, state.feature)
+    if cache_hit:
+        spec = LimitSpec(spec.rpm, None, spec.max_concurrent)
+        budgets = ()
     if spec.empty and not budgets:
         return
     cost = worst_case_cost(config, chain, estimate) if budgets else 0

@@ -20,6 +20,7 @@ from gateway.pipeline.lease import RequestLease
 from gateway.providers.base import Usage
 
 if TYPE_CHECKING:
+    from gateway.pipeline.cache_plan import CachePlan
     from gateway.pipeline.runtime import Runtime
     from gateway.tokens import TokenEstimate
 
@@ -74,6 +75,12 @@ class RequestState:
     cors_headers: dict[str, str] | None = None  # set by the middleware when CORS is on
     runtime: Runtime | None = None  # the runtime this request started on, to its end
     api_call: bool = False  # a /v1 call that counts in the request metrics
+    # The response cache (only with a `cache:` section): hit, miss or bypass; what a hit
+    # saved; what the cache does for this request; a stream's events, kept to be stored.
+    cache: str | None = None
+    saved_usd: float = 0.0
+    cache_plan: CachePlan | None = None
+    cache_events: list[bytes] | None = None
 
     def stamp(self, headers: MutableMapping[str, str]) -> None:
         """Write the headers every answer carries: the request id, where it went, the key's
@@ -89,6 +96,8 @@ class RequestState:
             headers.update(self.ratelimit_headers)
         if self.cors_headers:
             headers.update(self.cors_headers)
+        if self.cache is not None:
+            headers["x-gateway-cache"] = self.cache
         headers["Server"] = SERVER
 
     def waiting_upstream(self) -> UpstreamWait:
@@ -136,6 +145,10 @@ def apply_request_context(
     user = _header_text(headers, "x-gateway-user") or body.get("user")
     state.user = str(user) if user else None
     state.conversation = _header_text(headers, "x-gateway-conversation") or None
+    if state.runtime is not None and state.runtime.config.cache is not None:
+        from gateway.pipeline.cache_plan import read_cache_headers  # only with a cache
+
+        state.cache_plan = read_cache_headers(headers)
 
 
 def _header_text(headers: Mapping[str, str], name: str) -> str | None:

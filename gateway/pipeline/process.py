@@ -12,9 +12,11 @@ import logging
 from collections.abc import Coroutine
 from typing import Any
 
+from gateway.config import CacheConfig
 from gateway.limits.base import Limiter
 from gateway.limits.cooldowns import CooldownStore, MemoryCooldowns
 from gateway.limits.keeper import LeaseKeeper
+from gateway.pipeline.cache_plan import ResponseCache, build_response_cache
 from gateway.pipeline.drain import Drain
 from gateway.pipeline.keys import RuntimeKeys
 from gateway.pipeline.memory import MemoryTrimmer
@@ -48,6 +50,9 @@ class GatewayProcess:
         self.usage = usage or UsageService(config.usage, redis)
         # Stored Responses; Redis or memory as the config at start says (a reload keeps it).
         self.responses: ResponseStore = build_response_store(redis if config.redis else None)
+        # The response cache, made when a config first has a `cache:` section; its backend
+        # and size stay as they were made until the process restarts.
+        self.cache: ResponseCache | None = None
         # Keys made with /admin/keys (the runtime's authenticator reads them).
         self.keys = runtime.auth.runtime_keys or RuntimeKeys(None)
         self.in_flight = 0
@@ -58,6 +63,11 @@ class GatewayProcess:
         # Connections and bodies per client address not yet complete (server.protocol).
         self.pending = PendingClients(lambda: self.current.config.server.max_pending_per_address)
         self._background: set[asyncio.Task[None]] = set()
+
+    def response_cache(self, config: CacheConfig) -> ResponseCache:
+        if self.cache is None:
+            self.cache = build_response_cache(config, self.redis)
+        return self.cache
 
     def in_background(self, work: Coroutine[Any, Any, None]) -> None:
         """Run `work` without making the request wait for it; awaited at shutdown."""

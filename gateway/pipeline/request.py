@@ -23,6 +23,7 @@ from gateway.metrics import IN_FLIGHT
 from gateway.pipeline.admission import ModelGate, admit_key, take_process_slot
 from gateway.pipeline.attempts import AttemptLoop
 from gateway.pipeline.auth import Principal
+from gateway.pipeline.cache import CacheHit, look_up
 from gateway.pipeline.context import RequestState
 from gateway.pipeline.process import GatewayProcess
 from gateway.pipeline.runtime import Runtime
@@ -31,6 +32,7 @@ from gateway.providers.upstream import OpenedStream, open_stream
 from gateway.tokens import TokenEstimate
 
 T = TypeVar("T")
+NO_ESTIMATE = TokenEstimate({}, completion=False)  # a cache hit reserves nothing
 
 
 def begin(
@@ -62,10 +64,18 @@ async def admit(
     body: dict[str, Any],
     *,
     completion: bool,
+    cache_body: Mapping[str, Any] | None = None,
+    cache_vary: str = "",
+    cacheable: bool = True,
 ) -> ModelCall:
     """Route the request, count it in flight, admit it under the key's plan (reserving its
     token estimate when a tpm limit applies), and give back the call that runs the attempts
-    (each model's own limits are asked as it is tried)."""
+    (each model's own limits are asked as it is tried).
+
+    With a response cache, the answer is looked up first, under `cache_body` (the client's
+    own body, when `body` is a translation of it; default `body`) and `cache_vary` (what
+    else decides the answer, such as a forwarded header); a hit is admitted under the key's
+    rpm and concurrency only and raises `CacheHit`, which the HTTP layer answers."""
     if state.api_call:
         # Taken only now, with the body read: a slow client holds no slot while it sends.
         take_process_slot(process, runtime, state)
@@ -74,6 +84,19 @@ async def admit(
     in_flight = IN_FLIGHT.labels(route.tier)
     in_flight.inc()
     state.lease.take(lambda _: in_flight.dec())
+    if runtime.config.cache is not None:
+        hit = await look_up(
+            process.response_cache(runtime.config.cache),
+            runtime,
+            state,
+            route,
+            body if cache_body is None else cache_body,
+            vary=cache_vary,
+            cacheable=cacheable,
+        )
+        if hit is not None:
+            await admit_key(process, runtime, state, NO_ESTIMATE, route.chain, cache_hit=True)
+            raise CacheHit(hit)
     state.estimate = estimate = TokenEstimate(body, completion=completion)
     await admit_key(process, runtime, state, estimate, route.chain)
     models = runtime.config.models

@@ -84,4 +84,6 @@ def _record(state: RequestState, status: int, tokens: Tokens, cost: float) -> Us
         api=state.api,
         cache_write_tokens=tokens.cache_write,
         reasoning_tokens=tokens.reasoning,
+        cache=state.cache,
+        saved_usd=round(state.saved_usd, 10),
     )

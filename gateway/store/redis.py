@@ -160,7 +160,12 @@ def redis_config(config: GatewayConfig) -> RedisConfig:
 def uses_redis(config: GatewayConfig) -> bool:
     """Whether anything in this config keeps its state in Redis."""
     # A `redis:` section alone says so too: stored responses live there.
-    return config.redis is not None or config.limits.backend == "redis" or config.usage.sinks.redis
+    return (
+        config.redis is not None
+        or config.limits.backend == "redis"
+        or config.usage.sinks.redis
+        or (config.cache is not None and config.cache.backend == "redis")
+    )
 
 
 class SharedRedis:

@@ -40,8 +40,9 @@ INT_METRICS = (
     "cache_write_tokens",
     "reasoning_tokens",
     "ttft_count",
+    "cache_hits",
 )
-FLOAT_METRICS = ("cost_usd", "latency_ms_sum", "ttft_ms_sum")
+FLOAT_METRICS = ("cost_usd", "latency_ms_sum", "ttft_ms_sum", "saved_usd")
 LAT_PREFIX = "lat_b"
 TTFT_PREFIX = "ttft_b"
 
@@ -94,7 +95,9 @@ class Agg:
     cache_write_tokens: int = 0
     reasoning_tokens: int = 0
     ttft_count: int = 0
+    cache_hits: int = 0  # answered from the response cache
     cost_usd: float = 0.0
+    saved_usd: float = 0.0  # what the cache hits would have cost
     latency_ms_sum: float = 0.0
     ttft_ms_sum: float = 0.0
     lat: dict[int, int] = field(default_factory=dict)
@@ -110,6 +113,9 @@ class Agg:
         self.cache_write_tokens += rec.cache_write_tokens
         self.reasoning_tokens += rec.reasoning_tokens
         self.cost_usd += _finite(rec.cost_usd)
+        if rec.cache == "hit":
+            self.cache_hits += 1
+            self.saved_usd += _finite(rec.saved_usd)
         latency = _finite(rec.latency_ms)
         self.latency_ms_sum += latency
         lat = bucket_of(latency)
@@ -175,6 +181,8 @@ class Agg:
             "cache_write_tokens": self.cache_write_tokens,
             "reasoning_tokens": self.reasoning_tokens,
             "cost_usd": round(self.cost_usd, 9),
+            "cache_hits": self.cache_hits,
+            "saved_usd": round(self.saved_usd, 9),
             "latency_ms": percentiles(self.lat),
             "ttft_ms": percentiles(self.ttft),
         }

@@ -75,6 +75,8 @@ class UsageRecord:
     api: str  # the API the client spoke: chat, embeddings, messages, responses, completions
     cache_write_tokens: int = 0  # part of prompt_tokens: written to a prompt cache
     reasoning_tokens: int = 0  # part of completion_tokens
+    cache: str | None = None  # the response cache: hit, miss or bypass; None: no cache
+    saved_usd: float = 0.0  # a cache hit: what the answer cost when it was made
 
     @property
     def day(self) -> str:
@@ -164,5 +166,7 @@ _FIELDS: dict[str, tuple[type, bool, Any]] = {
     "api": (str, False, "chat"),
     "cache_write_tokens": (int, False, 0),
     "reasoning_tokens": (int, False, 0),
+    "cache": (str, True, None),
+    "saved_usd": (float, False, 0.0),
 }
 assert tuple(_FIELDS) == tuple(f.name for f in dataclasses.fields(UsageRecord))

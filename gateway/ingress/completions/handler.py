@@ -130,6 +130,7 @@ async def completions(request: web.Request) -> web.StreamResponse:
         body["model"],
         _estimate_basis(body),
         completion=True,
+        cache_body=body,
     )
     if not state.stream:
         answer = await call.run(lambda model_name: _answer(call, body, model_name))

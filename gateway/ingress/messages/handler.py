@@ -97,6 +97,11 @@ async def _admitted(
         body["model"],
         chat_body,
         completion=not count_only,
+        # The client's own body decides the answer (a native upstream gets it as sent), and
+        # so does the beta header forwarded with it. Token counts are not cached.
+        cache_body=body,
+        cache_vary=request.headers.get("anthropic-beta") or "",
+        cacheable=not count_only,
     )
     return call, state, body, chat_body
 

@@ -253,7 +253,17 @@ async def create_response(request: web.Request) -> web.StreamResponse:
     found = await process.responses.find_items(references, principal.name) if references else {}
     turn = _Turn(body, previous, process.responses, principal.name, found)
     call = await admit(
-        process, runtime, state, principal, body.get("model"), turn.chat_body, completion=True
+        process,
+        runtime,
+        state,
+        principal,
+        body.get("model"),
+        turn.chat_body,
+        completion=True,
+        cache_body=body,
+        # Only an answer that is not stored and continues nothing stored: a stored one needs
+        # an id of its own, and a continuation's history belongs to one key.
+        cacheable=body.get("store") is False and previous is None and not references,
     )
     if not state.stream:
         answer = await call.run(lambda model_name: _answer(call, turn, model_name))
