@@ -133,7 +133,7 @@ class MemoryCache(CacheBackend):
     def __len__(self) -> int:
         return len(self._entries)
 
-    def keys(self) -> list[str]:
+    def lru_order(self) -> list[str]:
         """Least recently used first (for tests and the bench)."""
         return list(self._entries)
 
@@ -209,7 +209,7 @@ def _unavailable(op: str, exc: BaseException) -> None:
     CACHE_UNAVAILABLE.labels(op).inc()
     # An outage is logged by the breaker, once as it starts and once as it ends; anything
     # else (Redis answering with an error) is worth a line of its own.
-    if not isinstance(exc, RedisUnavailable | UNREACHABLE):
+    if not isinstance(exc, (RedisUnavailable, *UNREACHABLE)):
         log.warning("response cache: redis error", extra={"op": op, "error": str(exc)})
 
 

@@ -11,10 +11,11 @@
 A hash field is `<feature>␟<model>␟<tier>␟<key>␟<user>␟<metric>`, ␟ being \\x1f (inside values
 it, \\x1d and \\x1e become spaces; an absent value is the empty string). The metric is one of
 `requests`, `errors` (status >= 400), `prompt_tokens`, `completion_tokens`, `cached_tokens`,
-`cache_write_tokens`, `reasoning_tokens`,
-`cost_usd`, `latency_ms_sum`, `ttft_ms_sum`, `ttft_count`, or a histogram bucket count
-`lat_b<i>` / `ttft_b<i>` (buckets in `aggregate`). Counters that would be zero are never
-written. Day hashes expire `ttl_days` (400) after their last write.
+`cache_write_tokens`, `reasoning_tokens`, `cache_hits` (answered by the response cache),
+`cost_usd`, `saved_usd` (what those hits would have cost), `latency_ms_sum`, `ttft_ms_sum`,
+`ttft_count`, or a histogram bucket count `lat_b<i>` / `ttft_b<i>` (buckets in
+`aggregate`). Counters that would be zero are never written. Day hashes expire `ttl_days`
+(400) after their last write.
 """
 
 from __future__ import annotations
