@@ -137,6 +137,9 @@ class RoutingConfig(ConfigModel):
     retries: int = Field(default=1, ge=0, le=10)
     fallback_on: list[FallbackKind] = ["connect", "timeout", "429", "5xx"]
     cooldown: CooldownConfig = CooldownConfig()
+    # A text stream that fails after its first event: `off` ends it with an in-band error,
+    # `continue` goes on with the next model from the text already sent (pipeline/midstream).
+    midstream: Literal["off", "continue"] = "off"
 
     @field_validator("fallback_on", mode="before")
     @classmethod

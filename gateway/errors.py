@@ -194,6 +194,7 @@ class UpstreamFailure(Exception):
         # the upstream's own OpenAI-shaped error object, its texts redacted too
         self.upstream_error = _redacted(upstream_error) if upstream_error else upstream_error
         self.retry_after = retry_after
+        self.noted = False  # logged and counted as a failed attempt already
 
     def to_client_error(self) -> GatewayError:
         """What the client sees when this was the last word."""

@@ -26,6 +26,7 @@ class FailureKind(enum.StrEnum):
     CONNECT = "connect"  # could not reach the upstream
     RESET = "reset"  # the connection broke under the call
     TIMEOUT = "timeout"  # connect, first-token or total timeout
+    STALL = "stall"  # a stream went silent after its first event for longer than `idle`
     RATE_LIMITED = "429"  # the upstream's own rate limit
     SERVER_ERROR = "5xx"  # the upstream failed (a 5xx, or an error event)
     BAD_RESPONSE = "bad_response"  # the upstream answered garbage
@@ -42,6 +43,8 @@ _POLICIES = {
     FailureKind.CONNECT: FailurePolicy("connect", True, True, "upstream_connect_error"),
     FailureKind.RESET: FailurePolicy("connect", True, True, "upstream_connection_reset"),
     FailureKind.TIMEOUT: FailurePolicy("timeout", True, True, "upstream_timeout"),
+    # A silent upstream is as unhealthy as a slow one: `fallback_on: [timeout]` covers it.
+    FailureKind.STALL: FailurePolicy("timeout", True, True, "upstream_stalled"),
     FailureKind.RATE_LIMITED: FailurePolicy("429", True, True, "upstream_rate_limited"),
     FailureKind.SERVER_ERROR: FailurePolicy("5xx", True, True, "upstream_server_error"),
     FailureKind.BAD_RESPONSE: FailurePolicy("5xx", True, True, "upstream_bad_response"),

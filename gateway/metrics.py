@@ -273,6 +273,12 @@ FALLBACKS = Counter(
     ["tier", "from_model", "to_model", "reason"],
     registry=REGISTRY,
 )
+STREAM_RECOVERIES = Counter(
+    "gateway_stream_recoveries_total",
+    "Streams that failed after their first event and were continued on another model.",
+    ["tier", "from_model", "to_model", "reason"],
+    registry=REGISTRY,
+)
 UPSTREAM_ERRORS = Counter(
     "gateway_upstream_errors_total",
     "Failed upstream attempts, by why they failed.",

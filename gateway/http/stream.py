@@ -243,6 +243,9 @@ async def _pump(
             return
     except UpstreamFailure as failure:
         state.stream_cut = True
+        if state.attempt_loop is not None and state.model:
+            # A failed attempt too (a reset, a `stall`): logged, counted, toward cooldown.
+            await state.attempt_loop.note_failure(state.model, failure)
         state.error = failure.message
         await _end_with_error(response, client.error_event(failure.to_client_error()))
     except ConnectionResetError:

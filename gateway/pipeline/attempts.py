@@ -163,8 +163,22 @@ class AttemptLoop:
             log.warning("cooldown state unavailable", exc_info=True)
         MODEL_AVAILABLE.labels(model).set(1)
 
+    def continuation_candidates(self, failed: str) -> list[str]:
+        """Where a stream that failed at `failed` after its first event may go on: the models
+        after it in the chain, else (it was the last) the same model again."""
+        chain = self.route.chain
+        after = list(chain[chain.index(failed) + 1 :]) if failed in chain else []
+        return after or [failed]
+
+    async def note_failure(self, model: str, failure: UpstreamFailure) -> None:
+        """A failure outside the attempt loop (a stream's, after its first event): logged,
+        counted and toward the model's cooldown like any other attempt's. Once only."""
+        if not failure.noted:
+            await self._note_failure(model, failure)
+
     async def _note_failure(self, model: str, failure: UpstreamFailure) -> str | None:
         policy = failure.kind.policy
+        failure.noted = True
         attempt = Attempt(model, failure.kind, failure.status, failure.message, failure.retry_after)
         self.attempts.append(attempt)
         provider = self.provider_of(model)

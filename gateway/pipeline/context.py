@@ -13,7 +13,7 @@ import re
 import time
 from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from gateway.pipeline.auth import Principal
 from gateway.pipeline.lease import RequestLease
@@ -21,6 +21,7 @@ from gateway.providers.base import Usage
 
 if TYPE_CHECKING:
     from gateway.pipeline.cache_plan import CachePlan
+    from gateway.errors import UpstreamFailure
     from gateway.pipeline.runtime import Runtime
     from gateway.tokens import TokenEstimate
 
@@ -39,6 +40,26 @@ def request_id_from(header: str | None) -> str:
     if header and _SAFE_REQUEST_ID.match(header):
         return header
     return f"{_ID_PREFIX}{next(_id_counter):010x}"
+
+
+class FailureNoter(Protocol):
+    """What notes a failed attempt (`pipeline.attempts.AttemptLoop`)."""
+
+    async def note_failure(self, model: str, failure: UpstreamFailure) -> None: ...
+
+
+@dataclass(slots=True)
+class Segment:
+    """A stream that failed after writing part of an answer which another model continued
+    (`pipeline.midstream`): its model, why it failed, and what it used (estimated: a failed
+    stream never reports its usage)."""
+
+    model: str
+    reason: str
+    usage: Usage
+
+    def describe(self) -> str:
+        return f"{self.model}: {self.reason}"
 
 
 @dataclass(slots=True)
@@ -81,6 +102,12 @@ class RequestState:
     saved_usd: float = 0.0
     cache_plan: CachePlan | None = None
     cache_events: list[bytes] | None = None
+    # The attempt loop of an admitted request: a stream's failure after its first event is
+    # still an attempt that failed (logged, counted, toward the model's cooldown).
+    attempt_loop: FailureNoter | None = None
+    # Streams continued on another model (`routing.midstream: continue`), oldest first; None
+    # (not an empty list) for the common request that needed none.
+    recovered: list[Segment] | None = None
 
     def stamp(self, headers: MutableMapping[str, str]) -> None:
         """Write the headers every answer carries: the request id, where it went, the key's

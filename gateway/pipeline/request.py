@@ -25,6 +25,7 @@ from gateway.pipeline.attempts import AttemptLoop
 from gateway.pipeline.auth import Principal
 from gateway.pipeline.cache import CacheHit, look_up
 from gateway.pipeline.context import RequestState
+from gateway.pipeline.midstream import ContinuingStream
 from gateway.pipeline.process import GatewayProcess
 from gateway.pipeline.runtime import Runtime
 from gateway.providers.base import JsonAnswer, Provider, UpstreamCall
@@ -108,6 +109,7 @@ async def admit(
         lambda name: models[name].provider,
         gate=ModelGate(process, runtime, state, estimate),
     )
+    state.attempt_loop = attempts
     return ModelCall(runtime, state, attempts)
 
 
@@ -168,12 +170,35 @@ class ModelCall:
     def chat_stream(self, body: dict[str, Any]) -> Awaitable[OpenedStream]:
         """A chat stream from the first model that gives a first event. The caller relays it
         (and the time it waits here counts as the upstream's)."""
+        if self.runtime.config.routing.midstream == "continue":
+            return self.attempts.run(lambda model_name: self.open_chat_stream(model_name, body))
         provider_for = self.runtime.provider_for
 
         def attempt(model_name: str) -> Awaitable[OpenedStream]:
             return open_stream(provider_for(model_name), self.upstream_call(model_name, body))
 
         return self.attempts.run(attempt)
+
+    async def open_chat_stream(
+        self,
+        model_name: str,
+        body: dict[str, Any],
+        body_for: Callable[[str], dict[str, Any]] | None = None,
+    ) -> OpenedStream:
+        """One attempt's chat stream at `model_name`, for an ingress that translates it (or
+        relays it). With `routing.midstream: continue` it is a `ContinuingStream`, which goes
+        on with the next model (asked with `body_for(model)`, default `body`) when the stream
+        fails after its first event."""
+        opened = await open_stream(
+            self.runtime.provider_for(model_name), self.upstream_call(model_name, body)
+        )
+        if self.runtime.config.routing.midstream != "continue":
+            return opened
+        estimate = self.state.estimate.prompt if self.state.estimate is not None else 0
+        stream = ContinuingStream(
+            self, model_name, body_for or (lambda _model: body), opened[0], estimate
+        )
+        return stream, stream.first(opened[1])
 
     def embeddings(self, body: dict[str, Any]) -> Awaitable[JsonAnswer]:
         state = self.state

@@ -28,11 +28,31 @@ def finish(process: GatewayProcess, state: RequestState, status: int) -> None:
     process.memory.served()
     cost = 0.0
     if runtime is not None and state.api_call:
-        cost = cost_usd(runtime.config, state.model, tokens)
+        if state.recovered is None:
+            cost = cost_usd(runtime.config, state.model, tokens)
+        else:
+            cost = _recovered_cost(runtime.config, state, tokens)
         _observe(runtime.config, state, status, tokens, cost)
         process.usage.record(_record(state, status, tokens, cost), state.started_wall)
     # Given back without awaiting: at once in memory, queued for Redis's next pipeline.
     state.lease.close(Outcome(tokens.total, to_nano(cost) if cost else 0))
+
+
+def _recovered_cost(config: GatewayConfig, state: RequestState, tokens: Tokens) -> float:
+    """A continued stream's cost: each failed stream's tokens at its own model's price, the
+    rest (the request's tokens count every model's) at the model that finished it. The
+    budget reserved at admission may be exceeded by a pricier continuation: what is settled
+    is what was spent."""
+    assert state.recovered is not None
+    cost = 0.0
+    rest = Tokens(tokens.prompt, tokens.completion, tokens.cached, estimated=tokens.estimated)
+    for segment in state.recovered:
+        used = Tokens(segment.usage.prompt_tokens, segment.usage.completion_tokens)
+        cost += cost_usd(config, segment.model, used)
+        rest.prompt = max(0, rest.prompt - used.prompt)
+        rest.completion = max(0, rest.completion - used.completion)
+    rest.cache_write, rest.reasoning = tokens.cache_write, tokens.reasoning
+    return cost + cost_usd(config, state.model, rest)
 
 
 def _observe(
@@ -80,10 +100,15 @@ def _record(state: RequestState, status: int, tokens: Tokens, cost: float) -> Us
         attempts=state.attempts,
         error=state.error,
         cut=state.stream_cut,
-        estimated=tokens.estimated,
+        # A continued stream's failed part never had its usage reported: estimated.
+        estimated=tokens.estimated or state.recovered is not None,
         api=state.api,
         cache_write_tokens=tokens.cache_write,
         reasoning_tokens=tokens.reasoning,
         cache=state.cache,
         saved_usd=round(state.saved_usd, 10),
+        recovered=state.recovered is not None,
+        recovered_from=(
+            None if state.recovered is None else [s.describe() for s in state.recovered]
+        ),
     )

@@ -79,6 +79,9 @@ class AnthropicEventStream(EventStream):
     def exact_usage(self) -> Usage | None:
         return self.translator.usage if self.translator.saw_usage else None
 
+    def watch_idle(self, idle_s: float) -> None:
+        self._events.watch_idle(idle_s)
+
     async def next_events(self) -> list[bytes] | None:
         if self._failure is not None:
             failure, self._failure = self._failure, None
@@ -115,6 +118,7 @@ class AnthropicProvider(HTTPProvider):
     """Anthropic's Messages API through one pooled aiohttp session."""
 
     speaks_messages = True
+    continues_by_prefill = True  # a trailing assistant turn is where the model goes on from
 
     def __init__(self, name: str, config: AnthropicProviderConfig) -> None:
         headers = {"anthropic-version": config.anthropic_version, **config.headers}

@@ -20,11 +20,13 @@ from gateway.failures import FailureKind
 
 class TimeoutConfig(ConfigModel):
     """Seconds. `connect`: to open a connection. `first_token`: a stream's first event (a
-    whole answer has no first token; only `total` bounds it). `total`: the whole call."""
+    whole answer has no first token; only `total` bounds it). `total`: the whole call.
+    `idle`: the longest silence between two stream events after the first (a `stall`)."""
 
     connect: PositiveFloat = 5
     first_token: PositiveFloat = 60
     total: PositiveFloat = 600
+    idle: PositiveFloat = 30
 
 
 @dataclass(slots=True)
@@ -143,6 +145,10 @@ class EventStream(abc.ABC):
         """Release the upstream response: back to the pool when the stream was read to its
         end, otherwise the connection is dropped so the upstream stops generating."""
 
+    def watch_idle(self, idle_s: float) -> None:  # noqa: B027 - a stream without a socket
+        """From now on (the first event has come), a silence longer than `idle_s` fails the
+        stream's next read as a `stall` and closes its upstream connection."""
+
     def exact_usage(self) -> Usage | None:
         """The usage as the upstream counted it, where this stream knows more than its events
         say (a translated stream: Anthropic's cache writes, chat's reasoning tokens, which the
@@ -172,6 +178,11 @@ class Provider(abc.ABC):
     @abc.abstractmethod
     async def embeddings(self, call: UpstreamCall) -> JsonAnswer:
         """Embeddings, in the `encoding_format` the body asks for."""
+
+    # How a stream cut short is best continued on this provider: True when a trailing
+    # assistant turn is a prefill the model goes on from (Anthropic); False when the partial
+    # answer must be sent as an assistant turn with an instruction to continue it.
+    continues_by_prefill = False
 
     # Whether the provider takes an Anthropic Messages body as the client sent it (`anthropic`
     # providers); for the rest the Messages ingress translates to chat.

@@ -158,10 +158,18 @@ def failure_from_status(
     )
 
 
+_OWN_TIMEOUTS = (FailureKind.TIMEOUT, FailureKind.STALL)
+
+
 class HTTPEventStream:
     """Reads an upstream's SSE body chunk by chunk and hands back whole events, until the
     stream ends or its deadline (the model's `total`, counted from the call's start) passes:
-    then the upstream connection is closed and the read fails as a timeout."""
+    then the upstream connection is closed and the read fails as a timeout.
+
+    Once `watch_idle` is called (after the first event), a read that waits longer than
+    `idle_s` for the upstream's next bytes fails as a `stall`, its connection closed. One
+    timer handle per stream, not one per read: each read only notes when it began, and the
+    timer, when it fires early (bytes came meanwhile), is moved to the new due time."""
 
     def __init__(
         self, response: aiohttp.ClientResponse, what: str, deadline: float | None = None
@@ -173,22 +181,51 @@ class HTTPEventStream:
         self._deadline = (
             None if deadline is None else asyncio.get_running_loop().call_at(deadline, self._expire)
         )
+        self._idle_s = 0.0  # 0: not watched (before the first event)
+        self._clock = asyncio.get_running_loop().time
+        self._idle: asyncio.TimerHandle | None = None
+        self._read_since = 0.0  # loop time the read in progress began; 0: none in progress
+        self._stalled = False
 
     def _expire(self) -> None:
         self._expired = True
         self._response.close()  # a read in progress fails at once; the upstream stops
 
+    def watch_idle(self, idle_s: float) -> None:
+        self._idle_s = idle_s
+        loop = asyncio.get_running_loop()
+        self._idle = loop.call_at(loop.time() + idle_s, self._check_idle)
+
+    def _check_idle(self) -> None:
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        since = self._read_since
+        if since and now - since >= self._idle_s:
+            self._stalled = True
+            self._response.close()  # the read in progress fails at once; the upstream stops
+            return
+        # Early: bytes came meanwhile, or the gateway is busy writing to its client (not the
+        # upstream's silence). Due again one idle period after the read in progress began.
+        self._idle = loop.call_at((since or now) + self._idle_s, self._check_idle)
+
     def _timed_out(self) -> UpstreamFailure:
         what = self._errors.what
+        if self._stalled and not self._expired:
+            return UpstreamFailure(
+                FailureKind.STALL, f"{what}: no stream event for {self._idle_s:g}s (idle timeout)"
+            )
         return UpstreamFailure(FailureKind.TIMEOUT, f"{what}: the stream passed its total timeout")
 
     async def next_raw_events(self) -> list[bytes] | None:
         try:
             with self._errors:
                 while True:
+                    if self._idle_s:
+                        self._read_since = self._clock()
                     chunk = await self._response.content.readany()
+                    self._read_since = 0.0
                     if not chunk:
-                        if self._expired:
+                        if self._expired or self._stalled:
                             raise self._timed_out()
                         tail = self._splitter.pending()
                         if tail.strip():
@@ -199,13 +236,15 @@ class HTTPEventStream:
                     if events:
                         return events
         except UpstreamFailure as failure:
-            if self._expired and failure.kind is not FailureKind.TIMEOUT:
+            if (self._expired or self._stalled) and failure.kind not in _OWN_TIMEOUTS:
                 raise self._timed_out() from failure
             raise
 
     async def aclose(self, *, completed: bool) -> None:
         if self._deadline is not None:
             self._deadline.cancel()
+        if self._idle is not None:
+            self._idle.cancel()
         if completed:
             self._response.release()
         else:

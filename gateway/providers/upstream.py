@@ -5,7 +5,9 @@ This is the one place that decides how long an upstream may take:
 - `total`: the whole call; for a whole answer aiohttp's own total, for a stream its own deadline
   timer (`HTTPEventStream`), counted from the call's start;
 - `first_token`: a stream's first data event, bounded here around opening the stream and
-  reading up to that event, and never later than `total`.
+  reading up to that event, and never later than `total`;
+- `idle`: after that first event, the longest silence between two events (a `stall`): the
+  stream's own reschedulable timer (`HTTPEventStream.watch_idle`), armed here.
 It is also where a stream asks the upstream for usage (`stream_options.include_usage`), which
 the gateway needs for every usage record whether or not the client asked for it.
 
@@ -133,6 +135,8 @@ async def _first_events(
             failure = first_failure(data_events[0], what)
             if failure is not None:
                 raise failure
+            # From here on every silence is bounded by `idle`, the whole stream by `total`.
+            stream.watch_idle(call.timeout.idle)
             return stream, data_events
     except BaseException:
         await stream.aclose(completed=False)

@@ -77,6 +77,11 @@ class UsageRecord:
     reasoning_tokens: int = 0  # part of completion_tokens
     cache: str | None = None  # the response cache: hit, miss or bypass; None: no cache
     saved_usd: float = 0.0  # a cache hit: what the answer cost when it was made
+    # A stream continued on another model after it failed (`routing.midstream: continue`):
+    # its tokens and cost are every model's, and `recovered_from` lists each failed stream
+    # as "model: reason".
+    recovered: bool = False
+    recovered_from: list[str] | None = None
 
     @property
     def day(self) -> str:
@@ -168,5 +173,7 @@ _FIELDS: dict[str, tuple[type, bool, Any]] = {
     "reasoning_tokens": (int, False, 0),
     "cache": (str, True, None),
     "saved_usd": (float, False, 0.0),
+    "recovered": (bool, False, False),
+    "recovered_from": (list, True, None),
 }
 assert tuple(_FIELDS) == tuple(f.name for f in dataclasses.fields(UsageRecord))

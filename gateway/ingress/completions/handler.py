@@ -33,7 +33,7 @@ from gateway.ingress.openai_params import invalid_type, require
 from gateway.pipeline.context import apply_request_context
 from gateway.pipeline.request import ModelCall, admit
 from gateway.providers.base import JsonAnswer, Usage, usage_from_openai
-from gateway.providers.upstream import OpenedStream, open_completions_stream, open_stream
+from gateway.providers.upstream import OpenedStream, open_completions_stream
 
 API = "completions"
 
@@ -182,9 +182,7 @@ async def _stream(call: ModelCall, body: dict[str, Any], model_name: str) -> Ope
     n = _choices_per_prompt(body)
 
     async def open_prompt(index: int) -> OpenedStream:
-        return await open_stream(
-            provider, call.upstream_call(model_name, chat_request(body, texts[index]))
-        )
+        return await call.open_chat_stream(model_name, chat_request(body, texts[index]))
 
     writer = CompletionsStreamWriter(str(body["model"]))
     inner, first = await open_prompt(0)

@@ -30,7 +30,7 @@ from gateway.pipeline.context import RequestState, apply_request_context
 from gateway.pipeline.request import ModelCall, admit
 from gateway.providers.base import JsonAnswer
 from gateway.providers.messages_events import open_messages_stream
-from gateway.providers.upstream import OpenedStream, open_stream
+from gateway.providers.upstream import OpenedStream
 from gateway.tokens import TokenEstimate
 
 API = "messages"
@@ -155,9 +155,7 @@ async def messages(request: web.Request) -> web.StreamResponse:
             return await open_messages_stream(
                 provider, call.upstream_call(model_name, body, headers)
             )
-        inner, first = await open_stream(
-            provider, call.upstream_call(model_name, chat_for(model_name))
-        )
+        inner, first = await call.open_chat_stream(model_name, chat_for(model_name), chat_for)
         writer = MessagesStreamWriter(
             requested, input_tokens_estimate=estimate, message_id=message_id
         )

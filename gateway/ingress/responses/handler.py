@@ -39,7 +39,7 @@ from gateway.pipeline.context import RequestState, apply_request_context
 from gateway.pipeline.request import ModelCall, admit
 from gateway.providers.base import JsonAnswer
 from gateway.providers.responses_events import open_responses_stream
-from gateway.providers.upstream import OpenedStream, open_stream
+from gateway.providers.upstream import OpenedStream
 from gateway.store.responses import FoundItem, ResponseStore, StoredResponse
 
 API = "responses"
@@ -318,7 +318,9 @@ async def _stream(call: ModelCall, turn: _Turn, model_name: str) -> OpenedStream
         relayed = NativeResponsesStream(upstream, keep, turn.replayed_previous)
         return relayed, await relayed.look(first)
     chat_body = turn.chat_for(call, model_name)
-    inner, first = await open_stream(provider, call.upstream_call(model_name, chat_body))
+    inner, first = await call.open_chat_stream(
+        model_name, chat_body, lambda model: turn.chat_for(call, model)
+    )
     turn.kept_by = None
     writer = ResponsesStreamWriter(turn.body, turn.requested or model_name, new_id("resp"))
     translated = ChatToResponsesStream(inner, writer, keep)
