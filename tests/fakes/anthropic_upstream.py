@@ -26,6 +26,7 @@ import orjson
 from aiohttp import web
 
 from tests.fakes.loopback import LoopbackServer
+from tests.fakes.midstream import STORY, continuation_of
 
 _SCENARIO = re.compile(r"fake:([A-Za-z0-9_.-]+)")
 
@@ -71,6 +72,35 @@ class Reply:
     cut_after: int | None = None  # streams: end the body after N events, no message_stop
     pace_s: float = 0.0  # streams: between events
     delay_s: float = 0.0  # before the response headers
+    reset_after: int | None = None  # streams: drop the connection after N events
+    stall_after: int | None = None  # streams: go silent (a minute) after N events
+
+
+# Mid-stream failures of the known story (tests/fakes/midstream.py), picked with
+# `fake:<name>`: message_start, ping, the text block's start, then 5 deltas of 6 characters
+# (30 characters of the story), then the fault. A continuation request (a prefill of the
+# story) is answered with the rest of it.
+_CUT = 8
+MIDSTREAM_REPLIES: dict[str, Reply] = {}
+for _suffix in ("", "_overlap"):
+    MIDSTREAM_REPLIES["mid_reset" + _suffix] = Reply(
+        content=[text(STORY)], chunk_chars=6, reset_after=_CUT, pace_s=0.01
+    )
+    MIDSTREAM_REPLIES["mid_stall" + _suffix] = Reply(
+        content=[text(STORY)], chunk_chars=6, stall_after=_CUT, pace_s=0.01
+    )
+    MIDSTREAM_REPLIES["mid_error" + _suffix] = Reply(
+        content=[text(STORY)], chunk_chars=6, error_event_after=_CUT, pace_s=0.01
+    )
+    MIDSTREAM_REPLIES["mid_no_finish" + _suffix] = Reply(
+        content=[text(STORY)], chunk_chars=6, cut_after=_CUT, pace_s=0.01
+    )
+MIDSTREAM_REPLIES["mid_reset_tool"] = Reply(
+    content=[tool_use("toolu_1", "lookup", {"city": "Paris", "country": "France"})],
+    stop_reason="tool_use",
+    chunk_chars=6,
+    reset_after=5,
+)
 
 
 @dataclass
@@ -87,7 +117,7 @@ class FakeAnthropic(LoopbackServer):
         self.api_key = api_key
         self.default = Reply()
         self.queue: deque[Reply] = deque()
-        self.scenarios: dict[str, Reply] = {}
+        self.scenarios: dict[str, Reply] = dict(MIDSTREAM_REPLIES)
         self.requests: list[Received] = []
         self._message_count = 0
 
@@ -113,6 +143,9 @@ class FakeAnthropic(LoopbackServer):
     # --- choosing and checking -------------------------------------------------------------
 
     def _choose(self, request: web.Request, body: dict[str, Any]) -> Reply:
+        rest = continuation_of(body)
+        if rest is not None:
+            return Reply(content=[text(rest)], chunk_chars=6, pace_s=0.01)
         name = request.headers.get("x-fake-scenario")
         if name is None:
             messages = body.get("messages") or []
@@ -333,6 +366,17 @@ class FakeAnthropic(LoopbackServer):
                 break
             if i and reply.pace_s:
                 await asyncio.sleep(reply.pace_s)
+            if reply.reset_after is not None and i == reply.reset_after:
+                assert request.transport is not None
+                request.transport.abort()
+                return response
+            if reply.stall_after is not None and i == reply.stall_after:
+                # Silent until the gateway's idle timeout closes the connection (this server
+                # does not cancel handlers, so the wait watches the connection itself).
+                for _ in range(600):
+                    if request.transport is None or request.transport.is_closing():
+                        return response
+                    await asyncio.sleep(0.1)
             await response.write(
                 b"event: " + name.encode() + b"\ndata: " + orjson.dumps(payload) + b"\n\n"
             )

@@ -22,6 +22,7 @@ import orjson
 from aiohttp import web
 
 from tests.fakes.loopback import LoopbackServer
+from tests.fakes.midstream import CUT_AFTER_WORDS, STORY, continuation_of, words
 from tests.fakes.openai_responses import ResponsesAPI
 
 
@@ -41,6 +42,8 @@ class Behaviour:
     crlf: bool = False  # streams: \r\n line endings
     leading_comment: bool = False  # streams: a `: processing` comment before the first event
     no_done: bool = False  # streams: end without [DONE]
+    stall_after_events: int | None = None  # streams: go silent (a minute) after N events
+    close_after_events: int | None = None  # streams: end cleanly after N events, unfinished
     prompt_tokens: int = 11
     completion_tokens: int | None = None  # default: the number of words
     cached_tokens: int = 0
@@ -83,6 +86,23 @@ FAULTS: dict[str, Behaviour] = {
         },
     ),
 }
+# Mid-stream failures of a known answer (tests/fakes/midstream.py): after the role chunk and
+# CUT_AFTER_WORDS words; a continuation request is answered with the rest of the story.
+_CUT = CUT_AFTER_WORDS + 1
+_STORY = words(STORY)
+for _suffix in ("", "_overlap"):
+    FAULTS["mid_reset" + _suffix] = Behaviour(words=_STORY, reset_after_events=_CUT, pace_s=0.01)
+    FAULTS["mid_stall" + _suffix] = Behaviour(words=_STORY, stall_after_events=_CUT, pace_s=0.01)
+    FAULTS["mid_error" + _suffix] = Behaviour(words=_STORY, error_event_after=_CUT, pace_s=0.01)
+    FAULTS["mid_no_finish" + _suffix] = Behaviour(
+        words=_STORY, close_after_events=_CUT, pace_s=0.01
+    )
+# A tool call whose arguments break off: cannot be continued.
+FAULTS["mid_reset_tool"] = Behaviour(
+    words=[],
+    tool_calls=[{"id": "call_1", "name": "lookup", "arguments": '{"city": "Paris"}'}],
+    reset_after_events=3,
+)
 _FAULT = re.compile(rb"fault:([a-z_0-9]+)")
 
 
@@ -141,7 +161,12 @@ class FakeOpenAI(LoopbackServer):
         body = orjson.loads(raw)
         self.requests.append(Received(request.path, dict(request.headers), body))
         picked = _FAULT.search(raw)
-        if picked is not None and picked.group(1).decode() in FAULTS:
+        rest = continuation_of(body) if request.path.endswith("/chat/completions") else None
+        if rest is not None:
+            # `slow_continuation`: slow enough for a client to leave in the middle of it.
+            pace = 0.2 if b"slow_continuation" in raw else 0.01
+            behaviour = Behaviour(words=words(rest), pace_s=pace)
+        elif picked is not None and picked.group(1).decode() in FAULTS:
             behaviour = FAULTS[picked.group(1).decode()]
         else:
             behaviour = self.queue.popleft() if self.queue else self.default
@@ -281,6 +306,10 @@ class FakeOpenAI(LoopbackServer):
                     assert request.transport is not None
                     request.transport.abort()
                     return response
+                if behaviour.stall_after_events is not None and i == behaviour.stall_after_events:
+                    await asyncio.sleep(60)  # silent; the gateway's idle timeout ends it
+                if behaviour.close_after_events is not None and i == behaviour.close_after_events:
+                    break  # a clean end, without finish_reason or [DONE]
                 if behaviour.error_event_after is not None and i == behaviour.error_event_after:
                     error = {
                         "error": {

@@ -1,0 +1,294 @@
+"""Streams that survive (issue 14): a text stream that fails after its first event (a reset, a
+stall, an error event, a clean end without a finish reason) goes on with the next model, and
+the client, through the real openai SDK, sees one stream: the first chunk's id, created and
+model throughout, no text repeated or lost at the seam, one finish_reason, one usage chunk
+with every model's tokens. The fakes fail the known story (tests/fakes/midstream.py) after a
+few words and answer a continuation request with exactly the rest of it, so the assembled text
+is asserted whole. OpenAI-compatible and Anthropic upstreams, each way round."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import openai
+import pytest
+from openai.types.chat import ChatCompletionMessageParam
+
+from gateway.metrics import STREAM_RECOVERIES, UPSTREAM_ERRORS
+from gateway.server.serving import GatewayServer
+from tests.conftest import APP_KEY, StartGateway
+from tests.fakes.anthropic_upstream import FakeAnthropic
+from tests.fakes.midstream import STORY, words
+from tests.fakes.openai_upstream import FakeOpenAI
+
+IDLE_S = 0.3
+FAULTS = ("mid_reset", "mid_stall", "mid_error", "mid_no_finish")
+REASONS = {"mid_reset": "reset", "mid_stall": "stall", "mid_error": "5xx"}
+REASONS["mid_no_finish"] = "bad_response"  # an Anthropic stream's: "reset" (no message_stop)
+SENT = "Once upon a time, a"  # what the OpenAI fake's faults write before they fail
+
+
+def midstream_config(
+    openai_url: str, anthropic_url: str, usage_path: Path, midstream: str = "continue"
+) -> dict[str, Any]:
+    timeout = {"connect": 2, "first_token": 5, "total": 30, "idle": IDLE_S}
+    limits = {"max_concurrent": 10}
+    return {
+        "server": {"host": "127.0.0.1", "port": 0, "shutdown_grace_s": 1},
+        "providers": {
+            "up": {"type": "openai", "base_url": openai_url},
+            "claude": {"type": "anthropic", "base_url": anthropic_url},
+        },
+        "models": {
+            "gpt-a": {
+                "provider": "up",
+                "model": "model-a",
+                "timeout": timeout,
+                "limits": limits,
+                "price": {"input": 1.0, "output": 2.0},
+            },
+            "gpt-b": {
+                "provider": "up",
+                "model": "model-b",
+                "timeout": timeout,
+                "limits": limits,
+                "price": {"input": 10.0, "output": 20.0},
+            },
+            "claude-a": {"provider": "claude", "model": "claude-a", "timeout": timeout},
+        },
+        "tiers": {
+            "fast": ["gpt-a", "gpt-b"],  # OpenAI-compatible, continued on OpenAI-compatible
+            "mixed": ["gpt-a", "claude-a"],  # continued on Anthropic, by prefill
+            "claude": ["claude-a", "gpt-b"],  # Anthropic, continued on OpenAI-compatible
+            "solo": ["gpt-a"],  # the same model again
+        },
+        "routing": {"retries": 0, "midstream": midstream},
+        "plans": {"pro": {"max_concurrent": 10}},
+        "keys": [{"name": "app", "key": APP_KEY, "plan": "pro", "feature": "chat-api"}],
+        "usage": {"sinks": {"jsonl": str(usage_path)}},
+    }
+
+
+@pytest.fixture
+async def claude_upstream() -> AsyncIterator[FakeAnthropic]:
+    fake = FakeAnthropic(api_key="")
+    await fake.start()
+    yield fake
+    await fake.stop()
+
+
+@pytest.fixture
+async def gateway(
+    upstream: FakeOpenAI,
+    claude_upstream: FakeAnthropic,
+    start_gateway: StartGateway,
+    tmp_path: Path,
+) -> GatewayServer:
+    raw = midstream_config(upstream.url, claude_upstream.url, tmp_path / "usage.jsonl")
+    return await start_gateway(raw)
+
+
+@pytest.fixture
+async def client(gateway: GatewayServer) -> AsyncIterator[openai.AsyncOpenAI]:
+    async with openai.AsyncOpenAI(
+        base_url=gateway.url + "/v1", api_key=APP_KEY, max_retries=0, timeout=20
+    ) as sdk:
+        yield sdk
+
+
+def prompt(fault: str) -> list[ChatCompletionMessageParam]:
+    # `fault:` picks the OpenAI fake's failure, `fake:` the Anthropic fake's.
+    return [{"role": "user", "content": f"Tell the story. fault:{fault} fake:{fault}"}]
+
+
+async def chat_chunks(
+    client: openai.AsyncOpenAI, tier: str, fault: str, **extra: Any
+) -> list[tuple[float, Any]]:
+    stream = await client.chat.completions.create(
+        model=tier, messages=prompt(fault), stream=True, **extra
+    )
+    return [(time.perf_counter(), chunk) async for chunk in stream]
+
+
+def text_of(chunks: list[tuple[float, Any]]) -> str:
+    return "".join(c.choices[0].delta.content or "" for _, c in chunks if c.choices)
+
+
+async def records(gateway: GatewayServer) -> list[dict[str, Any]]:
+    path = Path(gateway.config.usage.sinks.jsonl or "")
+    await gateway.stop()
+    text = await asyncio.to_thread(path.read_text)
+    return [json.loads(line) for line in text.splitlines()]
+
+
+@pytest.mark.parametrize("fault", FAULTS)
+@pytest.mark.parametrize("tier", ["fast", "mixed", "claude"])
+async def test_a_failed_text_stream_continues_seamlessly_on_the_next_model(
+    client: openai.AsyncOpenAI, gateway: GatewayServer, tier: str, fault: str
+) -> None:
+    chain = gateway.config.tiers[tier]
+    reason = "reset" if (tier, fault) == ("claude", "mid_no_finish") else REASONS[fault]
+    recoveries = STREAM_RECOVERIES.labels(tier, chain[0], chain[1], reason)
+    before = recoveries.value
+    chunks = await chat_chunks(client, tier, fault, stream_options={"include_usage": True})
+    assert text_of(chunks) == STORY  # the first model's part plus the rest, no seam showing
+    first = chunks[0][1]
+    assert {(c.id, c.created, c.model) for _, c in chunks} == {
+        (first.id, first.created, first.model)
+    }
+    finishes = [c.choices[0].finish_reason for _, c in chunks if c.choices]
+    assert [f for f in finishes if f] == ["stop"]
+    roles = [c.choices[0].delta.role for _, c in chunks if c.choices and c.choices[0].delta.role]
+    assert roles == ["assistant"]
+    usage_chunks = [c for _, c in chunks if c.usage is not None]
+    assert len(usage_chunks) == 1 and not usage_chunks[0].choices
+    assert recoveries.value == before + 1
+    [record] = await records(gateway)
+    assert record["recovered"] is True
+    assert record["recovered_from"] == [f"{chain[0]}: {reason}"]
+    assert record["model"] == chain[1] and record["attempts"] == 2 and record["status"] == 200
+    usage = usage_chunks[0].usage
+    # Both models' tokens: the failed part (estimated) and the continuation (reported).
+    assert record["completion_tokens"] == usage.completion_tokens
+    assert record["prompt_tokens"] == usage.prompt_tokens
+    assert usage.prompt_tokens > 12  # the continuation's own prompt count is more than that
+
+
+async def test_the_cost_is_each_models_tokens_at_its_own_price(
+    client: openai.AsyncOpenAI, gateway: GatewayServer
+) -> None:
+    chunks = await chat_chunks(client, "fast", "mid_reset", stream_options={"include_usage": True})
+    usage = next(c.usage for _, c in chunks if c.usage is not None)
+    [record] = await records(gateway)
+    # gpt-a wrote the first five words (estimated at 4 characters a token) and failed;
+    # gpt-b (10x the price) reported its own 11 prompt tokens and one token a word.
+    first_completion = -(-len(SENT) // 4)
+    rest = len(words(STORY[len(SENT) :]))
+    first_prompt = usage.prompt_tokens - 11
+    assert usage.completion_tokens == first_completion + rest
+    expected = (first_prompt * 1 + first_completion * 2 + 11 * 10 + rest * 20) / 1e6
+    assert record["cost_usd"] == pytest.approx(expected)
+    assert record["estimated"] is True  # the failed part's tokens are
+
+
+async def test_a_continuation_that_repeats_the_end_is_trimmed_at_the_seam(
+    client: openai.AsyncOpenAI, upstream: FakeOpenAI
+) -> None:
+    chunks = await chat_chunks(client, "fast", "mid_reset_overlap")
+    assert text_of(chunks) == STORY
+    # The fake did repeat the end of the first part: the gateway took it out.
+    assert upstream.requests[-1].body["messages"][-2]["role"] == "assistant"
+
+
+async def test_the_same_model_continues_when_it_was_the_last_of_the_chain(
+    client: openai.AsyncOpenAI, upstream: FakeOpenAI
+) -> None:
+    chunks = await chat_chunks(client, "solo", "mid_stall")
+    assert text_of(chunks) == STORY
+    assert [r.body["model"] for r in upstream.requests] == ["model-a", "model-a"]
+
+
+async def test_the_continuation_streams_progressively(
+    client: openai.AsyncOpenAI, upstream: FakeOpenAI
+) -> None:
+    """The continuation's words come 10 ms apart upstream: they reach the client spread out
+    in time, not collected at the seam and sent at once."""
+    chunks = await chat_chunks(client, "fast", "mid_reset")
+    after_seam = [t for t, c in chunks if c.choices and c.choices[0].delta.content]
+    after_seam = after_seam[len(SENT.split()) :]
+    assert len(after_seam) >= 15
+    assert after_seam[-1] - after_seam[0] > 0.1
+    assert len({round(t, 3) for t in after_seam}) >= 10
+
+
+async def test_a_client_that_leaves_during_the_continuation_cancels_it(
+    gateway: GatewayServer, upstream: FakeOpenAI
+) -> None:
+    body = {
+        "model": "fast",
+        "stream": True,
+        "messages": [{"role": "user", "content": "fault:mid_reset slow_continuation"}],
+    }
+    async with aiohttp.ClientSession() as http:
+        answer = await http.post(
+            gateway.url + "/v1/chat/completions",
+            json=body,
+            headers={"Authorization": f"Bearer {APP_KEY}"},
+        )
+        seen = b""
+        async with asyncio.timeout(5):
+            # The role chunk, the first model's five words, then two of the continuation's.
+            while seen.count(b'"content"') < 8:
+                seen += await answer.content.readuntil(b"\n\n")
+        answer.close()
+    assert await upstream.wait_disconnect(within=2) is not None
+    assert len(upstream.requests) == 2  # it was the continuation that was cancelled
+    process = gateway.process
+    for _ in range(150):  # settling follows the client's leaving by a moment
+        if not process.in_flight:
+            break
+        await asyncio.sleep(0.02)
+    assert process.in_flight == 0
+    for subject in ("key:app", "model:gpt-a", "model:gpt-b"):
+        assert await process.limiter.in_flight(subject) == 0, subject
+
+
+async def test_limits_are_held_across_the_seam_and_given_back_once(
+    client: openai.AsyncOpenAI, gateway: GatewayServer
+) -> None:
+    process = gateway.process
+    chunks = await chat_chunks(client, "fast", "mid_error")
+    assert text_of(chunks) == STORY
+    for subject in ("key:app", "model:gpt-a", "model:gpt-b"):
+        assert await process.limiter.in_flight(subject) == 0, subject
+    assert process.in_flight == 0
+
+
+async def test_a_broken_tool_call_stays_an_in_band_error(
+    client: openai.AsyncOpenAI, upstream: FakeOpenAI
+) -> None:
+    stream = await client.chat.completions.create(
+        model="fast", messages=prompt("mid_reset_tool"), stream=True
+    )
+    with pytest.raises(openai.APIError):
+        async for _ in stream:
+            pass
+    assert len(upstream.requests) == 1  # nothing was continued
+
+
+async def test_midstream_off_keeps_the_in_band_error_and_counts_the_stall(
+    upstream: FakeOpenAI,
+    claude_upstream: FakeAnthropic,
+    start_gateway: StartGateway,
+    tmp_path: Path,
+) -> None:
+    raw = midstream_config(upstream.url, claude_upstream.url, tmp_path / "u.jsonl", "off")
+    gateway = await start_gateway(raw)
+    stalls = UPSTREAM_ERRORS.labels("up", "gpt-a", "stall")
+    before = stalls.value
+    async with openai.AsyncOpenAI(
+        base_url=gateway.url + "/v1", api_key=APP_KEY, max_retries=0
+    ) as client:
+        stream = await client.chat.completions.create(
+            model="fast", messages=prompt("mid_stall"), stream=True
+        )
+        text = ""
+        started = time.perf_counter()
+        with pytest.raises(openai.APIError, match="idle timeout"):
+            async for chunk in stream:
+                text += chunk.choices[0].delta.content or ""
+        # Cut at `idle` (0.3 s) after the last event, not at `total` (30 s).
+        assert time.perf_counter() - started < 3
+    assert text == SENT
+    assert stalls.value == before + 1
+    # The upstream connection was closed: the fake saw the gateway go.
+    assert await upstream.wait_disconnect(within=2) is not None
+    assert len(upstream.requests) == 1
+    [record] = await records(gateway)
+    assert record["cut"] is True and record["recovered"] is False
