@@ -292,3 +292,27 @@ async def test_midstream_off_keeps_the_in_band_error_and_counts_the_stall(
     assert len(upstream.requests) == 1
     [record] = await records(gateway)
     assert record["cut"] is True and record["recovered"] is False
+
+
+async def test_a_recovered_stream_is_never_cached(
+    upstream: FakeOpenAI,
+    claude_upstream: FakeAnthropic,
+    start_gateway: StartGateway,
+    tmp_path: Path,
+) -> None:
+    """A stream spliced from two models' answers is not one answer to replay: with a cache
+    on, the same request asked again goes upstream again (and the clean one is a hit)."""
+    raw = midstream_config(upstream.url, claude_upstream.url, tmp_path / "usage.jsonl")
+    raw["cache"] = {"backend": "memory"}
+    gateway = await start_gateway(raw)
+    async with openai.AsyncOpenAI(
+        base_url=gateway.url + "/v1", api_key=APP_KEY, max_retries=0, timeout=20
+    ) as sdk:
+        first = text_of(await chat_chunks(sdk, "fast", FAULTS[0]))
+        calls = len(upstream.requests)
+        again = text_of(await chat_chunks(sdk, "fast", FAULTS[0]))
+        assert again == first
+        assert len(upstream.requests) > calls  # not answered from the cache
+    used = await records(gateway)
+    assert [r.get("cache") for r in used] == ["miss", "miss"]
+    assert all(r["recovered"] for r in used)

@@ -79,6 +79,8 @@ def test_record_has_exactly_the_contract_fields_in_order() -> None:
         "reasoning_tokens",
         "cache",
         "saved_usd",
+        "recovered",
+        "recovered_from",
     ]
 
 

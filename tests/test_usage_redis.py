@@ -142,7 +142,16 @@ async def test_aggregates_answer_any_grouping_like_the_records_do(
         assert set(got) == set(expected)
         for label, want in expected.items():
             row = got[label]
-            assert set(row) == {*group_by, *METRICS, "cost_usd", "latency_ms", "ttft_ms"}
+            assert set(row) == {
+                *group_by,
+                *METRICS,
+                "cost_usd",
+                "latency_ms",
+                "ttft_ms",
+                "cache_hits",
+                "saved_usd",
+            }
+            assert row["cache_hits"] == 0 and row["saved_usd"] == 0  # no record was a hit
             assert {m: row[m] for m in METRICS} == {m: want[m] for m in METRICS}
             assert row["cost_usd"] == pytest.approx(want["cost_usd"], abs=1e-8)
     # Same histograms on both sides: the same percentiles.

@@ -154,7 +154,8 @@ async def store(state: RequestState, status: int, body: bytes | None, cost_usd: 
         if not state.stream:
             if body is not None:
                 answer = CachedAnswer(state.model, state.provider, cost_usd, body=body)
-        elif events and not state.stream_cut:
+        elif events and not state.stream_cut and state.recovered is None:
+            # A recovered stream is spliced from several models' answers: never stored.
             answer = CachedAnswer(state.model, state.provider, cost_usd, events=tuple(events))
     state.cache_events = None
     if answer is not None and answer.size > plan.cache.max_entry_bytes:

@@ -20,8 +20,8 @@ from gateway.pipeline.lease import RequestLease
 from gateway.providers.base import Usage
 
 if TYPE_CHECKING:
-    from gateway.pipeline.cache_plan import CachePlan
     from gateway.errors import UpstreamFailure
+    from gateway.pipeline.cache_plan import CachePlan
     from gateway.pipeline.runtime import Runtime
     from gateway.tokens import TokenEstimate
 
