@@ -13,6 +13,7 @@ import yaml
 
 from gateway.config import GatewayConfig, parse_config
 from gateway.server.serving import GatewayServer
+from tests.fakes.anthropic_upstream import FakeAnthropic
 from tests.fakes.openai_upstream import FakeOpenAI
 
 pytest_plugins = ["tests.redis_server"]
@@ -75,6 +76,15 @@ def merged(raw: dict[str, Any], **sections: dict[str, Any]) -> dict[str, Any]:
 @pytest.fixture
 async def upstream() -> AsyncIterator[FakeOpenAI]:
     fake = FakeOpenAI()
+    await fake.start()
+    yield fake
+    await fake.stop()
+
+
+@pytest.fixture
+async def claude_upstream() -> AsyncIterator[FakeAnthropic]:
+    """A fake Anthropic API that takes any key (tests that check the key make their own)."""
+    fake = FakeAnthropic(api_key="")
     await fake.start()
     yield fake
     await fake.stop()

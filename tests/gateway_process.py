@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -64,3 +65,32 @@ async def start_gateway_process(
     await process.wait()
     written = log_path(config_path, port).read_text()
     raise AssertionError(f"gateway did not start: {written[-2000:]}")
+
+
+async def statuses_across_replicas(
+    config_path: Path,
+    body: dict[str, Any],
+    headers: dict[str, str],
+    requests: int,
+    replicas: int = 3,
+) -> list[int]:
+    """`replicas` gateway processes on one config, `requests` chat requests sent at once,
+    round-robin across them; each answer's status. The processes are stopped after."""
+    from tests.conftest import free_port
+
+    ports = [free_port() for _ in range(replicas)]
+    processes = await asyncio.gather(*(start_gateway_process(config_path, p) for p in ports))
+    try:
+        async with aiohttp.ClientSession() as http:
+
+            async def one(i: int) -> int:
+                url = f"http://127.0.0.1:{ports[i % replicas]}/v1/chat/completions"
+                async with http.post(url, json=body, headers=headers) as response:
+                    await response.read()
+                    return response.status
+
+            return list(await asyncio.gather(*(one(i) for i in range(requests))))
+    finally:
+        for process in processes:
+            process.send_signal(signal.SIGTERM)
+        await asyncio.gather(*(process.wait() for process in processes))

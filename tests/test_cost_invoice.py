@@ -68,14 +68,6 @@ def config(openai_url: str, anthropic_url: str, usage_path: Path) -> dict[str, A
 
 
 @pytest.fixture
-async def claude_upstream() -> AsyncIterator[FakeAnthropic]:
-    fake = FakeAnthropic(api_key="")
-    await fake.start()
-    yield fake
-    await fake.stop()
-
-
-@pytest.fixture
 async def gateway(
     upstream: FakeOpenAI,
     claude_upstream: FakeAnthropic,

@@ -76,14 +76,6 @@ def midstream_config(
 
 
 @pytest.fixture
-async def claude_upstream() -> AsyncIterator[FakeAnthropic]:
-    fake = FakeAnthropic(api_key="")
-    await fake.start()
-    yield fake
-    await fake.stop()
-
-
-@pytest.fixture
 async def gateway(
     upstream: FakeOpenAI,
     claude_upstream: FakeAnthropic,

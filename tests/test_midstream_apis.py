@@ -6,7 +6,6 @@ legacy Completions client one text_completion stream."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import anthropic
@@ -21,14 +20,6 @@ from tests.fakes.openai_upstream import FakeOpenAI
 from tests.test_midstream import midstream_config
 
 PROMPT = "Tell the story. fault:mid_reset fake:mid_reset"
-
-
-@pytest.fixture
-async def claude_upstream() -> AsyncIterator[FakeAnthropic]:
-    fake = FakeAnthropic(api_key="")
-    await fake.start()
-    yield fake
-    await fake.stop()
 
 
 @pytest.fixture

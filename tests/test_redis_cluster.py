@@ -7,12 +7,10 @@ including after every master has lost its scripts."""
 from __future__ import annotations
 
 import asyncio
-import signal
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
 from redis.asyncio import RedisCluster
 from redis.crc import key_slot
@@ -27,9 +25,8 @@ from gateway.store.keys import KeyRecord, RedisKeyStore
 from gateway.store.redis import SharedRedis
 from gateway.store.responses import RedisResponseStore, StoredResponse
 from gateway.usage import RedisUsageSink, RedisUsageStore, UsageQuery
-from tests.conftest import free_port
 from tests.fakes.openai_upstream import FakeOpenAI
-from tests.gateway_process import start_gateway_process, write_config
+from tests.gateway_process import statuses_across_replicas, write_config
 from tests.redis_cluster import RedisClusterNodes
 from tests.redis_cluster import redis_cluster as redis_cluster  # the fixture, re-exported
 from tests.test_limits_gateway import AUTH, CHAT, limited_config
@@ -62,23 +59,7 @@ async def test_three_replicas_on_a_cluster_admit_exactly_the_rpm(
     raw["redis"] = cluster_section(redis_cluster)
     path = tmp_path / "config.yaml"
     write_config(path, raw)
-    ports = [free_port() for _ in range(3)]
-    processes = await asyncio.gather(*(start_gateway_process(path, port) for port in ports))
-    try:
-        body = {**CHAT, "model": "demo"}
-        async with aiohttp.ClientSession() as http:
-
-            async def one(i: int) -> int:
-                url = f"http://127.0.0.1:{ports[i % 3]}/v1/chat/completions"
-                async with http.post(url, json=body, headers=AUTH) as response:
-                    await response.read()
-                    return response.status
-
-            statuses = await asyncio.gather(*(one(i) for i in range(300)))
-    finally:
-        for process in processes:
-            process.send_signal(signal.SIGTERM)
-        await asyncio.gather(*(process.wait() for process in processes))
+    statuses = await statuses_across_replicas(path, {**CHAT, "model": "demo"}, AUTH, 300)
     assert statuses.count(200) == 100
     assert statuses.count(429) == 200
     # Counted in the cluster: the key's log holds the 100, on the master of its slot.

@@ -6,7 +6,6 @@ gateway follows the failover by itself: under `allow` nothing is refused meanwhi
 from __future__ import annotations
 
 import asyncio
-import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,7 @@ from redis.asyncio import Redis
 from gateway.server.serving import GatewayServer
 from tests.conftest import StartGateway, free_port
 from tests.fakes.openai_upstream import FakeOpenAI
-from tests.gateway_process import start_gateway_process, write_config
+from tests.gateway_process import statuses_across_replicas, write_config
 from tests.redis_cluster import RedisSentinelSetup
 from tests.redis_cluster import redis_failover as redis_failover  # the fixtures, re-exported
 from tests.redis_cluster import redis_sentinels as redis_sentinels
@@ -45,22 +44,7 @@ async def test_three_replicas_on_sentinel_admit_exactly_the_rpm(
     raw["redis"] = sentinel_section(redis_sentinels, [f"127.0.0.1:{free_port()}"])
     path = tmp_path / "config.yaml"
     write_config(path, raw)
-    ports = [free_port() for _ in range(3)]
-    processes = await asyncio.gather(*(start_gateway_process(path, port) for port in ports))
-    try:
-        async with aiohttp.ClientSession() as http:
-
-            async def one(i: int) -> int:
-                url = f"http://127.0.0.1:{ports[i % 3]}/v1/chat/completions"
-                async with http.post(url, json=BODY, headers=AUTH) as response:
-                    await response.read()
-                    return response.status
-
-            statuses = await asyncio.gather(*(one(i) for i in range(300)))
-    finally:
-        for process in processes:
-            process.send_signal(signal.SIGTERM)
-        await asyncio.gather(*(process.wait() for process in processes))
+    statuses = await statuses_across_replicas(path, BODY, AUTH, 300)
     assert statuses.count(200) == 100
     assert statuses.count(429) == 200
     primary = Redis.from_url(redis_sentinels.primary.url)
