@@ -65,8 +65,9 @@ def _check_config(path: str) -> int:
     return 0
 
 
-def _serve(args: argparse.Namespace) -> int:
+def _serve(args: argparse.Namespace, from_command_line: bool) -> int:
     from gateway.logs import setup_logging
+    from gateway.pipeline.memory import allocator_environment
     from gateway.server.serving import GatewayServer, serve_until_signalled
 
     path = args.config or default_config_path()
@@ -76,6 +77,13 @@ def _serve(args: argparse.Namespace) -> int:
         for problem in exc.problems:
             print(f"{path}: {problem}", file=sys.stderr)
         return 1
+    environment = allocator_environment(config.server.trim_memory)
+    if from_command_line and environment is not None:
+        # The allocator is chosen when the interpreter starts, so the same command is run
+        # again in place (same process id, for supervisors) with glibc's malloc.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], environment)
     setup_logging(args.log_level or config.server.log_level)
 
     async def main() -> None:
@@ -106,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
         from gateway.ops.keys_cli import run_keys_command
 
         return run_keys_command(args)
-    return _serve(args)
+    return _serve(args, from_command_line=argv is None)
 
 
 if __name__ == "__main__":

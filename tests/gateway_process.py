@@ -31,7 +31,7 @@ def log_path(config_path: Path, port: int) -> Path:
 
 
 async def start_gateway_process(
-    config_path: Path, port: int, *, within_s: float = 10
+    config_path: Path, port: int, *, within_s: float = 10, env: dict[str, str] | None = None
 ) -> asyncio.subprocess.Process:
     """Start `gateway serve` and wait until /healthz answers. Its log goes to a file
     (`log_path`): a pipe nobody reads would fill under load and block the gateway."""
@@ -48,6 +48,7 @@ async def start_gateway_process(
             stdout=subprocess.DEVNULL,
             stderr=log,
             cwd=ROOT,
+            env=env,
         )
     url = f"http://127.0.0.1:{port}"
     async with aiohttp.ClientSession() as http:
