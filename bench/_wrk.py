@@ -1,6 +1,7 @@
 """Driving a target with `wrk`, the C load generator (a Python one cannot saturate a bare relay,
 so it flatters whatever is slower): installing it when missing, POSTing a JSON body from a Lua
-script, and reading its summary as JSON."""
+script (the same body every time, or one of its own per request), and reading its summary as
+JSON."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ wrk.method = "POST"
 wrk.body = {body}
 wrk.headers["Content-Type"] = "application/json"
 {headers}
+{request}
 done = function(summary, latency, requests)
   local e = summary.errors
   io.write(string.format(
@@ -38,12 +40,56 @@ def _lua_string(text: str) -> str:
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def write_script(path: Path, body: dict[str, Any], headers: dict[str, str] | None = None) -> Path:
-    lines = [
+# A body of its own for every request: the JSON around a marker, the marker replaced by this
+# thread's number and a counter (each wrk thread runs its own Lua state; `setup` numbers them
+# from the main one).
+_UNIQUE_REQUEST = """\
+threads, thread_no, counter = 0, 0, 0
+local prefix, suffix = {prefix}, {suffix}
+setup = function(thread)
+  threads = threads + 1
+  thread:set("thread_no", threads)
+end
+request = function()
+  counter = counter + 1
+  return wrk.format(nil, nil, nil, prefix .. thread_no .. "-" .. counter .. suffix)
+end
+"""
+
+
+def _header_lines(headers: dict[str, str] | None) -> str:
+    return "\n".join(
         f"wrk.headers[{_lua_string(k)}] = {_lua_string(v)}" for k, v in (headers or {}).items()
-    ]
+    )
+
+
+def write_script(path: Path, body: dict[str, Any], headers: dict[str, str] | None = None) -> Path:
     path.write_text(
-        _SCRIPT.format(body=_lua_string(orjson.dumps(body).decode()), headers="\n".join(lines))
+        _SCRIPT.format(
+            body=_lua_string(orjson.dumps(body).decode()),
+            headers=_header_lines(headers),
+            request="",
+        )
+    )
+    return path
+
+
+def write_unique_script(
+    path: Path, body: dict[str, Any], marker: str, headers: dict[str, str] | None = None
+) -> Path:
+    """A script whose every request differs: `marker`, somewhere in one of the body's strings,
+    is replaced by a number no other request of this script gets."""
+    text = orjson.dumps(body).decode()
+    prefix, found, suffix = text.partition(marker)
+    if not found or marker in suffix:
+        raise ValueError(f"the body must hold {marker!r} exactly once")
+    request = _UNIQUE_REQUEST.format(prefix=_lua_string(prefix), suffix=_lua_string(suffix))
+    path.write_text(
+        _SCRIPT.format(
+            body=_lua_string(text.replace(marker, "0")),
+            headers=_header_lines(headers),
+            request=request,
+        )
     )
     return path
 

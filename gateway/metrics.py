@@ -321,6 +321,19 @@ MODEL_AVAILABLE = Gauge(
     ["model"],
     registry=REGISTRY,
 )
+# The memory backend's own count, read at each scrape (it bounds itself by `cache.max_mb`).
+CACHE_MEMORY_BYTES = Gauge(
+    "gateway_cache_memory_bytes",
+    "Bytes the memory response cache holds (entries and their bookkeeping), at most max_mb.",
+    [],
+    registry=REGISTRY,
+)
+CACHE_MEMORY_ENTRIES = Gauge(
+    "gateway_cache_memory_entries",
+    "Entries the memory response cache holds.",
+    [],
+    registry=REGISTRY,
+)
 CONFIG_RELOADS = Counter(
     "gateway_config_reloads_total",
     "Config reloads, by result.",

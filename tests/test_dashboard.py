@@ -1,4 +1,5 @@
-"""GET /dashboard: the page shows usage, cost, errors and fallbacks, drawn by a real browser.
+"""GET /dashboard: the page shows usage, cost, cache hits, errors and fallbacks, drawn by a
+real browser.
 
 Traffic goes through the real openai client; headless Chromium loads the page from the
 gateway, runs its script, and the numbers are read from the DOM it dumps.
@@ -19,7 +20,8 @@ import openai
 import pytest
 
 from gateway.server.serving import GatewayServer
-from tests.conftest import APP_KEY, StartGateway
+from tests.conftest import APP_KEY, StartGateway, base_config
+from tests.fakes.openai_upstream import FakeOpenAI
 
 ADMIN_KEY = "gw-test-dashboard-admin"
 PROMPT = "x" * 40  # the mock counts 4 characters a token: 10 prompt tokens
@@ -493,3 +495,72 @@ async def test_budgets_data_needs_what_the_usage_data_needs(start_gateway: Start
             (row,) = (await answer.json())["data"]
     assert row["scope"] == "key" and row["name"] == "app" and row["budget_usd"] == 1
     assert row["spent_usd"] == 0 and row["remaining_usd"] == 1
+
+
+CACHED_PRICE = {"input": 1000.0, "output": 2000.0}  # the fake's 11 + 4 tokens: $0.019
+
+
+async def test_dashboard_shows_cache_hits_and_money_saved(
+    upstream: FakeOpenAI, start_gateway: StartGateway, tmp_path: Path
+) -> None:
+    """A miss under one feature, then the same request (a hit) under another: the request
+    context is not part of the cache key, so the hit lands in its own feature's row."""
+    raw = base_config(upstream.url)
+    raw["models"]["gpt-up"]["price"] = CACHED_PRICE
+    raw["cache"] = {"backend": "memory", "ttl_s": 60}
+    raw["usage"] = {"features": ["chat-api", "support-triage"], "dashboard": True}
+    gateway = await start_gateway(raw)
+    messages: Any = [{"role": "user", "content": "Is this cached?"}]
+    async with openai.AsyncOpenAI(
+        base_url=gateway.url + "/v1", api_key=APP_KEY, max_retries=0, timeout=20
+    ) as client:
+        for name, expected in (("chat-api", "miss"), ("support-triage", "hit")):
+            answer = await client.chat.completions.with_raw_response.create(
+                model="fast", messages=messages, extra_headers={"X-Gateway-Feature": name}
+            )
+            assert answer.headers["x-gateway-cache"] == expected
+    assert sum(1 for r in upstream.requests if r.path == "/v1/chat/completions") == 1
+
+    # /v1/usage: the hit and what it saved, in the per-feature and per-model groups.
+    async with aiohttp.ClientSession() as http:
+
+        async def rows(group_by: str) -> dict[str, dict[str, Any]]:
+            async with http.get(
+                gateway.url + "/v1/usage",
+                params={"group_by": group_by},
+                headers={"Authorization": f"Bearer {APP_KEY}"},
+            ) as response:
+                assert response.status == 200
+                return {row[group_by]: row for row in (await response.json())["data"]}
+
+        features, models = await rows("feature"), await rows("model")
+    miss_cost = (11 * CACHED_PRICE["input"] + 4 * CACHED_PRICE["output"]) / 1e6
+    assert features["chat-api"]["cost_usd"] == pytest.approx(miss_cost)
+    assert features["chat-api"]["cache_hits"] == 0 and features["chat-api"]["saved_usd"] == 0
+    assert features["support-triage"]["cost_usd"] == 0
+    assert features["support-triage"]["cache_hits"] == 1
+    assert features["support-triage"]["saved_usd"] == pytest.approx(miss_cost)
+    assert models["gpt-up"]["requests"] == 2 and models["gpt-up"]["cache_hits"] == 1
+    assert models["gpt-up"]["saved_usd"] == pytest.approx(miss_cost)
+
+    dom = await dump_dom(gateway.url + "/dashboard", tmp_path / "profile")
+
+    assert dom.find("body", data_state="ready"), "the page did not finish loading its data"
+    saved = f"${miss_cost:.4f}"
+    assert saved == "$0.0190"
+    assert dom.text(id="total-requests") == "2"
+    assert dom.text(id="total-cache-hits") == "1"
+    assert dom.text(id="total-saved") == saved
+    assert dom.text(id="total-cost") == saved  # the miss paid once for both answers
+
+    def feature(name: str, field: str) -> str:
+        return dom.text("td", "features", data_feature=name, data_field=field)
+
+    assert feature("chat-api", "cache_hits") == "0"
+    assert feature("chat-api", "saved_usd") == "$0.0000"
+    assert feature("chat-api", "cost_usd") == saved
+    assert feature("support-triage", "cache_hits") == "1"
+    assert feature("support-triage", "saved_usd") == saved
+    assert feature("support-triage", "cost_usd") == "$0.0000"
+    assert dom.text("td", "models", data_model="gpt-up", data_field="cache_hits") == "1"
+    assert dom.text("td", "models", data_model="gpt-up", data_field="saved_usd") == saved

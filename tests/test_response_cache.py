@@ -352,6 +352,42 @@ async def test_usage_summary_and_metrics_show_hits_and_money_saved(
     assert after["miss"] - before.get("miss", 0) == 1
 
 
+async def cache_gauges(server: GatewayServer) -> tuple[float, float]:
+    """gateway_cache_memory_bytes and gateway_cache_memory_entries, from /metrics."""
+    async with aiohttp.ClientSession() as http, http.get(server.url + "/metrics") as response:
+        text = await response.text()
+    values = dict(
+        line.split(" ", 1) for line in text.splitlines() if line.startswith("gateway_cache_memory_")
+    )
+    return float(values["gateway_cache_memory_bytes"]), float(
+        values["gateway_cache_memory_entries"]
+    )
+
+
+async def test_unique_requests_evict_the_oldest_and_metrics_show_the_bound_held(
+    upstream: FakeOpenAI, start_gateway: StartGateway
+) -> None:
+    max_mb = 0.01  # 10485 bytes: about a dozen of these answers
+    server = await start_gateway(cache_config(upstream.url, max_mb=max_mb))
+    bound = int(max_mb * 1024 * 1024)
+    async with sdk(server) as client:
+
+        async def question(n: int) -> str | None:
+            raw = await client.chat.completions.with_raw_response.create(
+                model="fast", messages=[{"role": "user", "content": f"question {n}"}]
+            )
+            return raw.headers.get("x-gateway-cache")
+
+        assert [await question(n) for n in range(40)] == ["miss"] * 40
+        held, entries = await cache_gauges(server)
+        assert 0 < held <= bound
+        assert 5 <= entries < 40
+        assert await question(39) == "hit"  # the newest is still there
+        assert await question(0) == "miss"  # the oldest was evicted
+    assert chat_calls(upstream) == 41
+    assert (await cache_gauges(server))[0] <= bound
+
+
 async def test_without_a_cache_section_there_is_no_cache_header(
     upstream: FakeOpenAI, start_gateway: StartGateway
 ) -> None:

@@ -143,7 +143,7 @@
     };
     const head = el("tr", {}, el("th", {}, dim), el("th", {}, "requests"), el("th"),
       el("th", {}, "tokens"), el("th"), el("th", {}, "cost"), el("th"),
-      el("th", {}, "errors"), el("th", {}, "error rate"), el("th", {}, "p50"), el("th", {}, "p95"));
+      el("th", {}, "cache hits"), el("th", {}, "saved"), el("th", {}, "errors"), el("th", {}, "error rate"), el("th", {}, "p50"), el("th", {}, "p95"));
     const sorted = [...rows].sort((a, b) => b.requests - a.requests);
     const body = sorted.map((row) => {
       const name = label(row[dim]);
@@ -159,12 +159,16 @@
         bar(tokens(row) / max.tokens),
         cell("cost_usd", fmtCost(row.cost_usd), row.cost_usd),
         bar(row.cost_usd / max.cost),
+        cell("cache_hits", fmtInt(row.cache_hits), row.cache_hits,
+          { title: fmtRate(row.cache_hits, row.requests) + " of requests answered by the cache" }),
+        cell("saved_usd", fmtCost(row.saved_usd), row.saved_usd,
+          { title: "what the cache hits would have cost" }),
         cell("errors", fmtInt(row.errors), row.errors, row.errors ? { class: "bad" } : {}),
         cell("error_rate", fmtRate(row.errors, row.requests), row.requests ? row.errors / row.requests : 0),
         cell("latency_p50", fmtMs(row.latency_ms && row.latency_ms.p50), row.latency_ms ? row.latency_ms.p50 : ""),
         cell("latency_p95", fmtMs(row.latency_ms && row.latency_ms.p95), row.latency_ms ? row.latency_ms.p95 : ""));
     });
-    table.replaceChildren(head, ...(body.length ? body : [emptyRow(11, "No requests in this range.")]));
+    table.replaceChildren(head, ...(body.length ? body : [emptyRow(13, "No requests in this range.")]));
   }
 
   function renderBudgets(rows) {
@@ -360,11 +364,14 @@
       const sum = (f) => rows.reduce((s, r) => s + f(r), 0);
       const requests = sum((r) => r.requests), errors = sum((r) => r.errors);
       const cost = sum((r) => r.cost_usd), tokenCount = sum(tokens);
+      const hits = sum((r) => r.cache_hits), saved = sum((r) => r.saved_usd);
       setText("total-requests", fmtInt(requests), requests);
       setText("total-errors", fmtInt(errors), errors);
       setText("total-error-rate", fmtRate(errors, requests), requests ? errors / requests : 0);
       setText("total-tokens", fmtInt(tokenCount), tokenCount);
       setText("total-cost", fmtCost(cost), cost);
+      setText("total-cache-hits", fmtInt(hits), hits);
+      setText("total-saved", fmtCost(saved), saved);
       const when = (ts) => ts.slice(0, 16).replace("T", " ");
       $("window").textContent =
         `${when(features.from)} → ${when(features.to)} UTC · source: ${features.source}`;
