@@ -24,7 +24,7 @@ from gateway.metrics import STREAM_RECOVERIES, UPSTREAM_ERRORS
 from gateway.server.serving import GatewayServer
 from tests.conftest import APP_KEY, StartGateway
 from tests.fakes.anthropic_upstream import FakeAnthropic
-from tests.fakes.midstream import STORY, words
+from tests.fakes.midstream import STORY, continuation_of, words
 from tests.fakes.openai_upstream import FakeOpenAI
 
 IDLE_S = 0.3
@@ -218,9 +218,16 @@ async def test_a_client_that_leaves_during_the_continuation_cancels_it(
             # The role chunk, the first model's five words, then two of the continuation's.
             while seen.count(b'"content"') < 8:
                 seen += await answer.content.readuntil(b"\n\n")
+        left = time.perf_counter()
         answer.close()
-    assert await upstream.wait_disconnect(within=2) is not None
-    assert len(upstream.requests) == 2  # it was the continuation that was cancelled
+    # The continuation (its words 0.2 s apart, 4 s in all) was cancelled upstream as the
+    # client left: the fake saw the gateway go, once, at once. (The first stream was reset by
+    # the fake itself, which it does not count as the gateway going away.)
+    gone = await upstream.wait_disconnect(within=2)
+    assert gone is not None
+    # At once: well before the stream's own idle timer (0.3 s) would have closed it.
+    assert all(0 <= t - left < 0.2 for t in upstream.disconnects)
+    assert len(upstream.requests) == 2 and continuation_of(upstream.requests[1].body) is not None
     process = gateway.process
     for _ in range(150):  # settling follows the client's leaving by a moment
         if not process.in_flight:
@@ -308,3 +315,65 @@ async def test_a_recovered_stream_is_never_cached(
     used = await records(gateway)
     assert [r.get("cache") for r in used] == ["miss", "miss"]
     assert all(r["recovered"] for r in used)
+
+
+async def raw_events(gateway: GatewayServer, body: dict[str, Any]) -> list[bytes]:
+    """The `data:` payloads of a chat stream exactly as the gateway wrote them."""
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(
+            gateway.url + "/v1/chat/completions",
+            json=body,
+            headers={"Authorization": f"Bearer {APP_KEY}"},
+        ) as answer,
+    ):
+        raw = await answer.read()
+    return [e[len(b"data: ") :] for e in raw.split(b"\n\n") if e.startswith(b"data: ")]
+
+
+@pytest.mark.parametrize("tier", ["fast", "claude"])
+async def test_the_spliced_bytes_are_one_stream_with_one_done(
+    gateway: GatewayServer, tier: str
+) -> None:
+    """On the wire, not through an SDK that hides it: one [DONE] at the very end, and the
+    continuation's chunks carry the first chunk's id, created and model (the OpenAI fake's
+    continuation has an id and a time of its own). Without `include_usage`, the summed usage
+    chunk is not sent: the client did not ask for it."""
+    body = {"model": tier, "stream": True, "messages": prompt("mid_reset")}
+    events = await raw_events(gateway, body)
+    assert events.count(b"[DONE]") == 1 and events[-1] == b"[DONE]"
+    chunks = [json.loads(e) for e in events[:-1]]
+    assert {(c["id"], c["created"], c["model"]) for c in chunks} == {
+        (chunks[0]["id"], chunks[0]["created"], chunks[0]["model"])
+    }
+    assert chunks[0]["id"] != "chatcmpl-continued"
+    assert not [c for c in chunks if c.get("usage")]
+    assert all(c["choices"] for c in chunks)
+    text = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks)
+    assert text == STORY
+
+
+async def test_a_stall_is_logged_counted_cooled_down_and_its_connection_closed(
+    upstream: FakeOpenAI,
+    claude_upstream: FakeAnthropic,
+    start_gateway: StartGateway,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """With continuation on, the stalled stream is still a failed attempt like any other:
+    a log line with reason `stall`, gateway_upstream_errors_total{reason="stall"}, a failure
+    toward the model's cooldown (one is enough here), and its upstream connection closed."""
+    raw = midstream_config(upstream.url, claude_upstream.url, tmp_path / "u.jsonl")
+    raw["routing"]["cooldown"] = {"failures": 1, "seconds": 60}
+    gateway = await start_gateway(raw)
+    stalls = UPSTREAM_ERRORS.labels("up", "gpt-a", "stall")
+    before = stalls.value
+    async with openai.AsyncOpenAI(
+        base_url=gateway.url + "/v1", api_key=APP_KEY, max_retries=0, timeout=20
+    ) as client:
+        assert text_of(await chat_chunks(client, "fast", "mid_stall")) == STORY
+    assert stalls.value == before + 1
+    assert await gateway.process.cooldowns.cooling() == {"gpt-a"}
+    assert await upstream.wait_disconnect(within=2) is not None
+    failed = [r for r in caplog.records if r.getMessage() == "upstream attempt failed"]
+    assert [(r.__dict__["model"], r.__dict__["reason"]) for r in failed] == [("gpt-a", "stall")]

@@ -51,6 +51,8 @@ class Behaviour:
     raw_body: bytes | None = None  # streams: this body, written as is in one write
     # tool calls to answer with (each {"id", "name", "arguments"}), after any words
     tool_calls: list[dict[str, str]] = field(default_factory=list)
+    chunk_id: str = "chatcmpl-fake"  # streams: every chunk's id and created
+    created: int = 1700000000
 
 
 SECRET_ECHOED = "sk-upstream-echoed-0123456789abcdef"  # what `echo_secret` leaks, to be redacted
@@ -165,7 +167,11 @@ class FakeOpenAI(LoopbackServer):
         if rest is not None:
             # `slow_continuation`: slow enough for a client to leave in the middle of it.
             pace = 0.2 if b"slow_continuation" in raw else 0.01
-            behaviour = Behaviour(words=words(rest), pace_s=pace)
+            # An id and a time of its own, as another model's answer has: the gateway must
+            # give the client the first stream's instead.
+            behaviour = Behaviour(
+                words=words(rest), pace_s=pace, chunk_id="chatcmpl-continued", created=1700000999
+            )
         elif picked is not None and picked.group(1).decode() in FAULTS:
             behaviour = FAULTS[picked.group(1).decode()]
         else:
@@ -265,9 +271,9 @@ class FakeOpenAI(LoopbackServer):
         options = body.get("stream_options") or {}
         include_usage = bool(options.get("include_usage"))
         base = {
-            "id": "chatcmpl-fake",
+            "id": behaviour.chunk_id,
             "object": "chat.completion.chunk",
-            "created": 1700000000,
+            "created": behaviour.created,
             "model": body.get("model"),
         }
         extra = {"usage": None} if include_usage else {}
