@@ -61,12 +61,14 @@ def midstream_config(
                 "price": {"input": 10.0, "output": 20.0},
             },
             "claude-a": {"provider": "claude", "model": "claude-a", "timeout": timeout},
+            "claude-b": {"provider": "claude", "model": "claude-b", "timeout": timeout},
         },
         "tiers": {
             "fast": ["gpt-a", "gpt-b"],  # OpenAI-compatible, continued on OpenAI-compatible
             "mixed": ["gpt-a", "claude-a"],  # continued on Anthropic, by prefill
             "claude": ["claude-a", "gpt-b"],  # Anthropic, continued on OpenAI-compatible
             "solo": ["gpt-a"],  # the same model again
+            "claudes": ["claude-a", "claude-b"],  # Anthropic, continued on Anthropic
         },
         "routing": {"retries": 0, "midstream": midstream},
         "plans": {"pro": {"max_concurrent": 10}},

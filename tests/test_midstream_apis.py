@@ -7,17 +7,19 @@ legacy Completions client one text_completion stream."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import anthropic
 import openai
 import pytest
 
+from gateway.metrics import STREAM_RECOVERIES
 from gateway.server.serving import GatewayServer
 from tests.conftest import APP_KEY, StartGateway
 from tests.fakes.anthropic_upstream import FakeAnthropic
-from tests.fakes.midstream import STORY
+from tests.fakes.midstream import STORY, words
 from tests.fakes.openai_upstream import FakeOpenAI
-from tests.test_midstream import midstream_config
+from tests.test_midstream import midstream_config, records
 
 PROMPT = "Tell the story. fault:mid_reset fake:mid_reset"
 
@@ -93,3 +95,129 @@ async def test_a_completions_stream_is_one_text_completion(gateway: GatewayServe
     assert len({c.id for c in chunks}) == 1
     finishes = [c.choices[0].finish_reason for c in chunks if c.choices]
     assert [f for f in finishes if f] == ["stop"]
+
+
+NATIVE_REASONS = {
+    "mid_reset": "reset",
+    "mid_stall": "stall",
+    "mid_error": "5xx",  # overloaded_error
+    "mid_no_finish": "bad_response",  # the body ended without message_stop
+}
+
+
+def assert_one_message(events: list[Any]) -> None:
+    """One Anthropic event sequence: one message_start and message_stop, blocks numbered
+    0, 1, ... and every delta and stop naming the block that is open."""
+    kinds = [e.type for e in events]
+    assert kinds.count("message_start") == 1 and kinds.count("message_stop") == 1
+    assert kinds[0] == "message_start" and kinds[-1] == "message_stop"
+    assert kinds.count("message_delta") == 1
+    open_block: int | None = None
+    started: list[int] = []
+    for event in events:
+        if event.type == "content_block_start":
+            assert open_block is None
+            open_block = event.index
+            started.append(event.index)
+        elif event.type == "content_block_delta":
+            assert event.index == open_block
+        elif event.type == "content_block_stop":
+            assert event.index == open_block
+            open_block = None
+    assert open_block is None
+    assert started == list(range(len(started)))
+
+
+@pytest.mark.parametrize("fault", list(NATIVE_REASONS))
+@pytest.mark.parametrize("tier", ["claude", "claudes"])
+async def test_a_native_messages_stream_continues_as_one_message(
+    gateway: GatewayServer, claude_upstream: FakeAnthropic, tier: str, fault: str
+) -> None:
+    """/v1/messages to an Anthropic upstream is relayed as the upstream's own events; when it
+    breaks in the middle of its text, the next model (OpenAI-compatible, or Anthropic again
+    by prefill) writes the rest into the same message."""
+    chain = gateway.config.tiers[tier]
+    recoveries = STREAM_RECOVERIES.labels(tier, chain[0], chain[1], NATIVE_REASONS[fault])
+    before = recoveries.value
+    async with (
+        anthropic.AsyncAnthropic(
+            base_url=gateway.url, api_key=APP_KEY, max_retries=0, timeout=20
+        ) as client,
+        client.messages.stream(
+            model=tier,
+            max_tokens=200,
+            messages=[{"role": "user", "content": f"Tell the story. fake:{fault}"}],
+        ) as stream,
+    ):
+        events = [event async for event in stream]
+        message = await stream.get_final_message()
+    assert_one_message(events)
+    text = "".join(
+        e.delta.text
+        for e in events
+        if e.type == "content_block_delta" and e.delta.type == "text_delta"
+    )
+    assert text == STORY
+    assert "".join(b.text for b in message.content if b.type == "text") == STORY
+    assert message.stop_reason == "end_turn"
+    assert recoveries.value == before + 1
+    # The first model's message_start went to the client as the upstream wrote it.
+    assert message.id.startswith("msg_fake")
+    [record] = await records(gateway)
+    assert record["recovered"] is True and record["api"] == "messages"
+    assert record["recovered_from"] == [f"{chain[0]}: {NATIVE_REASONS[fault]}"]
+    assert record["model"] == chain[1] and record["attempts"] == 2
+    # Both models' tokens: the first's input (its own count, 12) and its 30 characters
+    # (estimated, 8 tokens), plus the second's as it reported them (the OpenAI fake: 11 in,
+    # a token a word; the Anthropic fake: 12 in, 7 out).
+    second = (11, len(words(STORY[30:]))) if tier == "claude" else (12, 7)
+    assert record["prompt_tokens"] == 12 + second[0]
+    assert record["completion_tokens"] == 8 + second[1] == message.usage.output_tokens
+    if tier == "claudes":
+        # Asked by prefill: the story so far as the last, assistant, turn.
+        last = claude_upstream.requests[-1].body["messages"][-1]
+        assert last["role"] == "assistant"
+
+
+async def test_a_native_tool_use_that_breaks_stays_an_in_band_error(
+    gateway: GatewayServer, claude_upstream: FakeAnthropic
+) -> None:
+    async with anthropic.AsyncAnthropic(
+        base_url=gateway.url, api_key=APP_KEY, max_retries=0, timeout=20
+    ) as client:
+        with pytest.raises(anthropic.APIError):
+            async with client.messages.stream(
+                model="claude",
+                max_tokens=200,
+                messages=[{"role": "user", "content": "Look it up. fake:mid_reset_tool"}],
+            ) as stream:
+                async for _ in stream:
+                    pass
+    assert len(claude_upstream.requests) == 1  # nothing was continued
+    [record] = await records(gateway)
+    assert record["recovered"] is False and record["cut"] is True
+
+
+async def test_native_messages_with_midstream_off_keeps_the_in_band_error(
+    upstream: FakeOpenAI,
+    claude_upstream: FakeAnthropic,
+    start_gateway: StartGateway,
+    tmp_path: Path,
+) -> None:
+    raw = midstream_config(upstream.url, claude_upstream.url, tmp_path / "u.jsonl", "off")
+    gateway = await start_gateway(raw)
+    async with anthropic.AsyncAnthropic(
+        base_url=gateway.url, api_key=APP_KEY, max_retries=0, timeout=20
+    ) as client:
+        text = ""
+        with pytest.raises(anthropic.APIError):
+            async with client.messages.stream(
+                model="claude",
+                max_tokens=200,
+                messages=[{"role": "user", "content": "Tell the story. fake:mid_error"}],
+            ) as stream:
+                async for event in stream:
+                    if event.type == "content_block_delta" and event.delta.type == "text_delta":
+                        text += event.delta.text
+    assert text and STORY.startswith(text) and text != STORY
+    assert len(claude_upstream.requests) == 1

@@ -138,6 +138,30 @@ class ContinuingStream(EventStream):
         self._pending: UpstreamFailure | None = None  # came after content in the same read
         self._seams = 0
 
+    @classmethod
+    def after(
+        cls,
+        call: ModelCall,
+        model_name: str,
+        body_for: BodyFor,
+        failed: EventStream,
+        sent: str,
+        prompt_tokens: int,
+    ) -> ContinuingStream:
+        """For a stream this class did not read, in another API than chat (a native Anthropic
+        Messages stream): it failed at `model_name` after writing `sent`, all plain text, and
+        `recover` goes on from there. Only its chunks from then on are this class's own."""
+        stream = cls(call, model_name, body_for, failed, prompt_tokens)
+        if sent:
+            stream._sent.append(sent)
+        stream._segment_text = len(sent)
+        return stream
+
+    async def recover(self, failure: UpstreamFailure) -> list[bytes]:
+        """The continuation's first chunks, as for a chat stream that failed (`failure`
+        raised again when nothing can continue it)."""
+        return await self._recover(failure)
+
     def first(self, events: list[bytes]) -> list[bytes]:
         """The first stream's first events, read as every later one is."""
         out, self._pending = self._read(events)

@@ -21,6 +21,7 @@ from gateway.http.answers import json_response
 from gateway.http.body import json_type, read_json_object
 from gateway.http.request import PROCESS, begin, state_of
 from gateway.http.stream import relay_stream
+from gateway.ingress.messages.continuing import ContinuingMessagesStream
 from gateway.ingress.messages.errors import anthropic_status, error_body
 from gateway.ingress.messages.from_chat import message_from_chat, new_message_id
 from gateway.ingress.messages.stream import ChatToMessagesStream, MessagesClientStream
@@ -149,17 +150,26 @@ async def messages(request: web.Request) -> web.StreamResponse:
     estimate = state.estimate.prompt if state.estimate is not None else 0
     message_id = new_message_id()
 
+    def writer_for() -> MessagesStreamWriter:
+        return MessagesStreamWriter(
+            requested, input_tokens_estimate=estimate, message_id=message_id
+        )
+
     async def stream_from(model_name: str) -> OpenedStream:
         provider = call.provider_for(model_name)
         if provider.speaks_messages:
-            return await open_messages_stream(
+            opened = await open_messages_stream(
                 provider, call.upstream_call(model_name, body, headers)
             )
+            if call.runtime.config.routing.midstream != "continue":
+                return opened
+            # Continued through the chat API (the same translation a chat model gets).
+            native = ContinuingMessagesStream(
+                call, model_name, chat_for, opened[0], estimate, writer_for()
+            )
+            return native, native.first(opened[1])
         inner, first = await call.open_chat_stream(model_name, chat_for(model_name), chat_for)
-        writer = MessagesStreamWriter(
-            requested, input_tokens_estimate=estimate, message_id=message_id
-        )
-        translated = ChatToMessagesStream(inner, writer)
+        translated = ChatToMessagesStream(inner, writer_for())
         return translated, translated.translate(first)
 
     runtime = call.runtime

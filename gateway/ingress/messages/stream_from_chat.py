@@ -108,6 +108,15 @@ class MessagesStreamWriter:
         """All the text (not thinking, not tool input) sent so far."""
         return "".join(self._text)
 
+    def resume(self, next_block: int, *, text_open: bool) -> None:
+        """Write on from a Messages stream that is not this writer's (a native Anthropic
+        stream continued on another model, `ingress.messages.continuing`): its
+        `message_start` was sent, `next_block` blocks were started, the last still open when
+        `text_open` (its text goes on in that block)."""
+        self._started = True
+        self._next_block = next_block
+        self._open_kind = _TEXT if text_open else None
+
     # --- events ---------------------------------------------------------------------------
 
     def start(self) -> bytes:
