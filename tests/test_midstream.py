@@ -188,6 +188,23 @@ async def test_the_same_model_continues_when_it_was_the_last_of_the_chain(
     assert [r.body["model"] for r in upstream.requests] == ["model-a", "model-a"]
 
 
+async def test_the_same_model_is_asked_again_only_after_the_usual_backoff(
+    client: openai.AsyncOpenAI, upstream: FakeOpenAI
+) -> None:
+    """Continuing on the model that just failed waits a retry's backoff first (uniformly
+    random up to 0.2 s here): over six continuations, some gap between the reset (10 ms after
+    the first stream's last event) and the continuation request is longer than 40 ms, which
+    without a backoff none is (about 12 ms). Chance of a false failure: 0.15 ** 6."""
+    gaps = []
+    for _ in range(6):
+        upstream.requests.clear()
+        upstream.event_times.clear()
+        assert text_of(await chat_chunks(client, "solo", "mid_reset")) == STORY
+        first_ended = upstream.event_times[len(SENT.split())]  # the role chunk, five words
+        gaps.append(upstream.requests[1].at - first_ended)
+    assert min(gaps) > 0 and max(gaps) > 0.04, gaps
+
+
 async def test_the_continuation_streams_progressively(
     client: openai.AsyncOpenAI, upstream: FakeOpenAI
 ) -> None:
@@ -251,16 +268,41 @@ async def test_limits_are_held_across_the_seam_and_given_back_once(
     assert process.in_flight == 0
 
 
+@pytest.mark.parametrize("tier", ["fast", "claude"])
 async def test_a_broken_tool_call_stays_an_in_band_error(
-    client: openai.AsyncOpenAI, upstream: FakeOpenAI
+    client: openai.AsyncOpenAI,
+    gateway: GatewayServer,
+    upstream: FakeOpenAI,
+    claude_upstream: FakeAnthropic,
+    tier: str,
 ) -> None:
     stream = await client.chat.completions.create(
-        model="fast", messages=prompt("mid_reset_tool"), stream=True
+        model=tier, messages=prompt("mid_reset_tool"), stream=True
     )
+    calls = []
     with pytest.raises(openai.APIError):
-        async for _ in stream:
-            pass
-    assert len(upstream.requests) == 1  # nothing was continued
+        async for chunk in stream:
+            calls += chunk.choices[0].delta.tool_calls or [] if chunk.choices else []
+    assert calls  # it broke in the middle of the call, not before it
+    # Nothing was continued: one request upstream in all.
+    assert len(upstream.requests) + len(claude_upstream.requests) == 1
+    [record] = await records(gateway)
+    assert record["recovered"] is False and record["cut"] is True
+
+
+async def test_a_stream_of_several_choices_is_not_continued(
+    client: openai.AsyncOpenAI, upstream: FakeOpenAI
+) -> None:
+    """Not one text to splice into: `n: 2` breaking mid-stream stays an in-band error."""
+    stream = await client.chat.completions.create(
+        model="fast", messages=prompt("mid_reset"), stream=True, n=2
+    )
+    indexes = set()
+    with pytest.raises(openai.APIError):
+        async for chunk in stream:
+            indexes |= {c.index for c in chunk.choices}
+    assert indexes == {0, 1}
+    assert len(upstream.requests) == 1
 
 
 async def test_midstream_off_keeps_the_in_band_error_and_counts_the_stall(

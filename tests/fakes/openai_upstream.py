@@ -113,6 +113,7 @@ class Received:
     path: str
     headers: dict[str, str]
     body: dict[str, Any]
+    at: float = field(default_factory=time.perf_counter)  # when its body had been read
 
 
 class FakeOpenAI(LoopbackServer):
@@ -278,12 +279,17 @@ class FakeOpenAI(LoopbackServer):
         }
         extra = {"usage": None} if include_usage else {}
 
-        def chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
-            choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+        def chunk(delta: dict[str, Any], finish: str | None = None, i: int = 0) -> dict[str, Any]:
+            choice = {"index": i, "delta": delta, "logprobs": None, "finish_reason": finish}
             return {**base, "choices": [choice], **extra}
 
         events: list[bytes] = [orjson.dumps(chunk({"role": "assistant", "content": ""}))]
-        events += [orjson.dumps(chunk({"content": w})) for w in behaviour.words]
+        # `n` choices: each word for each choice in turn, as OpenAI interleaves them.
+        asked = body.get("n")
+        n = asked if isinstance(asked, int) and asked > 0 else 1
+        events += [
+            orjson.dumps(chunk({"content": w}, i=i)) for w in behaviour.words for i in range(n)
+        ]
         for i, call in enumerate(behaviour.tool_calls):
             # As OpenAI streams them: id and name first, then the arguments in pieces.
             head = {"index": i, "id": call["id"], "type": "function"}
