@@ -44,6 +44,13 @@ def midstream_config(
         "providers": {
             "up": {"type": "openai", "base_url": openai_url},
             "claude": {"type": "anthropic", "base_url": anthropic_url},
+            # The same fake, taking Responses and legacy Completions bodies as sent.
+            "native": {
+                "type": "openai",
+                "base_url": openai_url,
+                "responses": True,
+                "completions": True,
+            },
         },
         "models": {
             "gpt-a": {
@@ -62,6 +69,7 @@ def midstream_config(
             },
             "claude-a": {"provider": "claude", "model": "claude-a", "timeout": timeout},
             "claude-b": {"provider": "claude", "model": "claude-b", "timeout": timeout},
+            "gpt-n": {"provider": "native", "model": "model-n", "timeout": timeout},
         },
         "tiers": {
             "fast": ["gpt-a", "gpt-b"],  # OpenAI-compatible, continued on OpenAI-compatible
@@ -69,6 +77,7 @@ def midstream_config(
             "claude": ["claude-a", "gpt-b"],  # Anthropic, continued on OpenAI-compatible
             "solo": ["gpt-a"],  # the same model again
             "claudes": ["claude-a", "claude-b"],  # Anthropic, continued on Anthropic
+            "native": ["gpt-n", "gpt-b"],  # Responses / Completions relayed natively
         },
         "routing": {"retries": 0, "midstream": midstream},
         "plans": {"pro": {"max_concurrent": 10}},

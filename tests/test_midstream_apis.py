@@ -6,6 +6,7 @@ legacy Completions client one text_completion stream."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -221,3 +222,88 @@ async def test_native_messages_with_midstream_off_keeps_the_in_band_error(
                         text += event.delta.text
     assert text and STORY.startswith(text) and text != STORY
     assert len(claude_upstream.requests) == 1
+
+
+@pytest.mark.parametrize("fault", list(NATIVE_REASONS))
+async def test_a_native_responses_stream_continues_as_one_response(
+    gateway: GatewayServer, upstream: FakeOpenAI, fault: str
+) -> None:
+    """/v1/responses to an upstream that speaks it (`responses: true`) is relayed as its own
+    events; broken in the middle of its text, it goes on with the next model in the same
+    response: its id, its message item, sequence numbers without a gap, one completed."""
+    reason = "5xx" if fault == "mid_error" else NATIVE_REASONS[fault]
+    async with openai.AsyncOpenAI(
+        base_url=gateway.url + "/v1", api_key=APP_KEY, max_retries=0, timeout=20
+    ) as client:
+        stream = await client.responses.create(
+            model="native", input=f"Tell the story. fault:{fault}", stream=True
+        )
+        events = [event async for event in stream]
+        kinds = [e.type for e in events]
+        assert kinds.count("response.created") == 1 and kinds.count("response.completed") == 1
+        assert kinds[-1] == "response.completed"
+        numbers = [e.sequence_number for e in events]
+        assert numbers == list(range(len(numbers)))
+        deltas = [e for e in events if e.type == "response.output_text.delta"]
+        assert "".join(e.delta for e in deltas) == STORY
+        assert len({(e.item_id, e.output_index, e.content_index) for e in deltas}) == 1
+        for name in ("response.output_item.added", "response.content_part.added"):
+            assert kinds.count(name) == 1, name
+        created = next(e for e in events if e.type == "response.created").response
+        completed = next(e for e in events if e.type == "response.completed").response
+        assert completed.id == created.id and completed.created_at == created.created_at
+        assert completed.output_text == STORY
+        assert [item.id for item in completed.output] == [deltas[0].item_id]
+        # The gateway keeps the whole response (the upstream's copy is the broken one).
+        kept = await client.responses.retrieve(completed.id)
+        assert kept.output_text == STORY
+        # and a next turn on the native model gets the whole answer replayed, not a
+        # previous_response_id naming the upstream's broken copy.
+        await client.responses.create(
+            model="native", input="And then?", previous_response_id=completed.id
+        )
+        sent = upstream.requests[-1].body
+        assert "previous_response_id" not in sent
+        assert STORY in json.dumps(sent["input"])
+    assert [r.path for r in upstream.requests[:2]] == ["/v1/responses", "/v1/chat/completions"]
+    [record] = [r for r in await records(gateway) if r["api"] == "responses" and r["stream"]]
+    assert record["recovered"] is True
+    assert record["recovered_from"] == [f"gpt-n: {reason}"]
+    assert record["model"] == "gpt-b"
+    usage = completed.usage
+    assert usage is not None
+    # The native part (2 words, 9 characters: 3 tokens estimated) and the continuation's.
+    assert usage.output_tokens == record["completion_tokens"] == 3 + len(words(STORY[9:]))
+
+
+async def test_a_native_responses_function_call_that_breaks_stays_an_in_band_error(
+    gateway: GatewayServer, upstream: FakeOpenAI
+) -> None:
+    async with openai.AsyncOpenAI(
+        base_url=gateway.url + "/v1", api_key=APP_KEY, max_retries=0, timeout=20
+    ) as client:
+        stream = await client.responses.create(
+            model="native", input="Look it up. fault:mid_reset_tool", stream=True
+        )
+        kinds = [event.type async for event in stream]
+    assert kinds[-1] == "error" and "response.completed" not in kinds
+    assert len(upstream.requests) == 1
+
+
+async def test_a_native_completions_stream_is_not_continued_and_ends_in_band(
+    gateway: GatewayServer, upstream: FakeOpenAI
+) -> None:
+    """Legacy Completions relayed natively (`completions: true`) are not continued: a break
+    stays the in-band error it was, after the text sent."""
+    async with openai.AsyncOpenAI(
+        base_url=gateway.url + "/v1", api_key=APP_KEY, max_retries=0, timeout=20
+    ) as client:
+        stream = await client.completions.create(
+            model="native", prompt=PROMPT, max_tokens=200, stream=True
+        )
+        text = ""
+        with pytest.raises(openai.APIError):
+            async for chunk in stream:
+                text += chunk.choices[0].text if chunk.choices else ""
+    assert text and STORY.startswith(text) and text != STORY
+    assert [r.path for r in upstream.requests] == ["/v1/completions"]

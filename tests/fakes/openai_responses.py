@@ -9,6 +9,7 @@ which upstream keeps what.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -138,11 +139,27 @@ class ResponsesAPI:
             return web.json_response(final)
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await response.prepare(request)
-        for event in self._events(behaviour, body, response_id, final, n):
+        for i, event in enumerate(self._events(behaviour, body, response_id, final, n)):
+            # The mid-stream faults, counted in events as for chat streams.
+            if i and behaviour.pace_s:
+                await asyncio.sleep(behaviour.pace_s)
+            if i == behaviour.reset_after_events:
+                assert request.transport is not None
+                request.transport.abort()
+                return response
+            if i == behaviour.stall_after_events:
+                await asyncio.sleep(60)  # silent; the gateway's idle timeout ends it
+            if i == behaviour.close_after_events:
+                break
+            if i == behaviour.error_event_after:
+                error = {"type": "error", "code": "server_error", "message": "broke mid-stream"}
+                event = {**error, "param": None, "sequence_number": i}
             name = event["type"]
             await response.write(
                 b"event: " + name.encode() + b"\ndata: " + orjson.dumps(event) + b"\n\n"
             )
+            if name == "error":
+                return response
         await response.write_eof()
         return response
 

@@ -384,7 +384,11 @@ class FakeOpenAI(LoopbackServer):
         ]
         if (body.get("stream_options") or {}).get("include_usage"):
             events.append({**base, "choices": [], "usage": self._usage(behaviour)})
-        for event in events:
+        for i, event in enumerate(events):
+            if i == behaviour.reset_after_events:
+                assert request.transport is not None
+                request.transport.abort()
+                return response
             await response.write(b"data: " + orjson.dumps(event) + b"\n\n")
         await response.write(b"data: [DONE]\n\n")
         await response.write_eof()

@@ -28,6 +28,7 @@ from gateway.http.request import PROCESS, begin, state_of
 from gateway.http.stream import relay_stream
 from gateway.ingress.openai_params import invalid_type
 from gateway.ingress.responses import to_chat
+from gateway.ingress.responses.continuing import ContinuingResponsesStream
 from gateway.ingress.responses.from_chat import new_id, response_from_chat
 from gateway.ingress.responses.stream import (
     ChatToResponsesStream,
@@ -316,7 +317,24 @@ async def _stream(call: ModelCall, turn: _Turn, model_name: str) -> OpenedStream
             provider, call.upstream_call(model_name, native)
         )
         relayed = NativeResponsesStream(upstream, keep, turn.replayed_previous)
-        return relayed, await relayed.look(first)
+        if call.runtime.config.routing.midstream != "continue":
+            return relayed, await relayed.look(first)
+
+        def kept_here() -> None:
+            turn.kept_by = None  # the upstream's copy is the broken one: the gateway keeps it
+
+        writer = ResponsesStreamWriter(turn.body, turn.requested or model_name)
+        continuing = ContinuingResponsesStream(
+            call,
+            model_name,
+            lambda model: turn.chat_for(call, model),
+            relayed,
+            call.state.estimate.prompt if call.state.estimate is not None else 0,
+            writer,
+            keep,
+            kept_here,
+        )
+        return continuing, await continuing.first(first)
     chat_body = turn.chat_for(call, model_name)
     inner, first = await call.open_chat_stream(
         model_name, chat_body, lambda model: turn.chat_for(call, model)

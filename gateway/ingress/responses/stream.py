@@ -59,13 +59,18 @@ class ChatToResponsesStream(EventStream):
     be replaced by the next one."""
 
     def __init__(
-        self, inner: EventStream, writer: ResponsesStreamWriter, on_final: OnFinal
+        self,
+        inner: EventStream,
+        writer: ResponsesStreamWriter,
+        on_final: OnFinal,
+        *,
+        started: bool = False,  # the writer was resumed: the response was created already
     ) -> None:
         self._inner = inner
         self._writer = writer
         self._on_final = on_final
         self._chat_usage: Usage | None = None
-        self._started = False
+        self._started = started
         self._final_handled = False
 
     async def translate(self, events: list[bytes]) -> list[bytes]:
@@ -149,6 +154,10 @@ class NativeResponsesStream(EventStream):
     async def next_events(self) -> list[bytes] | None:
         events = await self._inner.next_events()
         return None if events is None else await self.look(events)
+
+    async def next_events_raw(self) -> list[bytes] | None:
+        """The upstream's next events, not yet looked at (`look` them before relaying)."""
+        return await self._inner.next_events()
 
     async def aclose(self, *, completed: bool) -> None:
         await self._inner.aclose(completed=completed)

@@ -136,6 +136,29 @@ class ResponsesStreamWriter:
         """True once `finish` or `fail` has sent the terminal event."""
         return self._final is not None
 
+    def resume(
+        self,
+        *,
+        response_id: str,
+        created_at: int,
+        sequence: int,
+        items: list[dict[str, Any]],
+        open_message: tuple[str, int, list[str]] | None,
+    ) -> None:
+        """Write on from a Responses stream that is not this writer's (a native one continued
+        on another model, `ingress.responses.continuing`): its response's id and creation
+        time, the next `sequence_number`, the items it closed, and the message item still
+        open (its id, output index and the text of each output_text part so far), whose last
+        part the continuation's text goes on in."""
+        self._id = response_id
+        self._created_at = created_at
+        self._sequence = sequence
+        self._items = list(items)
+        if open_message is not None:
+            item_id, output_index, texts = open_message
+            parts = [_Part("output_text", text) for text in texts]
+            self._open = _Item("message", item_id, output_index, parts)
+
     # --- the stream -----------------------------------------------------------------------
 
     def start(self) -> list[bytes]:
