@@ -290,16 +290,50 @@ async def test_a_native_responses_function_call_that_breaks_stays_an_in_band_err
     assert len(upstream.requests) == 1
 
 
-async def test_a_native_completions_stream_is_not_continued_and_ends_in_band(
-    gateway: GatewayServer, upstream: FakeOpenAI
+@pytest.mark.parametrize("fault", ["mid_reset", "mid_error", "mid_stall"])
+async def test_a_native_completions_stream_continues_as_one_text_completion(
+    gateway: GatewayServer, upstream: FakeOpenAI, fault: str
 ) -> None:
-    """Legacy Completions relayed natively (`completions: true`) are not continued: a break
-    stays the in-band error it was, after the text sent."""
+    """Legacy Completions relayed natively (`completions: true`) go on with the next model
+    through chat: the native chunks' id, created and model throughout, one finish_reason, one
+    usage chunk with both models' tokens."""
+    prompt_text = f"Tell the story. fault:{fault}"
     async with openai.AsyncOpenAI(
         base_url=gateway.url + "/v1", api_key=APP_KEY, max_retries=0, timeout=20
     ) as client:
         stream = await client.completions.create(
-            model="native", prompt=PROMPT, max_tokens=200, stream=True
+            model="native",
+            prompt=prompt_text,
+            max_tokens=200,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+        chunks = [chunk async for chunk in stream]
+    assert "".join(c.choices[0].text for c in chunks if c.choices) == STORY
+    assert {(c.id, c.created, c.model) for c in chunks} == {("cmpl-fake", 1700000000, "model-n")}
+    finishes = [c.choices[0].finish_reason for c in chunks if c.choices]
+    assert [f for f in finishes if f] == ["stop"]
+    usages = [c.usage for c in chunks if c.usage is not None]
+    assert len(usages) == 1
+    assert [r.path for r in upstream.requests] == ["/v1/completions", "/v1/chat/completions"]
+    assert upstream.requests[1].body["messages"][0]["content"] == prompt_text
+    [record] = await records(gateway)
+    assert record["recovered"] is True and record["recovered_from"][0].startswith("gpt-n: ")
+    # The native part (six words, estimated at 4 characters a token) and the continuation's.
+    native = "".join(words(STORY)[:6])
+    assert usages[0].completion_tokens == record["completion_tokens"]
+    assert record["completion_tokens"] == -(-len(native) // 4) + len(words(STORY[len(native) :]))
+
+
+async def test_a_native_completions_stream_of_two_prompts_is_not_continued(
+    gateway: GatewayServer, upstream: FakeOpenAI
+) -> None:
+    """Two prompts are two texts: a break stays the in-band error it was."""
+    async with openai.AsyncOpenAI(
+        base_url=gateway.url + "/v1", api_key=APP_KEY, max_retries=0, timeout=20
+    ) as client:
+        stream = await client.completions.create(
+            model="native", prompt=[PROMPT, PROMPT], max_tokens=200, stream=True
         )
         text = ""
         with pytest.raises(openai.APIError):

@@ -385,9 +385,18 @@ class FakeOpenAI(LoopbackServer):
         if (body.get("stream_options") or {}).get("include_usage"):
             events.append({**base, "choices": [], "usage": self._usage(behaviour)})
         for i, event in enumerate(events):
+            if i and behaviour.pace_s:
+                await asyncio.sleep(behaviour.pace_s)
             if i == behaviour.reset_after_events:
                 assert request.transport is not None
                 request.transport.abort()
+                return response
+            if i == behaviour.stall_after_events:
+                await asyncio.sleep(60)  # silent; the gateway's idle timeout ends it
+            if i == behaviour.error_event_after:
+                error = {"message": "broke mid-stream", "type": "server_error"}
+                event = {"error": {**error, "param": None, "code": None}}
+                await response.write(b"data: " + orjson.dumps(event) + b"\n\n")
                 return response
             await response.write(b"data: " + orjson.dumps(event) + b"\n\n")
         await response.write(b"data: [DONE]\n\n")

@@ -20,6 +20,7 @@ from gateway.http.answers import json_response
 from gateway.http.body import read_json_object
 from gateway.http.request import PROCESS, begin, state_of
 from gateway.http.stream import ClientStream, relay_stream
+from gateway.ingress.completions.continuing import ContinuingCompletionsStream
 from gateway.ingress.completions.stream import ChatToCompletionsStream
 from gateway.ingress.completions.translate import (
     CompletionsStreamWriter,
@@ -174,10 +175,33 @@ async def _answer(call: ModelCall, body: dict[str, Any], model_name: str) -> Jso
     return JsonAnswer(orjson.dumps(merged), usage or Usage())
 
 
+def _one_text_prompt(body: dict[str, Any]) -> str | None:
+    """The prompt of a native stream that can be continued through chat: one text prompt,
+    one choice, and nothing the chat API cannot give back (the prompt echoed, log
+    probabilities, a suffix, best_of)."""
+    if _choices_per_prompt(body) != 1 or any(
+        body.get(name) for name in ("echo", "logprobs", "suffix", "best_of")
+    ):
+        return None
+    try:
+        texts = prompts(body)
+    except InvalidPrompt:
+        return None
+    return texts[0] if len(texts) == 1 else None
+
+
 async def _stream(call: ModelCall, body: dict[str, Any], model_name: str) -> OpenedStream:
     provider = call.provider_for(model_name)
     if provider.speaks_completions:
-        return await open_completions_stream(provider, call.upstream_call(model_name, body))
+        opened = await open_completions_stream(provider, call.upstream_call(model_name, body))
+        prompt = _one_text_prompt(body)
+        if call.runtime.config.routing.midstream != "continue" or prompt is None:
+            return opened
+        estimate = call.state.estimate.prompt if call.state.estimate is not None else 0
+        native = ContinuingCompletionsStream(
+            call, model_name, lambda _model: chat_request(body, prompt), opened[0], estimate
+        )
+        return native, native.first(opened[1])
     texts = _text_prompts(body, model_name)
     n = _choices_per_prompt(body)
 
