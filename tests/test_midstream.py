@@ -25,7 +25,7 @@ from gateway.server.serving import GatewayServer
 from tests.conftest import APP_KEY, StartGateway
 from tests.fakes.anthropic_upstream import FakeAnthropic
 from tests.fakes.midstream import STORY, continuation_of, words
-from tests.fakes.openai_upstream import FakeOpenAI
+from tests.fakes.openai_upstream import Behaviour, FakeOpenAI
 
 IDLE_S = 0.3
 FAULTS = ("mid_reset", "mid_stall", "mid_error", "mid_no_finish")
@@ -430,3 +430,23 @@ async def test_a_stall_is_logged_counted_cooled_down_and_its_connection_closed(
     assert await upstream.wait_disconnect(within=2) is not None
     failed = [r for r in caplog.records if r.getMessage() == "upstream attempt failed"]
     assert [(r.__dict__["model"], r.__dict__["reason"]) for r in failed] == [("gpt-a", "stall")]
+
+
+async def test_a_stream_past_its_total_timeout_is_continued_too(
+    upstream: FakeOpenAI,
+    claude_upstream: FakeAnthropic,
+    start_gateway: StartGateway,
+    tmp_path: Path,
+) -> None:
+    """gpt-a may take 0.5 s in all; its story comes a word every 0.1 s, so its deadline cuts it
+    after a few words (no stall: each gap is shorter than `idle`), and gpt-b goes on."""
+    raw = midstream_config(upstream.url, claude_upstream.url, tmp_path / "u.jsonl")
+    raw["models"]["gpt-a"]["timeout"] = {**raw["models"]["gpt-a"]["timeout"], "total": 0.5}
+    gateway = await start_gateway(raw)
+    upstream.next(Behaviour(words=words(STORY), pace_s=0.1))
+    async with openai.AsyncOpenAI(
+        base_url=gateway.url + "/v1", api_key=APP_KEY, max_retries=0, timeout=20
+    ) as client:
+        assert text_of(await chat_chunks(client, "fast", "none")) == STORY
+    [record] = await records(gateway)
+    assert record["recovered_from"] == ["gpt-a: timeout"]
