@@ -246,6 +246,11 @@ async def test_a_client_that_leaves_during_the_continuation_cancels_it(
             # The role chunk, the first model's five words, then two of the continuation's.
             while seen.count(b'"content"') < 8:
                 seen += await answer.content.readuntil(b"\n\n")
+        # In the middle of the continuation the request still holds its key's slot (taken
+        # once, at admission) and the continuing model's.
+        limiter = gateway.process.limiter
+        held = {s: await limiter.in_flight(s) for s in ("key:app", "model:gpt-a", "model:gpt-b")}
+        assert held == {"key:app": 1, "model:gpt-a": 0, "model:gpt-b": 1}
         left = time.perf_counter()
         answer.close()
     # The continuation (its words 0.2 s apart, 4 s in all) was cancelled upstream as the

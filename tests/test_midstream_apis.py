@@ -50,8 +50,7 @@ async def test_a_messages_stream_is_one_anthropic_event_sequence(
             async for event in stream:
                 events.append(event)
             message = await stream.get_final_message()
-    kinds = [e.type for e in events]
-    assert kinds.count("message_start") == 1 and kinds.count("message_stop") == 1
+    assert_one_message(events)
     text = "".join(
         e.delta.text
         for e in events

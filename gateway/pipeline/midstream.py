@@ -334,6 +334,10 @@ class ContinuingStream(EventStream):
                 if model != failed:
                     await loop.gate.give_back(model)
                 continue
+            if model != failed:
+                # The failed model serves this request no more: its own limits are given
+                # back now, as for any failed attempt (the key's stay held to the end).
+                await loop.gate.give_back(failed)
             STREAM_RECOVERIES.labels(state.tier, failed, model, failure.kind).inc()
             if state.recovered is None:
                 state.recovered = []
