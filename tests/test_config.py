@@ -53,6 +53,22 @@ def test_a_good_config_loads_with_interpolation() -> None:
     assert isinstance(up2, OpenAIProviderConfig) and up2.base_url == "http://h:1/v1"
 
 
+def test_idle_timeout_and_midstream_defaults_and_settings() -> None:
+    """`timeout.idle` bounds a stream's silence after its first event: 30 s unless set;
+    `routing.midstream` is off unless set to continue, and takes nothing else."""
+    config = parse_config(GOOD, env={"UP_KEY": "k", "APP_KEY": "a"})
+    assert config.models["big"].timeout.idle == 30
+    assert config.routing.midstream == "off"
+    tuned = GOOD.replace(
+        "big: {provider: up, model: big-upstream,", "big: {provider: up, timeout: {idle: 2.5},"
+    ).replace("routing: {", "routing: {midstream: continue, ")
+    config = parse_config(tuned, env={"UP_KEY": "k", "APP_KEY": "a"})
+    assert config.models["big"].timeout.idle == 2.5
+    assert config.routing.midstream == "continue"
+    assert problems_of(GOOD.replace("routing: {", "routing: {midstream: always, "))
+    assert problems_of(GOOD.replace("big-upstream,", "big-upstream, timeout: {idle: 0},"))
+
+
 def test_config_is_frozen() -> None:
     config = parse_config(GOOD, env={"UP_KEY": "k", "APP_KEY": "a"})
     with pytest.raises(pydantic.ValidationError):
