@@ -256,6 +256,9 @@ def gateway_server(
     last). Checked: the package really comes from `root`, and `root`'s gateway accepts the
     config. Returns the server and where its package lives."""
     env = child_env(root)
+    # What `gateway serve` would choose by re-running itself (gateway.pipeline.memory), set
+    # here so that it need not: valgrind does not follow the re-run into the new program.
+    env.setdefault("PYTHONMALLOC", "malloc")
     python = sys.executable
     code, out, err = run_to_end(
         [python, "-c", "import gateway; print(gateway.__file__)"], 120, workdir, env

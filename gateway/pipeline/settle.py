@@ -36,6 +36,10 @@ def finish(process: GatewayProcess, state: RequestState, status: int) -> None:
         process.usage.record(_record(state, status, tokens, cost), state.started_wall)
     # Given back without awaiting: at once in memory, queued for Redis's next pipeline.
     state.lease.close(Outcome(tokens.total, to_nano(cost) if cost else 0))
+    # The attempt loop refers back to the state: without this cycle broken, every request's
+    # objects would wait for the cyclic GC (run rarely, server/serving.py) instead of going
+    # at once, and a peak of streams would leave the allocator's arenas fragmented.
+    state.attempt_loop = None
 
 
 def _recovered_cost(config: GatewayConfig, state: RequestState, tokens: Tokens) -> float:
