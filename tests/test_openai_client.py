@@ -5,10 +5,12 @@ from __future__ import annotations
 import base64
 import struct
 
+import aiohttp
 import openai
 import pytest
 from openai.types.chat import ChatCompletionMessageParam
 
+from gateway.redact import REDACT
 from gateway.server.serving import GatewayServer
 from tests.conftest import APP_KEY, FREE_KEY, UPSTREAM_KEY
 from tests.fakes.openai_upstream import Behaviour, FakeOpenAI
@@ -178,6 +180,24 @@ async def test_wrong_key_is_authentication_error(gateway: GatewayServer) -> None
     assert caught.value.status_code == 401
     assert caught.value.type == "authentication_error"
     assert caught.value.response.headers["x-should-retry"] == "false"
+
+
+async def test_a_missing_key_is_told_how_to_send_one_in_words_no_redaction_mangles(
+    gateway: GatewayServer,
+) -> None:
+    """The logs and usage records pass every message through the redactor: the hint must come
+    out of it as it went in (it once read "Authorization: [REDACTED] KEY" in the access log)."""
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(
+            gateway.url + "/v1/chat/completions", json={"model": "fast", "messages": MESSAGES}
+        ) as answer,
+    ):
+        assert answer.status == 401
+        error = (await answer.json())["error"]
+    assert error["code"] == "missing_api_key"
+    assert "Authorization header using Bearer auth" in error["message"]
+    assert REDACT(error["message"]) == error["message"]
 
 
 async def test_unknown_model_is_not_found(client: openai.AsyncOpenAI) -> None:

@@ -57,8 +57,10 @@ class Authenticator:
         presented = _bearer(authorization) or x_api_key
         if not presented:
             raise AuthenticationFailed(
-                "You didn't provide an API key. Send it as 'Authorization: Bearer KEY' "
-                "or in the 'x-api-key' header.",
+                # Worded so that no redaction (every text the gateway emits passes one) can
+                # take the hint for a credential.
+                "You didn't provide an API key. Send it in an Authorization header using "
+                "Bearer auth, or in the 'x-api-key' header.",
                 code="missing_api_key",
             )
         # aiohttp hands over header bytes that are not UTF-8 as surrogates: hashed as sent.
