@@ -361,3 +361,96 @@ class ContinuingStream(EventStream):
 
     async def aclose(self, *, completed: bool) -> None:
         await self._inner.aclose(completed=completed)
+
+
+class NativeContinuation(EventStream):
+    """The shared half of a native stream that survives (the Messages, Responses and legacy
+    Completions ingress, each relaying an upstream's own events): until a failure, events are
+    pulled from `source`, read by the subclass (`_read`: what to relay, and the failure an
+    error event among them means) and relayed; on a failure the subclass continues
+    (`_continue`: a chat `ContinuingStream.after` written in its API, set as `_continued`, or
+    the failure raised when the answer cannot be continued), and from then on the
+    continuation is the stream. Text before an error event reaches the client before the
+    continuation does."""
+
+    def __init__(
+        self,
+        call: ModelCall,
+        model_name: str,
+        chat_for: BodyFor,
+        source: EventStream,
+        prompt_estimate: int,
+        finish_marker: str,
+    ) -> None:
+        self._call = call
+        self._model = model_name
+        self._chat_for = chat_for
+        self._source = source
+        self._prompt = prompt_estimate
+        self._finish_marker = finish_marker  # what an unfinished end lacked, for its message
+        self._text: list[str] = []  # the text relayed so far: what the next model goes on from
+        self._text_only = True
+        self._finished = False  # the answer's end came: nothing left to continue
+        self._pending: UpstreamFailure | None = None
+        self._continued: EventStream | None = None
+
+    def _read(self, events: list[bytes]) -> tuple[list[bytes], UpstreamFailure | None]:
+        raise NotImplementedError
+
+    async def _continue(self, failure: UpstreamFailure) -> list[bytes]:
+        raise NotImplementedError
+
+    async def _pull(self) -> list[bytes] | None:
+        return await self._source.next_events()
+
+    async def _relay(self, events: list[bytes]) -> list[bytes]:
+        return events
+
+    def _what(self) -> str:
+        return f"{self._call.provider_for(self._model).name}/{self._model}"
+
+    def _chat_after(self) -> ContinuingStream:
+        """The chat stream that goes on from the text relayed so far."""
+        return ContinuingStream.after(
+            self._call, self._model, self._chat_for, self._source, "".join(self._text), self._prompt
+        )
+
+    async def next_events(self) -> list[bytes] | None:
+        while True:
+            if self._continued is not None:
+                return await self._continued.next_events()
+            failure, self._pending = self._pending, None
+            if failure is None:
+                try:
+                    events = await self._pull()
+                except UpstreamFailure as exc:
+                    failure = exc
+                else:
+                    if events is None:
+                        if self._finished:
+                            return None
+                        failure = UpstreamFailure(
+                            FailureKind.BAD_RESPONSE,
+                            f"{self._what()}: ended the stream before {self._finish_marker}",
+                        )
+                    else:
+                        out, failure = self._read(events)
+                        if failure is None:
+                            return await self._relay(out)
+                        if out:
+                            self._pending = failure  # the text before the error first
+                            return await self._relay(out)
+            out = await self._continue(failure)
+            if out:
+                return out
+
+    def exact_usage(self) -> Usage | None:
+        if self._continued is not None:
+            return self._continued.exact_usage()
+        return self._source.exact_usage()
+
+    async def aclose(self, *, completed: bool) -> None:
+        if self._continued is not None:
+            await self._continued.aclose(completed=completed)
+        else:
+            await self._source.aclose(completed=completed)

@@ -16,16 +16,15 @@ from __future__ import annotations
 import orjson
 
 from gateway.errors import UpstreamFailure
-from gateway.failures import FailureKind
 from gateway.ingress.completions.stream import ChatToCompletionsStream
 from gateway.ingress.completions.translate import CompletionsStreamWriter
-from gateway.pipeline.midstream import BodyFor, ContinuingStream, ModelCall
-from gateway.providers.base import EventStream, Usage
+from gateway.pipeline.midstream import BodyFor, ModelCall, NativeContinuation
+from gateway.providers.base import EventStream
 from gateway.providers.chat_events import failure_from_error_event, is_error_payload, payload
 from gateway.providers.upstream import OpenedStream
 
 
-class ContinuingCompletionsStream(EventStream):
+class ContinuingCompletionsStream(NativeContinuation):
     """A native Completions stream that, failing mid-text, goes on with the next model."""
 
     def __init__(
@@ -36,17 +35,8 @@ class ContinuingCompletionsStream(EventStream):
         inner: EventStream,
         prompt_estimate: int,
     ) -> None:
-        self._call = call
-        self._model = model_name
-        self._chat_for = chat_for
-        self._inner = inner
-        self._prompt = prompt_estimate
-        self._text: list[str] = []
-        self._text_only = True
-        self._finished = False
+        super().__init__(call, model_name, chat_for, inner, prompt_estimate, "it finished")
         self._identity: tuple[str, int, str] | None = None  # the first chunk's id, created, model
-        self._pending: UpstreamFailure | None = None
-        self._continued: ChatToCompletionsStream | None = None
 
     def first(self, events: list[bytes]) -> list[bytes]:
         out, self._pending = self._read(events)
@@ -88,60 +78,16 @@ class ContinuingCompletionsStream(EventStream):
             if choice.get("finish_reason") is not None:
                 self._finished = True
 
-    def _what(self) -> str:
-        return f"{self._call.provider_for(self._model).name}/{self._model}"
-
-    async def next_events(self) -> list[bytes] | None:
-        while True:
-            if self._continued is not None:
-                return await self._continued.next_events()
-            failure, self._pending = self._pending, None
-            if failure is None:
-                try:
-                    events = await self._inner.next_events()
-                except UpstreamFailure as exc:
-                    failure = exc
-                else:
-                    if events is None:
-                        if self._finished:
-                            return None
-                        failure = UpstreamFailure(
-                            FailureKind.BAD_RESPONSE,
-                            f"{self._what()}: ended the stream before it finished",
-                        )
-                    else:
-                        out, failure = self._read(events)
-                        if failure is None:
-                            return out
-                        if out:
-                            self._pending = failure  # the text before the error first
-                            return out
-            out = await self._continue(failure)
-            if out:
-                return out
-
     async def _continue(self, failure: UpstreamFailure) -> list[bytes]:
         if not self._text_only or self._finished or self._identity is None:
             raise failure
-        chat = ContinuingStream.after(
-            self._call, self._model, self._chat_for, self._inner, "".join(self._text), self._prompt
-        )
+        chat = self._chat_after()
         first = await chat.recover(failure)  # closes the failed stream, or raises
         cid, created, model = self._identity
         writer = CompletionsStreamWriter(model, completion_id=cid, created=created)
-        self._continued = ChatToCompletionsStream(chat, writer, _no_next_prompt, 1, 1)
-        return self._continued.translate(first)
-
-    def exact_usage(self) -> Usage | None:
-        if self._continued is not None:
-            return self._continued.exact_usage()
-        return self._inner.exact_usage()
-
-    async def aclose(self, *, completed: bool) -> None:
-        if self._continued is not None:
-            await self._continued.aclose(completed=completed)
-        else:
-            await self._inner.aclose(completed=completed)
+        continued = ChatToCompletionsStream(chat, writer, _no_next_prompt, 1, 1)
+        self._continued = continued
+        return continued.translate(first)
 
 
 async def _no_next_prompt(_index: int) -> OpenedStream:

@@ -22,11 +22,10 @@ from typing import Any
 import orjson
 
 from gateway.errors import UpstreamFailure
-from gateway.failures import FailureKind
 from gateway.ingress.messages.stream import ChatToMessagesStream
 from gateway.ingress.messages.stream_from_chat import MessagesStreamWriter
-from gateway.pipeline.midstream import BodyFor, ContinuingStream, ModelCall
-from gateway.providers.base import EventStream, Usage
+from gateway.pipeline.midstream import BodyFor, ModelCall, NativeContinuation
+from gateway.providers.base import EventStream
 from gateway.providers.chat_events import payload
 from gateway.providers.messages_events import first_event_failure
 
@@ -41,7 +40,7 @@ def _name(event: bytes) -> bytes:
     return event[len(_NAME) : end if end >= 0 else None].strip()
 
 
-class ContinuingMessagesStream(EventStream):
+class ContinuingMessagesStream(NativeContinuation):
     """A native Messages stream that, failing mid-text, goes on with the next model."""
 
     def __init__(
@@ -53,19 +52,11 @@ class ContinuingMessagesStream(EventStream):
         prompt_estimate: int,
         writer: MessagesStreamWriter,
     ) -> None:
-        self._call = call
-        self._model = model_name
-        self._chat_for = chat_for
-        self._inner = inner
-        self._prompt = prompt_estimate  # the upstream's own count once message_start came
+        super().__init__(call, model_name, chat_for, inner, prompt_estimate, "message_stop")
+        # `_prompt` becomes the upstream's own count once message_start came.
         self._writer = writer  # for the continuation's events, resumed at the failure
-        self._text: list[str] = []
-        self._text_only = True
-        self._finished = False  # the stop reason came: nothing left to continue
         self._next_block = 0
         self._open_text = False
-        self._pending: UpstreamFailure | None = None
-        self._continued: ChatToMessagesStream | None = None
 
     def first(self, events: list[bytes]) -> list[bytes]:
         out, self._pending = self._read(events)
@@ -124,66 +115,17 @@ class ContinuingMessagesStream(EventStream):
         elif name == b"message_stop":
             self._finished = True
 
-    def _what(self) -> str:
-        return f"{self._call.provider_for(self._model).name}/{self._model}"
-
-    async def next_events(self) -> list[bytes] | None:
-        while True:
-            if self._continued is not None:
-                return await self._continued.next_events()
-            failure, self._pending = self._pending, None
-            if failure is None:
-                try:
-                    events = await self._inner.next_events()
-                except UpstreamFailure as exc:
-                    failure = exc
-                else:
-                    if events is None:
-                        if self._finished:
-                            return None
-                        failure = UpstreamFailure(
-                            FailureKind.BAD_RESPONSE,
-                            f"{self._what()}: ended the stream before message_stop",
-                        )
-                    else:
-                        out, failure = self._read(events)
-                        if failure is None:
-                            return out
-                        if out:
-                            self._pending = failure  # the text before the error first
-                            return out
-            out = await self._continue(failure)
-            if out:
-                return out
-
     async def _continue(self, failure: UpstreamFailure) -> list[bytes]:
         """Go on with the next model as a chat stream written into this message, or raise
         `failure` when this answer cannot be continued."""
         if not self._text_only or self._finished:
             raise failure
-        chat = ContinuingStream.after(
-            self._call,
-            self._model,
-            self._chat_for,
-            self._inner,
-            "".join(self._text),
-            self._prompt,
-        )
+        chat = self._chat_after()
         first = await chat.recover(failure)  # closes the failed stream, or raises
         self._writer.resume(self._next_block, text_open=self._open_text)
-        self._continued = ChatToMessagesStream(chat, self._writer)
-        return self._continued.translate(first)
-
-    def exact_usage(self) -> Usage | None:
-        if self._continued is not None:
-            return self._continued.exact_usage()
-        return self._inner.exact_usage()
-
-    async def aclose(self, *, completed: bool) -> None:
-        if self._continued is not None:
-            await self._continued.aclose(completed=completed)
-        else:
-            await self._inner.aclose(completed=completed)
+        continued = ChatToMessagesStream(chat, self._writer)
+        self._continued = continued
+        return continued.translate(first)
 
 
 # The events whose content matters for a continuation; the rest (ping) go by unread.

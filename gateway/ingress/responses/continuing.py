@@ -25,12 +25,11 @@ from gateway.errors import UpstreamFailure
 from gateway.failures import FailureKind
 from gateway.ingress.responses.stream import ChatToResponsesStream, NativeResponsesStream, OnFinal
 from gateway.ingress.responses.stream_from_chat import ResponsesStreamWriter
-from gateway.pipeline.midstream import BodyFor, ContinuingStream, ModelCall
-from gateway.providers.base import EventStream, Usage
+from gateway.pipeline.midstream import BodyFor, ModelCall, NativeContinuation
 from gateway.providers.responses_events import ENDED, ERROR, FAILED, event_of
 
 
-class ContinuingResponsesStream(EventStream):
+class ContinuingResponsesStream(NativeContinuation):
     """A native Responses stream that, failing mid-text, goes on with the next model."""
 
     def __init__(
@@ -44,11 +43,8 @@ class ContinuingResponsesStream(EventStream):
         on_final: OnFinal,
         on_continue: Callable[[], None],
     ) -> None:
-        self._call = call
-        self._model = model_name
-        self._chat_for = chat_for
+        super().__init__(call, model_name, chat_for, native, prompt_estimate, "response.completed")
         self._native = native  # relays (and stores) the upstream's events until a failure
-        self._prompt = prompt_estimate
         self._writer = writer
         self._on_final = on_final
         self._on_continue = on_continue  # the turn's response is the gateway's to keep now
@@ -57,11 +53,6 @@ class ContinuingResponsesStream(EventStream):
         self._sequence = 0  # the next sequence_number
         self._items: list[dict[str, Any]] = []  # closed output items
         self._open: tuple[str, int, list[str]] | None = None  # the message being written
-        self._text: list[str] = []
-        self._text_only = True
-        self._finished = False
-        self._pending: UpstreamFailure | None = None
-        self._continued: ChatToResponsesStream | None = None
 
     async def first(self, events: list[bytes]) -> list[bytes]:
         out, self._pending = self._read(events)
@@ -141,37 +132,11 @@ class ContinuingResponsesStream(EventStream):
         elif kind in ENDED:
             self._finished = True
 
-    def _what(self) -> str:
-        return f"{self._call.provider_for(self._model).name}/{self._model}"
+    async def _pull(self) -> list[bytes] | None:
+        return await self._native.next_events_raw()
 
-    async def next_events(self) -> list[bytes] | None:
-        while True:
-            if self._continued is not None:
-                return await self._continued.next_events()
-            failure, self._pending = self._pending, None
-            if failure is None:
-                try:
-                    events = await self._native.next_events_raw()
-                except UpstreamFailure as exc:
-                    failure = exc
-                else:
-                    if events is None:
-                        if self._finished:
-                            return None
-                        failure = UpstreamFailure(
-                            FailureKind.BAD_RESPONSE,
-                            f"{self._what()}: ended the stream before response.completed",
-                        )
-                    else:
-                        out, failure = self._read(events)
-                        if failure is None:
-                            return await self._native.look(out)
-                        if out:
-                            self._pending = failure  # the text before the error first
-                            return await self._native.look(out)
-            out = await self._continue(failure)
-            if out:
-                return out
+    async def _relay(self, events: list[bytes]) -> list[bytes]:
+        return await self._native.look(events)
 
     async def _continue(self, failure: UpstreamFailure) -> list[bytes]:
         """Go on with the next model as a chat stream written into this response, or raise
@@ -184,14 +149,7 @@ class ContinuingResponsesStream(EventStream):
             or not self._open[2]
         ):
             raise failure
-        chat = ContinuingStream.after(
-            self._call,
-            self._model,
-            self._chat_for,
-            self._native,
-            "".join(self._text),
-            self._prompt,
-        )
+        chat = self._chat_after()
         first = await chat.recover(failure)  # closes the failed stream, or raises
         self._on_continue()
         self._writer.resume(
@@ -201,16 +159,6 @@ class ContinuingResponsesStream(EventStream):
             items=self._items,
             open_message=self._open,
         )
-        self._continued = ChatToResponsesStream(chat, self._writer, self._on_final, started=True)
-        return await self._continued.translate(first)
-
-    def exact_usage(self) -> Usage | None:
-        if self._continued is not None:
-            return self._continued.exact_usage()
-        return self._native.exact_usage()
-
-    async def aclose(self, *, completed: bool) -> None:
-        if self._continued is not None:
-            await self._continued.aclose(completed=completed)
-        else:
-            await self._native.aclose(completed=completed)
+        continued = ChatToResponsesStream(chat, self._writer, self._on_final, started=True)
+        self._continued = continued
+        return await continued.translate(first)
