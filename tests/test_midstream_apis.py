@@ -20,20 +20,10 @@ from tests.conftest import APP_KEY, StartGateway
 from tests.fakes.anthropic_upstream import FakeAnthropic
 from tests.fakes.midstream import STORY, words
 from tests.fakes.openai_upstream import FakeOpenAI
+from tests.test_midstream import gateway as gateway  # the same gateway, as a fixture
 from tests.test_midstream import midstream_config, records
 
 PROMPT = "Tell the story. fault:mid_reset fake:mid_reset"
-
-
-@pytest.fixture
-async def gateway(
-    upstream: FakeOpenAI,
-    claude_upstream: FakeAnthropic,
-    start_gateway: StartGateway,
-    tmp_path: Path,
-) -> GatewayServer:
-    raw = midstream_config(upstream.url, claude_upstream.url, tmp_path / "usage.jsonl")
-    return await start_gateway(raw)
 
 
 @pytest.mark.parametrize("tier", ["fast", "mixed"])
