@@ -12,8 +12,14 @@ seam trimming is exercised.
 
 from __future__ import annotations
 
+import asyncio
 import re
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+if TYPE_CHECKING:
+    from tests.fakes.openai_upstream import Behaviour
 
 STORY = (
     "Once upon a time, a small gateway carried every word from the models to the apps, "
@@ -21,6 +27,21 @@ STORY = (
 )
 OVERLAP = 14  # characters a `*_overlap` continuation repeats
 CUT_AFTER_WORDS = 5  # the faults cut the story after this many words
+
+
+async def paced_or_reset(i: int, behaviour: Behaviour, request: web.Request) -> bool:
+    """Before a fake stream's event `i`: its pace, and the faults every OpenAI-style fake
+    stream shares. True when the connection was reset (the handler ends there); a stall is
+    60 s of silence, which the gateway's idle timeout ends first."""
+    if i and behaviour.pace_s:
+        await asyncio.sleep(behaviour.pace_s)
+    if i == behaviour.reset_after_events:
+        assert request.transport is not None
+        request.transport.abort()
+        return True
+    if i == behaviour.stall_after_events:
+        await asyncio.sleep(60)
+    return False
 
 
 def words(text: str) -> list[str]:

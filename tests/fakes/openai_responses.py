@@ -9,12 +9,13 @@ which upstream keeps what.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import orjson
 from aiohttp import web
+
+from tests.fakes.midstream import paced_or_reset
 
 if TYPE_CHECKING:
     from tests.fakes.openai_upstream import Behaviour
@@ -141,14 +142,8 @@ class ResponsesAPI:
         await response.prepare(request)
         for i, event in enumerate(self._events(behaviour, body, response_id, final, n)):
             # The mid-stream faults, counted in events as for chat streams.
-            if i and behaviour.pace_s:
-                await asyncio.sleep(behaviour.pace_s)
-            if i == behaviour.reset_after_events:
-                assert request.transport is not None
-                request.transport.abort()
+            if await paced_or_reset(i, behaviour, request):
                 return response
-            if i == behaviour.stall_after_events:
-                await asyncio.sleep(60)  # silent; the gateway's idle timeout ends it
             if i == behaviour.close_after_events:
                 break
             if i == behaviour.error_event_after:

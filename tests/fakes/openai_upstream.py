@@ -22,7 +22,7 @@ import orjson
 from aiohttp import web
 
 from tests.fakes.loopback import LoopbackServer
-from tests.fakes.midstream import CUT_AFTER_WORDS, STORY, continuation_of, words
+from tests.fakes.midstream import CUT_AFTER_WORDS, STORY, continuation_of, paced_or_reset, words
 from tests.fakes.openai_responses import ResponsesAPI
 
 
@@ -312,14 +312,8 @@ class FakeOpenAI(LoopbackServer):
             if behaviour.first_event_delay_s:
                 await asyncio.sleep(behaviour.first_event_delay_s)
             for i, payload in enumerate(events):
-                if i and behaviour.pace_s:
-                    await asyncio.sleep(behaviour.pace_s)
-                if behaviour.reset_after_events is not None and i == behaviour.reset_after_events:
-                    assert request.transport is not None
-                    request.transport.abort()
+                if await paced_or_reset(i, behaviour, request):
                     return response
-                if behaviour.stall_after_events is not None and i == behaviour.stall_after_events:
-                    await asyncio.sleep(60)  # silent; the gateway's idle timeout ends it
                 if behaviour.close_after_events is not None and i == behaviour.close_after_events:
                     break  # a clean end, without finish_reason or [DONE]
                 if behaviour.error_event_after is not None and i == behaviour.error_event_after:
@@ -385,14 +379,8 @@ class FakeOpenAI(LoopbackServer):
         if (body.get("stream_options") or {}).get("include_usage"):
             events.append({**base, "choices": [], "usage": self._usage(behaviour)})
         for i, event in enumerate(events):
-            if i and behaviour.pace_s:
-                await asyncio.sleep(behaviour.pace_s)
-            if i == behaviour.reset_after_events:
-                assert request.transport is not None
-                request.transport.abort()
+            if await paced_or_reset(i, behaviour, request):
                 return response
-            if i == behaviour.stall_after_events:
-                await asyncio.sleep(60)  # silent; the gateway's idle timeout ends it
             if i == behaviour.error_event_after:
                 error = {"message": "broke mid-stream", "type": "server_error"}
                 event = {"error": {**error, "param": None, "code": None}}
