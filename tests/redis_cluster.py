@@ -209,23 +209,22 @@ def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClu
         cluster.stop()
 
 
-@pytest.fixture
-def redis_sentinels(tmp_path: Path) -> Iterator[RedisSentinelSetup]:
-    """A primary, a replica and three sentinels for one test."""
-    setup = RedisSentinelSetup(tmp_path / "sentinel", sentinels=3)
+def _sentinel_setup(folder: Path, sentinels: int) -> Iterator[RedisSentinelSetup]:
+    setup = RedisSentinelSetup(folder, sentinels=sentinels)
     try:
         setup.start()
         yield setup
     finally:
         setup.stop()
+
+
+@pytest.fixture
+def redis_sentinels(tmp_path: Path) -> Iterator[RedisSentinelSetup]:
+    """A primary, a replica and three sentinels for one test."""
+    yield from _sentinel_setup(tmp_path / "sentinel", sentinels=3)
 
 
 @pytest.fixture
 def redis_failover(tmp_path: Path) -> Iterator[RedisSentinelSetup]:
     """A primary, a replica and one sentinel, for a test that kills the primary."""
-    setup = RedisSentinelSetup(tmp_path / "sentinel", sentinels=1)
-    try:
-        setup.start()
-        yield setup
-    finally:
-        setup.stop()
+    yield from _sentinel_setup(tmp_path / "sentinel", sentinels=1)
