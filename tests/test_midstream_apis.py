@@ -41,11 +41,7 @@ async def test_a_messages_stream_is_one_anthropic_event_sequence(
                 events.append(event)
             message = await stream.get_final_message()
     assert_one_message(events)
-    text = "".join(
-        e.delta.text
-        for e in events
-        if e.type == "content_block_delta" and e.delta.type == "text_delta"
-    )
+    text = streamed_text(events)
     assert text == STORY
     starts = [e.index for e in events if e.type == "content_block_start"]
     assert starts == sorted(starts) == list(range(len(starts)))
@@ -95,6 +91,15 @@ NATIVE_REASONS = {
 }
 
 
+def streamed_text(events: list[Any]) -> str:
+    """The text an Anthropic event sequence's text deltas spell."""
+    return "".join(
+        e.delta.text
+        for e in events
+        if e.type == "content_block_delta" and e.delta.type == "text_delta"
+    )
+
+
 def assert_one_message(events: list[Any]) -> None:
     """One Anthropic event sequence: one message_start and message_stop, blocks numbered
     0, 1, ... and every delta and stop naming the block that is open."""
@@ -142,11 +147,7 @@ async def test_a_native_messages_stream_continues_as_one_message(
         events = [event async for event in stream]
         message = await stream.get_final_message()
     assert_one_message(events)
-    text = "".join(
-        e.delta.text
-        for e in events
-        if e.type == "content_block_delta" and e.delta.type == "text_delta"
-    )
+    text = streamed_text(events)
     assert text == STORY
     assert "".join(b.text for b in message.content if b.type == "text") == STORY
     assert message.stop_reason == "end_turn"
