@@ -202,6 +202,9 @@ class LimitsConfig(ConfigModel):
     redis_url: str = "redis://127.0.0.1:6379/0"
     on_backend_error: Literal["allow", "deny"] = "allow"
     lease_ttl_s: PositiveFloat = 60  # a dead replica's leases free themselves after this
+    # Redis only: how long a replica may admit from a block of quota taken from Redis in one
+    # call (see README, Limits); 0 admits every request in Redis.
+    quota_lease_s: float = Field(default=1.0, ge=0, le=1)
 
 
 class SinksConfig(ConfigModel):

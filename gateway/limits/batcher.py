@@ -181,6 +181,12 @@ class ScriptBatcher:
             return await self._pipeline_lane.send(calls)
         return await pipeline_calls(self._client, calls)
 
+    def link_lost(self) -> bool:
+        """A kept connection was closed by the server (see `ScriptLane.lost`)."""
+        return any(
+            lane is not None and lane.lost() for lane in (self._direct_lane, self._pipeline_lane)
+        )
+
     async def aclose(self) -> None:
         """After `wait_idle`: the lanes' connections go back to the pool."""
         for lane in (self._direct_lane, self._pipeline_lane):

@@ -16,7 +16,12 @@ def build_limiter(config: LimitsConfig, redis: SharedRedis | None) -> Limiter:
         from gateway.limits.redis import RedisLimiter
 
         assert redis is not None, "limits.backend redis needs the process's Redis"
-        return RedisLimiter(redis.client, lease_ttl_s=config.lease_ttl_s, cluster=redis.cluster)
+        return RedisLimiter(
+            redis.client,
+            lease_ttl_s=config.lease_ttl_s,
+            cluster=redis.cluster,
+            quota_lease_s=config.quota_lease_s,
+        )
     return MemoryLimiter(lease_ttl_s=config.lease_ttl_s)
 
 

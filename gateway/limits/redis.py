@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import math
 import secrets
 import time
 from collections.abc import Callable, Sequence
@@ -25,6 +26,7 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
+from gateway.limits import quota as blocks
 from gateway.limits.base import (
     WINDOW_S,
     Admission,
@@ -36,6 +38,8 @@ from gateway.limits.base import (
 from gateway.limits.batcher import ScriptBatcher
 from gateway.limits.budgets import BudgetCharge, BudgetHold, BudgetState, keep_s
 from gateway.limits.memory import MIN_CONCURRENCY_WAIT_S, budget_refusal, refused
+from gateway.limits.quota import LOCAL, QuotaLease, SubjectQuota, leasable
+from gateway.periodic import Periodic
 from gateway.store.breaker import RedisClient, RedisUnavailable
 from gateway.store.scripts import LuaScript, ScriptCall
 
@@ -59,7 +63,26 @@ IN_FLIGHT = LuaScript.packaged(__package__, "in_flight.lua")
 RESERVE_BUDGETS = LuaScript.packaged(__package__, "reserve_budgets.lua")
 UNDO_ADMIT = LuaScript.packaged(__package__, "undo_admit.lua")
 SETTLE_BUDGETS = LuaScript.packaged(__package__, "settle_budgets.lua")
-SCRIPTS = (ADMIT, SETTLE, RENEW, RESERVE_BUDGETS, UNDO_ADMIT, SETTLE_BUDGETS)
+# Local quota leases (`gateway.limits.quota`).
+LEASE = LuaScript.packaged(__package__, "lease.lua")
+GIVE_BACK = LuaScript.packaged(__package__, "give_back.lua")
+LEASED = LuaScript.packaged(__package__, "leased.lua")
+SCRIPTS = (
+    ADMIT,
+    SETTLE,
+    RENEW,
+    RESERVE_BUDGETS,
+    UNDO_ADMIT,
+    SETTLE_BUDGETS,
+    LEASE,
+    GIVE_BACK,
+    LEASED,
+)
+# A quota lease whose holder gave nothing back this long after its end is taken to be gone
+# with its replica: a request refused meanwhile stops waiting for it.
+GRACE_MS = 1000.0
+# How often ended leases and idle slots are given back and late token counts sent.
+TICK_S = 0.05
 
 
 def _log_settle_failure(subject: str, settled: asyncio.Future[Any]) -> None:
@@ -94,6 +117,7 @@ class RedisLimiter(Limiter):
         prefix: str = "gw",
         wall_clock: Callable[[], float] = time.time,
         cluster: bool = False,
+        quota_lease_s: float = 1.0,
     ) -> None:
         # Budget periods are UTC calendar days and months: named from this clock (injectable
         # for tests), not Redis TIME; replicas agree on a date to well under a second.
@@ -104,6 +128,12 @@ class RedisLimiter(Limiter):
         self._window_ms = window_s * 1000.0
         self._prefix = prefix
         self._cluster = cluster
+        # Blocks' entries may be timed up to a lease ahead, and an admission's PEXPIRE gives
+        # a key KEEP_MS past now: a lease longer than that could outlive its key.
+        self._lease_s = min(max(quota_lease_s, 0.0), KEEP_MS / 1000.0)
+        self._quotas: dict[str, SubjectQuota] = {}
+        self._ticks: Periodic | None = None
+        self._renew_every_s = lease_ttl_s / 3
 
     def keys(self, subject: str) -> tuple[str, str, str, str]:
         """rpm log, tpm log, tpm tokens, leases: one hash tag, one Cluster slot."""
@@ -118,6 +148,14 @@ class RedisLimiter(Limiter):
         if counter.startswith("key:"):
             return f"{self._prefix}:{{{subject}}}:budget:{counter}"
         return f"{self._prefix}:{{budgets}}:{counter}"
+
+    def quota_key(self, subject: str) -> str:
+        """The quota leases out (lease id → when it ends), in the subject's slot."""
+        return f"{self._prefix}:{{{subject}}}:quota"
+
+    def recall_key(self, subject: str) -> str:
+        """Set while free slots are recalled (a request was refused for concurrency)."""
+        return f"{self._prefix}:{{{subject}}}:recall"
 
     def _marker(self, tag: str, ident: str) -> str:
         return f"{self._prefix}:{{{tag}}}:admitted:{ident}"
@@ -140,6 +178,21 @@ class RedisLimiter(Limiter):
     ) -> Admission:
         if nothing_to_ask(spec, budgets):
             return Admission(allowed=True)
+        # Budgets are money, settled to the real cost: always asked of Redis, request by
+        # request (a request with a budget is one script call, as before).
+        if not budgets and self._lease_s > 0 and leasable(spec):
+            return await self._admit_from_blocks(subject, spec, max(tokens, 0))
+        return await self._admit_exact(subject, spec, tokens, budgets, cost)
+
+    async def _admit_exact(
+        self,
+        subject: str,
+        spec: LimitSpec,
+        tokens: int,
+        budgets: Sequence[BudgetCharge] = (),
+        cost: int = 0,
+    ) -> Admission:
+        """One admission, in Redis (admit.lua)."""
         ident = secrets.token_hex(12)
         cost = max(cost, 0)
         # In the key's slot: everything on a standalone server, only the key's own budget on a
@@ -265,6 +318,284 @@ class RedisLimiter(Limiter):
             )
         return used, budgets[refused_at - 1]
 
+    # --- local quota leases (gateway.limits.quota) ------------------------------------------
+
+    async def _admit_from_blocks(self, subject: str, spec: LimitSpec, tokens: int) -> Admission:
+        """From this replica's blocks when they have room (no I/O), asking for the next block
+        before they run out; request by request near the limit."""
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        if self._link_lost():
+            self._forget_blocks()
+        quota = self._quotas.get(subject)
+        if quota is None or quota.spec != spec:
+            if quota is not None:  # the plan changed: the old blocks go back
+                self._give_up(subject, quota)
+                quota.held_slots.clear()  # slots still in use are released as they settle
+            quota = self._quotas[subject] = SubjectQuota(spec)
+            self._start_ticks()
+        admission = quota.take(tokens, now, self._window_ms / 1000.0)
+        if admission is not None:
+            if quota.asking is None and now >= quota.exact_until:
+                self._ask_block(subject, quota, tokens, now)
+            return admission
+        if now >= quota.exact_until:
+            # No room here (the first request, or one that outran the block asked ahead):
+            # wait for the block rather than make a call of its own.
+            asking = quota.asking or self._ask_block(subject, quota, tokens, now)
+            if asking is not None:
+                with contextlib.suppress(Exception):  # Redis down: the exact call says so
+                    await asyncio.shield(asking)
+                admission = quota.take(tokens, loop.time(), self._window_ms / 1000.0)
+                if admission is not None:
+                    return admission
+        return await self._admit_waiting_for_leases(subject, spec, tokens)
+
+    async def _admit_waiting_for_leases(
+        self, subject: str, spec: LimitSpec, tokens: int
+    ) -> Admission:
+        """admit.lua; when it refuses for want of requests or tokens while a quota lease is
+        out (this replica's or another's), the room it did not use comes back when it ends:
+        wait for that and ask again, rather than refuse a request the limit has room for."""
+        loop = asyncio.get_running_loop()
+        give_up_at = loop.time() + self._lease_s + GRACE_MS / 1000.0 + 0.5
+        while True:
+            admission = await self._admit_exact(subject, spec, tokens)
+            if admission.limit == "concurrency":
+                # Free slots another replica holds come back with its next block call
+                # (within half a lease while it is busy) or when they idle a lease; the
+                # refusal's retry-after (1 s) covers it.
+                self._batcher.submit(
+                    LEASED,
+                    (self.quota_key(subject), self.recall_key(subject)),
+                    (GRACE_MS, self._lease_s * 1000.0),
+                    linger=True,
+                ).add_done_callback(functools.partial(_log_settle_failure, subject))
+                return admission
+            if (
+                admission.allowed
+                or admission.limit not in ("requests", "tokens")
+                or admission.extra.get("too_large")
+                or loop.time() >= give_up_at
+            ):
+                return admission
+            try:
+                wait_ms = float(
+                    await self._batcher.run(
+                        LEASED,
+                        (self.quota_key(subject), self.recall_key(subject)),
+                        (GRACE_MS, 0),
+                    )
+                )
+            except BACKEND_ERRORS:
+                return admission
+            if wait_ms < 0:
+                return admission
+            await asyncio.sleep(min(wait_ms / 1000.0 + TICK_S, 0.25))
+
+    def _link_lost(self) -> bool:
+        """Redis unreachable (the breaker is open) or gone (a kept connection was closed by
+        the server): blocks taken before are not used, so that `on_backend_error` decides
+        as soon as it would without them."""
+        breaker = getattr(self._redis, "breaker", None)
+        return bool(breaker is not None and breaker.open) or self._batcher.link_lost()
+
+    def _forget_blocks(self) -> None:
+        """Without Redis: what the blocks hold stays counted there until it leaves the window
+        (or its slots' TTL): never more admitted, at worst less."""
+        self._quotas.clear()
+
+    def _ask_block(
+        self, subject: str, quota: SubjectQuota, tokens: int, now: float
+    ) -> asyncio.Future[Any] | None:
+        """Ask for the next block when what is left here runs low (half a block, or half a
+        lease of time), or slots when few are free. None when nothing is needed."""
+        spec = quota.spec
+        lease_s = self._lease_s
+        need_lease = False
+        average = max(quota.avg_tokens or tokens, 1.0)
+        want_tokens = least_tokens = 0
+        if spec.rpm is not None or spec.tpm is not None:
+            requests, spare_tokens, ends = quota.room(now)
+            want_tokens = math.ceil(blocks.BLOCK_REQUESTS * average) if spec.tpm else 0
+            need_lease = (
+                ends - now < lease_s / 2
+                or (spec.rpm is not None and requests < blocks.BLOCK_REQUESTS // 2)
+                or (spec.tpm is not None and spare_tokens < want_tokens // 2)
+            )
+            if need_lease and spec.tpm is not None:
+                least_tokens = max(math.ceil(blocks.LEAST_REQUESTS * average), tokens)
+                if spec.tpm // blocks.DIVISOR < least_tokens:
+                    # Requests this size make blocks too large a share of the tpm.
+                    quota.exact_until = now + lease_s
+                    return None
+        want_slots = spec.max_concurrent is not None and len(quota.free_slots) < blocks.LEAST_SLOTS
+        # Slots are asked for when few are free, and the call made at least every half lease
+        # while they are in use: its answer says when free slots are recalled.
+        need_slots = want_slots or (
+            spec.max_concurrent is not None and now - quota.asked_at >= lease_s / 2
+        )
+        if not (need_lease or need_slots):
+            return None
+        quota.asked_at = now
+        ident = secrets.token_hex(8)
+        args: list[Any] = [
+            spec.rpm or 0,
+            spec.tpm or 0,
+            spec.max_concurrent or 0,
+            blocks.BLOCK_REQUESTS if need_lease and spec.rpm is not None else 0,
+            want_tokens if need_lease else 0,
+            blocks.BLOCK_SLOTS if want_slots else 0,
+            blocks.LEAST_REQUESTS,
+            least_tokens,
+            blocks.LEAST_SLOTS,
+            ident,
+            lease_s * 1000.0,
+            self._window_ms,
+            KEEP_MS,
+            self._ttl_ms,
+            blocks.SPLIT,
+            blocks.DIVISOR,
+        ]
+        keys = (*self.keys(subject), self.quota_key(subject), self.recall_key(subject))
+        asking = self._batcher.submit(LEASE, keys, args)
+        quota.asking = asking
+        # Its end is reckoned from before the call went out: never later than Redis's.
+        asking.add_done_callback(
+            functools.partial(self._granted, subject, quota, ident, now + lease_s)
+        )
+        return asking
+
+    def _granted(
+        self,
+        subject: str,
+        quota: SubjectQuota,
+        ident: str,
+        ends: float,
+        asked: asyncio.Future[Any],
+    ) -> None:
+        quota.asking = None
+        if asked.cancelled() or asked.exception() is not None:
+            return  # the breaker logs an outage; the next admission asks again
+        granted, requests, tokens, slots, counted, reserved, _held, recalled = (
+            int(value) for value in asked.result()
+        )
+        quota.requests_seen, quota.tokens_seen = counted, reserved
+        lease = QuotaLease(ident, ends, requests, tokens)
+        new_slots = [f"{ident}#c{i}" for i in range(1, slots + 1)]
+        if self._quotas.get(subject) is not quota:  # given up meanwhile: back at once
+            self._give_back(subject, lease, over=True, slots=new_slots)
+            return
+        now = asyncio.get_running_loop().time()
+        if not granted:
+            # Near the limit: what is held here goes back, and admission goes request by
+            # request for a lease's time.
+            quota.exact_until = now + self._lease_s
+            self._give_up(subject, quota)
+            return
+        if requests or tokens:
+            quota.leases.append(lease)
+        if new_slots:
+            quota.free_slots[:0] = new_slots  # below the ones in use: those stay warm
+            quota.held_slots.update(new_slots)
+            quota.slots_used_at = quota.slots_renewed_at = now
+        if recalled and quota.free_slots:
+            quota.held_slots.difference_update(quota.free_slots)
+            self._give_back(subject, None, over=False, slots=quota.free_slots)
+            quota.free_slots = []
+
+    def _give_back(
+        self,
+        subject: str,
+        lease: QuotaLease | None,
+        *,
+        over: bool,
+        slots: Sequence[str] = (),
+        tokens: int = 0,
+    ) -> None:
+        """Unused requests and tokens of `lease` (or only `tokens` to add to an ended lease's
+        entry), and `slots`, back to Redis with the next call."""
+        rpm_key, _, tokens_key, leases_key = self.keys(subject)
+        if lease is not None:
+            ident, first, last = lease.ident, lease.used_requests + 1, lease.requests
+            tokens += lease.used_tokens - lease.tokens if lease.tokens else 0
+        else:
+            ident, first, last = "", 1, 0
+        if first > last and not tokens and not over and not slots:
+            return
+        self._batcher.submit(
+            GIVE_BACK,
+            (rpm_key, tokens_key, leases_key, self.quota_key(subject)),
+            (ident, first, last, tokens, 1 if over else 0, *slots),
+            linger=True,
+        ).add_done_callback(functools.partial(_log_settle_failure, subject))
+
+    def _give_up(self, subject: str, quota: SubjectQuota) -> None:
+        """Every lease and free slot of `quota` back now."""
+        for lease in quota.leases:
+            self._give_back(subject, lease, over=True)
+        quota.leases.clear()
+        if quota.free_slots:
+            quota.held_slots.difference_update(quota.free_slots)
+            self._give_back(subject, None, over=False, slots=quota.free_slots)
+            quota.free_slots = []
+
+    def _start_ticks(self) -> None:
+        if self._ticks is None:
+            self._ticks = Periodic("quota-leases", TICK_S, self._tick)
+            self._ticks.start()
+
+    async def _tick(self) -> None:
+        """Ended leases and idle slots back, late token counts sent, slots renewed."""
+        now = asyncio.get_running_loop().time()
+        renewals: list[tuple[str, SubjectQuota, list[str]]] = []
+        for subject, quota in list(self._quotas.items()):
+            ended = [lease for lease in quota.leases if lease.ends <= now]
+            for lease in ended:
+                quota.leases.remove(lease)
+                self._give_back(subject, lease, over=True)
+            for ident, tokens in quota.corrections.items():
+                self._give_back(subject, QuotaLease(ident, 0.0, 0, 0), over=False, tokens=tokens)
+            quota.corrections.clear()
+            free = quota.free_slots
+            spare = len(free) - blocks.SPARE_SLOTS
+            if free and now - quota.slots_used_at >= self._lease_s:
+                spare = len(free)  # idle: every free slot goes back
+            if spare > 0:
+                # The bottom of the stack: the slots least recently used.
+                quota.released_slots += free[:spare]
+                quota.held_slots.difference_update(free[:spare])
+                del free[:spare]
+            if quota.released_slots:
+                self._give_back(subject, None, over=False, slots=quota.released_slots)
+                quota.released_slots = []
+            if quota.held_slots and now - quota.slots_renewed_at >= self._renew_every_s:
+                quota.slots_renewed_at = now
+                renewals.append((subject, quota, sorted(quota.held_slots)))
+            if quota.idle and now >= quota.exact_until:
+                del self._quotas[subject]
+        if renewals:
+            await self._renew_slots(renewals)
+
+    async def _renew_slots(self, renewals: list[tuple[str, SubjectQuota, list[str]]]) -> None:
+        """Slots live on while this replica holds them. When Redis no longer has them all
+        (they expired while it was away), none of them is used again."""
+        calls = [
+            ScriptCall(RENEW, (self.keys(subject)[3],), (self._ttl_ms, KEEP_MS, *ids))
+            for subject, _, ids in renewals
+        ]
+        try:
+            results = await self._batcher.pipelined(calls)
+        except Exception:  # the breaker logs an outage; the slots expire meanwhile
+            results = [None] * len(calls)
+        for (_, quota, ids), renewed in zip(renewals, results, strict=True):
+            if isinstance(renewed, int) and renewed >= len(ids):
+                continue
+            quota.held_slots.difference_update(ids)
+            lost = set(ids)
+            quota.released_slots += [slot for slot in quota.free_slots if slot in lost]
+            quota.free_slots = [slot for slot in quota.free_slots if slot not in lost]
+
     async def settle(
         self,
         subject: str,
@@ -298,6 +629,11 @@ class RedisLimiter(Limiter):
         actual_cost: int | None,
         linger: bool,
     ) -> list[asyncio.Future[Any]]:
+        if (admission.lease_id or "").startswith(LOCAL) or (admission.reservation or "").startswith(
+            LOCAL
+        ):
+            self._settle_local(subject, admission, actual_tokens)
+            return []
         correct = actual_tokens is not None and admission.reservation is not None
         holds = admission.budget_holds if actual_cost is not None else ()
         if admission.lease_id is None and not correct and not holds:
@@ -328,10 +664,26 @@ class RedisLimiter(Limiter):
             settled.add_done_callback(functools.partial(_log_settle_failure, subject))
         return calls
 
+    def _settle_local(self, subject: str, admission: Admission, actual_tokens: int | None) -> None:
+        """An admission made from a block: settled here, in memory; Redis hears of it with
+        the next block's call or tick (slots given back, token counts corrected)."""
+        quota = self._quotas.get(subject)
+        if quota is not None:
+            quota.settle(admission, actual_tokens)
+            return
+        # Its blocks are gone (Redis was lost, or the subject idled out): straight to Redis.
+        orphan = SubjectQuota(LimitSpec())
+        orphan.settle(admission, actual_tokens)
+        for ident, tokens in orphan.corrections.items():
+            self._give_back(subject, QuotaLease(ident, 0.0, 0, 0), over=False, tokens=tokens)
+        if orphan.released_slots:
+            self._give_back(subject, None, over=False, slots=orphan.released_slots)
+
     async def renew(self, leases: list[tuple[str, str]]) -> None:
         by_subject: dict[str, list[str]] = {}
         for subject, lease_id in leases:
-            by_subject.setdefault(subject, []).append(lease_id)
+            if not lease_id.startswith(LOCAL):  # a block's slot: renewed with its block
+                by_subject.setdefault(subject, []).append(lease_id)
         if not by_subject:
             return
         # One script call per subject (a subject's keys share a Cluster slot; different
@@ -381,5 +733,18 @@ class RedisLimiter(Limiter):
             raise LimiterUnavailable(f"redis: {exc}") from exc
 
     async def aclose(self) -> None:
+        """Every block goes back before the connections close: a replica that stops leaves
+        no quota behind."""
+        if self._ticks is not None:
+            await self._ticks.stop()
+            self._ticks = None
+        for subject, quota in self._quotas.items():
+            self._give_up(subject, quota)
+            for ident, tokens in quota.corrections.items():
+                self._give_back(subject, QuotaLease(ident, 0.0, 0, 0), over=False, tokens=tokens)
+            held = [*quota.released_slots, *quota.held_slots]
+            if held:
+                self._give_back(subject, None, over=False, slots=held)
+        self._quotas.clear()
         await self._batcher.wait_idle()
         await self._batcher.aclose()

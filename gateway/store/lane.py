@@ -16,6 +16,7 @@ per-slot routing: there is no lane for it (`ScriptLane.for_client` answers None)
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from typing import Any
 
@@ -81,6 +82,12 @@ class ScriptLane:
             # Replies may be left unread (an error, a cancelled caller): start afresh.
             await connection.disconnect()
             raise
+
+    def lost(self) -> bool:
+        """The server closed the kept connection (killed, restarted, failed over): seen at
+        once, before anything is sent on it."""
+        reader = getattr(self._connection, "_reader", None)
+        return isinstance(reader, asyncio.StreamReader) and reader.at_eof()
 
     async def aclose(self) -> None:
         if self._connection is not None:

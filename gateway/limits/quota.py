@@ -1,0 +1,186 @@
+"""Local quota leases: what one replica holds of a subject's Redis quota, to admit from in memory.
+
+A per-request script call costs every request a round trip and wakes redis-server once per
+request. Instead a replica takes a *block* of a subject's quota in one call (`lease.lua`): some
+admissions (rpm), some tokens (tpm) and some concurrency slots, and admits from it with no I/O.
+
+Why it stays exact (never more than the limit across replicas):
+- A block's admissions and tokens are entries of the subject's logs in Redis from the moment
+  they are granted, timed at the lease's END. The replica uses a block only until its own end
+  (reckoned from before the call was sent, so never later than Redis's), so every admission
+  made from it stays counted for at least a window after it was made: any rolling window
+  counts at least what was really admitted in it.
+- Slots are concurrency leases like any other, renewed while held; in-flight requests never
+  outnumber the slots this replica holds.
+- Near a limit blocks shrink (at most 1/8 of what is left, 1/64 of the limit) and below
+  `LEAST_*` none is granted: admission goes request by request again, exact as before.
+
+Unused quota goes back: when a lease ends (at most `lease_s`, 1 s, after it was taken), when the
+subject nears its limit, when the replica stops, and free slots after `lease_s` idle. A request
+refused while another replica's lease is still out waits for that lease's end and asks again
+(`RedisLimiter`), so quota unused elsewhere is not lost to it. A replica killed outright loses
+at most its blocks until they leave the window (its slots until their TTL).
+
+This module is the bookkeeping, synchronous and without I/O; `RedisLimiter` does the calls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import Any
+
+from gateway.limits.base import Admission, LimitSpec
+
+# A block is at most 1/DIVISOR of the limit (slots: 1/(DIVISOR/4)) and 1/SPLIT of what is left.
+DIVISOR = 64
+SPLIT = 8
+BLOCK_REQUESTS = 64  # admissions asked for in one block
+LEAST_REQUESTS = 16  # a block smaller than this is not worth a lease: request by request
+BLOCK_SLOTS = 16
+LEAST_SLOTS = 4
+SPARE_SLOTS = BLOCK_SLOTS  # free slots kept beyond this many are given back
+LOCAL = "~"  # starts the lease id and reservation of an admission made from a block
+
+
+def slot_divisor() -> int:
+    return max(1, DIVISOR // 4)
+
+
+def leasable(spec: LimitSpec) -> bool:
+    """Whether the subject's limits are large enough for blocks at all (tpm is judged when a
+    block is asked for, against the requests' token sizes). Small limits are admitted request
+    by request: a key limited to under 1,024 rpm makes few calls anyway."""
+    if spec.rpm is None and spec.tpm is None and spec.max_concurrent is None:
+        return False
+    if spec.rpm is not None and spec.rpm // DIVISOR < LEAST_REQUESTS:
+        return False
+    return spec.max_concurrent is None or spec.max_concurrent // slot_divisor() >= LEAST_SLOTS
+
+
+@dataclass(slots=True)
+class QuotaLease:
+    ident: str
+    ends: float  # event-loop time from which it is no longer used
+    requests: int  # granted (0 when the subject has no rpm)
+    tokens: int  # granted (0 when it has no tpm)
+    used_requests: int = 0
+    used_tokens: int = 0  # reservations, corrected to the real counts as requests settle
+
+
+@dataclass(slots=True)
+class SubjectQuota:
+    """One subject's blocks in this replica, for the spec they were taken under."""
+
+    spec: LimitSpec
+    leases: list[QuotaLease] = field(default_factory=list)  # oldest first
+    free_slots: list[str] = field(default_factory=list)
+    held_slots: set[str] = field(default_factory=set)  # free and in use
+    slots_used_at: float = 0.0
+    slots_renewed_at: float = 0.0
+    asking: asyncio.Future[Any] | None = None  # a block asked for, not yet answered
+    asked_at: float = 0.0
+    exact_until: float = 0.0  # near a limit: request by request until then
+    requests_seen: int = 0  # Redis's counts at the last answer (every replica's blocks in)
+    tokens_seen: int = 0
+    avg_tokens: float = 0.0
+    corrections: dict[str, int] = field(default_factory=dict)  # ended lease → tokens to add
+    released_slots: list[str] = field(default_factory=list)  # to give back at the next tick
+
+    def take(self, tokens: int, now: float, window_s: float) -> Admission | None:
+        """An admission from the blocks, or None when they hold no room for it."""
+        spec = self.spec
+        lease: QuotaLease | None = None
+        if spec.rpm is not None or spec.tpm is not None:
+            for candidate in self.leases:
+                if candidate.ends <= now:
+                    continue
+                if spec.rpm is not None and candidate.used_requests >= candidate.requests:
+                    continue
+                if spec.tpm is not None and candidate.used_tokens + tokens > candidate.tokens:
+                    continue
+                lease = candidate
+                break
+            if lease is None:
+                return None
+        if spec.max_concurrent is not None and not self.free_slots:
+            return None
+        admission = Admission(allowed=True)
+        if spec.max_concurrent is not None:
+            admission.lease_id = LOCAL + self.free_slots.pop()
+            self.slots_used_at = now
+        if lease is not None:
+            lease.used_requests += 1
+            if spec.tpm is not None:
+                lease.used_tokens += tokens
+                admission.reservation = LOCAL + lease.ident
+                admission.reserved_tokens = tokens
+                self.avg_tokens = (
+                    tokens if not self.avg_tokens else 0.9 * self.avg_tokens + 0.1 * tokens
+                )
+            self._fill_headers(admission, lease, now, window_s)
+        return admission
+
+    def _fill_headers(
+        self, admission: Admission, lease: QuotaLease, now: float, window_s: float
+    ) -> None:
+        """What Redis counted at its last answer (every replica's blocks as taken), less what
+        this replica has not used of its own: the room any replica may still find. Another
+        replica's admissions since that answer (at most one lease ago) are not in it."""
+        spec = self.spec
+        reset = window_s + max(lease.ends - now, 0.0)
+        live = [held for held in self.leases if held.ends > now]
+        if spec.rpm is not None:
+            unused = sum(held.requests - held.used_requests for held in live)
+            admission.requests_limit = spec.rpm
+            admission.requests_remaining = max(spec.rpm - self.requests_seen + unused, 0)
+            admission.requests_reset_s = reset
+        if spec.tpm is not None:
+            unused = sum(max(held.tokens - held.used_tokens, 0) for held in live)
+            admission.tokens_limit = spec.tpm
+            admission.tokens_remaining = max(spec.tpm - self.tokens_seen + unused, 0)
+            admission.tokens_reset_s = reset
+
+    def settle(self, admission: Admission, actual_tokens: int | None) -> None:
+        """A request admitted from a block ended: its slot is free again here, and its tokens
+        are corrected in its lease (or, when that ended, in Redis at the next tick)."""
+        lease_id = admission.lease_id
+        if lease_id is not None and lease_id.startswith(LOCAL):
+            slot = lease_id[1:]
+            if slot in self.held_slots:
+                self.free_slots.append(slot)
+            else:  # its block was given up while it ran
+                self.released_slots.append(slot)
+        reservation = admission.reservation
+        if actual_tokens is None or reservation is None or not reservation.startswith(LOCAL):
+            return
+        delta = max(actual_tokens, 0) - admission.reserved_tokens
+        if not delta:
+            return
+        ident = reservation[1:]
+        for lease in self.leases:
+            if lease.ident == ident:
+                lease.used_tokens += delta
+                return
+        self.corrections[ident] = self.corrections.get(ident, 0) + delta
+
+    def room(self, now: float) -> tuple[int, int, float]:
+        """Requests and tokens left in the live leases, and when the last of them ends."""
+        requests = tokens = 0
+        ends = 0.0
+        for lease in self.leases:
+            if lease.ends > now:
+                requests += lease.requests - lease.used_requests
+                tokens += lease.tokens - lease.used_tokens
+                ends = max(ends, lease.ends)
+        return requests, tokens, ends
+
+    @property
+    def idle(self) -> bool:
+        return not (
+            self.leases
+            or self.held_slots
+            or self.corrections
+            or self.released_slots
+            or self.asking is not None
+        )
