@@ -364,6 +364,41 @@ async def test_three_replicas_admit_exactly_the_rpm(
     assert statuses.count(429) == 70
 
 
+def script_calls(server: RedisServer) -> int:
+    stats = server.command("INFO", "commandstats").decode()
+    if "cmdstat_evalsha:calls=" not in stats:
+        return 0
+    return int(stats.split("cmdstat_evalsha:calls=")[1].split(",")[0])
+
+
+async def test_three_replicas_admit_exactly_the_rpm_with_quota_blocks(
+    redis_server: RedisServer, upstream: FakeOpenAI, replicas: Any
+) -> None:
+    """rpm 1,024 is large enough for local quota leases: each replica admits from blocks it
+    takes from Redis, and the three still admit exactly the limit, the last ones request by
+    request, with no quota left stranded in a replica's block."""
+    raw = limited_config(upstream.url, "redis", redis_server.url, rpm=1024)
+    urls = await replicas(raw, 3)
+    body = {**CHAT, "model": "demo"}
+    calls_before = script_calls(redis_server)
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=48)) as http:
+
+        async def one(i: int) -> int:
+            async with http.post(
+                urls[i % 3] + "/v1/chat/completions", json=body, headers=AUTH
+            ) as response:
+                await response.read()
+                return response.status
+
+        statuses = await asyncio.gather(*(one(i) for i in range(800)))
+        # Far from the limit, blocks (16 admissions each here) serve them: a call per block
+        # and one to give back its rest, not a call per request.
+        assert script_calls(redis_server) - calls_before < 200
+        statuses += await asyncio.gather(*(one(i) for i in range(300)))
+    assert statuses.count(200) == 1024
+    assert statuses.count(429) == 76
+
+
 async def test_three_replicas_never_exceed_max_concurrent_at_the_upstream(
     redis_server: RedisServer, upstream: FakeOpenAI, replicas: Any
 ) -> None:
