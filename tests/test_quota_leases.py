@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import pytest
 from redis.asyncio import Redis
@@ -183,7 +184,8 @@ async def test_an_admission_late_in_a_lease_stays_counted_a_window_after_it(
     made_at = await redis.time()
     await limiter.aclose()  # the unused rest goes back: two entries stay
     rpm_key = limiter.keys(SUBJECT)[0]
-    scores = [score for _, score in await redis.zrange(rpm_key, 0, -1, withscores=True)]
+    entries: Any = await redis.zrange(rpm_key, 0, -1, withscores=True)
+    scores = [float(score) for _, score in entries]
     assert len(scores) == 2
     made_ms = made_at[0] * 1000 + made_at[1] / 1000
     assert min(scores) >= made_ms - 50  # counted until at least a window after `late`
