@@ -39,7 +39,8 @@ BLOCK_REQUESTS = 64  # admissions asked for in one block
 LEAST_REQUESTS = 16  # a block smaller than this is not worth a lease: request by request
 BLOCK_SLOTS = 16
 LEAST_SLOTS = 4
-SPARE_SLOTS = BLOCK_SLOTS  # free slots kept beyond this many are given back
+# Blocks are sized to last about this share of a lease at the rate admissions come.
+BLOCK_SHARE = 0.25
 LOCAL = "~"  # starts the lease id and reservation of an admission made from a block
 
 
@@ -80,6 +81,7 @@ class SubjectQuota:
     slots_renewed_at: float = 0.0
     asking: asyncio.Future[Any] | None = None  # a block asked for, not yet answered
     asked_at: float = 0.0
+    takes: int = 0  # admissions from blocks since `asked_at`: the rate blocks are sized to
     exact_until: float = 0.0  # near a limit: request by request until then
     requests_seen: int = 0  # Redis's counts at the last answer (every replica's blocks in)
     tokens_seen: int = 0
@@ -106,6 +108,7 @@ class SubjectQuota:
         if spec.max_concurrent is not None and not self.free_slots:
             return None
         admission = Admission(allowed=True)
+        self.takes += 1
         if spec.max_concurrent is not None:
             admission.lease_id = LOCAL + self.free_slots.pop()
             self.slots_used_at = now
@@ -174,6 +177,10 @@ class SubjectQuota:
                 tokens += lease.tokens - lease.used_tokens
                 ends = max(ends, lease.ends)
         return requests, tokens, ends
+
+    @property
+    def busy_slots(self) -> int:
+        return len(self.held_slots) - len(self.free_slots)
 
     @property
     def idle(self) -> bool:

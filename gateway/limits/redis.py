@@ -342,13 +342,22 @@ class RedisLimiter(Limiter):
         if now >= quota.exact_until:
             # No room here (the first request, or one that outran the block asked ahead):
             # wait for the block rather than make a call of its own.
-            asking = quota.asking or self._ask_block(subject, quota, tokens, now)
-            if asking is not None:
+            # Several requests may wait on one block that holds too little for all of them:
+            # those left over ask for the next, up to a few times.
+            for _ in range(3):
+                asking = quota.asking or self._ask_block(subject, quota, tokens, now)
+                if asking is None:
+                    break
                 with contextlib.suppress(Exception):  # Redis down: the exact call says so
                     await asyncio.shield(asking)
-                admission = quota.take(tokens, loop.time(), self._window_ms / 1000.0)
+                now = loop.time()
+                admission = quota.take(tokens, now, self._window_ms / 1000.0)
                 if admission is not None:
                     return admission
+                if asking.cancelled() or asking.exception() is not None:
+                    break
+                if now < quota.exact_until or self._quotas.get(subject) is not quota:
+                    break
         return await self._admit_waiting_for_leases(subject, spec, tokens)
 
     async def _admit_waiting_for_leases(
@@ -414,10 +423,14 @@ class RedisLimiter(Limiter):
         lease_s = self._lease_s
         need_lease = False
         average = max(quota.avg_tokens or tokens, 1.0)
+        # As many admissions as come in a quarter lease at the rate since the last call
+        # (at least BLOCK_REQUESTS); Redis makes it smaller near the limit.
+        rate = quota.takes / max(now - quota.asked_at, 0.001) if quota.asked_at else 0.0
+        want_requests = max(blocks.BLOCK_REQUESTS, math.ceil(rate * lease_s * blocks.BLOCK_SHARE))
         want_tokens = least_tokens = 0
         if spec.rpm is not None or spec.tpm is not None:
             requests, spare_tokens, ends = quota.room(now)
-            want_tokens = math.ceil(blocks.BLOCK_REQUESTS * average) if spec.tpm else 0
+            want_tokens = math.ceil(want_requests * average) if spec.tpm else 0
             need_lease = (
                 ends - now < lease_s / 2
                 or (spec.rpm is not None and requests < blocks.BLOCK_REQUESTS // 2)
@@ -429,7 +442,10 @@ class RedisLimiter(Limiter):
                     # Requests this size make blocks too large a share of the tpm.
                     quota.exact_until = now + lease_s
                     return None
-        want_slots = spec.max_concurrent is not None and len(quota.free_slots) < blocks.LEAST_SLOTS
+        busy = quota.busy_slots
+        want_slots = spec.max_concurrent is not None and len(quota.free_slots) < max(
+            blocks.LEAST_SLOTS, busy // 4
+        )
         # Slots are asked for when few are free, and the call made at least every half lease
         # while they are in use: its answer says when free slots are recalled.
         need_slots = want_slots or (
@@ -438,14 +454,15 @@ class RedisLimiter(Limiter):
         if not (need_lease or need_slots):
             return None
         quota.asked_at = now
+        quota.takes = 0
         ident = secrets.token_hex(8)
         args: list[Any] = [
             spec.rpm or 0,
             spec.tpm or 0,
             spec.max_concurrent or 0,
-            blocks.BLOCK_REQUESTS if need_lease and spec.rpm is not None else 0,
+            want_requests if need_lease and spec.rpm is not None else 0,
             want_tokens if need_lease else 0,
-            blocks.BLOCK_SLOTS if want_slots else 0,
+            max(blocks.BLOCK_SLOTS, busy // 2) if want_slots else 0,
             blocks.LEAST_REQUESTS,
             least_tokens,
             blocks.LEAST_SLOTS,
@@ -558,7 +575,9 @@ class RedisLimiter(Limiter):
                 self._give_back(subject, QuotaLease(ident, 0.0, 0, 0), over=False, tokens=tokens)
             quota.corrections.clear()
             free = quota.free_slots
-            spare = len(free) - blocks.SPARE_SLOTS
+            # Free slots beyond as many as are in use (at least a block) go back, all of them
+            # once idle for a lease.
+            spare = len(free) - max(blocks.BLOCK_SLOTS, quota.busy_slots)
             if free and now - quota.slots_used_at >= self._lease_s:
                 spare = len(free)  # idle: every free slot goes back
             if spare > 0:
