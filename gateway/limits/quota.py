@@ -79,9 +79,14 @@ class SubjectQuota:
     held_slots: set[str] = field(default_factory=set)  # free and in use
     slots_used_at: float = 0.0
     slots_renewed_at: float = 0.0
+    # The most slots in use at once since `peak_since`: free slots up to that are kept, so
+    # that a load that comes and goes does not give slots back only to ask for them again.
+    busy_peak: int = 0
+    peak_since: float = 0.0
     asking: asyncio.Future[Any] | None = None  # a block asked for, not yet answered
     asked_at: float = 0.0
     takes: int = 0  # admissions from blocks since `asked_at`: the rate blocks are sized to
+    waiting: int = 0  # requests waiting for a block: the next one is at least that large
     exact_until: float = 0.0  # near a limit: request by request until then
     requests_seen: int = 0  # Redis's counts at the last answer (every replica's blocks in)
     tokens_seen: int = 0
@@ -112,6 +117,9 @@ class SubjectQuota:
         if spec.max_concurrent is not None:
             admission.lease_id = LOCAL + self.free_slots.pop()
             self.slots_used_at = now
+            busy = len(self.held_slots) - len(self.free_slots)
+            if busy > self.busy_peak:
+                self.busy_peak = busy
         if lease is not None:
             lease.used_requests += 1
             if spec.tpm is not None:

@@ -348,8 +348,16 @@ class RedisLimiter(Limiter):
                 asking = quota.asking or self._ask_block(subject, quota, tokens, now)
                 if asking is None:
                     break
-                with contextlib.suppress(Exception):  # Redis down: the exact call says so
-                    await asyncio.shield(asking)
+                quota.waiting += 1
+                try:
+                    with contextlib.suppress(Exception):  # Redis down: the exact call says so
+                        await asyncio.shield(asking)
+                    if quota.asking is asking:
+                        # Answered, but the callback that installs the block has not run yet
+                        # (it is next in the loop's queue).
+                        await asyncio.sleep(0)
+                finally:
+                    quota.waiting -= 1
                 now = loop.time()
                 admission = quota.take(tokens, now, self._window_ms / 1000.0)
                 if admission is not None:
@@ -426,7 +434,11 @@ class RedisLimiter(Limiter):
         # As many admissions as come in a quarter lease at the rate since the last call
         # (at least BLOCK_REQUESTS); Redis makes it smaller near the limit.
         rate = quota.takes / max(now - quota.asked_at, 0.001) if quota.asked_at else 0.0
-        want_requests = max(blocks.BLOCK_REQUESTS, math.ceil(rate * lease_s * blocks.BLOCK_SHARE))
+        want_requests = max(
+            blocks.BLOCK_REQUESTS,
+            math.ceil(rate * lease_s * blocks.BLOCK_SHARE),
+            2 * quota.waiting,
+        )
         want_tokens = least_tokens = 0
         if spec.rpm is not None or spec.tpm is not None:
             requests, spare_tokens, ends = quota.room(now)
@@ -462,7 +474,7 @@ class RedisLimiter(Limiter):
             spec.max_concurrent or 0,
             want_requests if need_lease and spec.rpm is not None else 0,
             want_tokens if need_lease else 0,
-            max(blocks.BLOCK_SLOTS, busy // 2) if want_slots else 0,
+            max(blocks.BLOCK_SLOTS, busy // 2, 2 * quota.waiting) if want_slots else 0,
             blocks.LEAST_REQUESTS,
             least_tokens,
             blocks.LEAST_SLOTS,
@@ -575,9 +587,11 @@ class RedisLimiter(Limiter):
                 self._give_back(subject, QuotaLease(ident, 0.0, 0, 0), over=False, tokens=tokens)
             quota.corrections.clear()
             free = quota.free_slots
-            # Free slots beyond as many as are in use (at least a block) go back, all of them
-            # once idle for a lease.
-            spare = len(free) - max(blocks.BLOCK_SLOTS, quota.busy_slots)
+            # Free slots beyond the most in use at once over the last lease or so (at least a
+            # block) go back, all of them once idle for a lease.
+            if now - quota.peak_since >= self._lease_s:
+                quota.peak_since, quota.busy_peak = now, quota.busy_slots
+            spare = len(free) - max(blocks.BLOCK_SLOTS, quota.busy_peak)
             if free and now - quota.slots_used_at >= self._lease_s:
                 spare = len(free)  # idle: every free slot goes back
             if spare > 0:
