@@ -91,6 +91,12 @@ class SubjectQuota:
     requests_seen: int = 0  # Redis's counts at the last answer (every replica's blocks in)
     tokens_seen: int = 0
     avg_tokens: float = 0.0
+    # What the leases held have not used (kept as they change: the headers need it on every
+    # admission).
+    unused_requests: int = 0
+    unused_tokens: int = 0
+    block_requests: int = 0  # the size of the last block granted
+    block_tokens: int = 0
     corrections: dict[str, int] = field(default_factory=dict)  # ended lease → tokens to add
     released_slots: list[str] = field(default_factory=list)  # to give back at the next tick
 
@@ -122,8 +128,10 @@ class SubjectQuota:
                 self.busy_peak = busy
         if lease is not None:
             lease.used_requests += 1
+            self.unused_requests -= 1
             if spec.tpm is not None:
                 lease.used_tokens += tokens
+                self.unused_tokens -= tokens
                 admission.reservation = LOCAL + lease.ident
                 admission.reserved_tokens = tokens
                 self.avg_tokens = (
@@ -140,16 +148,15 @@ class SubjectQuota:
         replica's admissions since that answer (at most one lease ago) are not in it."""
         spec = self.spec
         reset = window_s + max(lease.ends - now, 0.0)
-        live = [held for held in self.leases if held.ends > now]
         if spec.rpm is not None:
-            unused = sum(held.requests - held.used_requests for held in live)
             admission.requests_limit = spec.rpm
-            admission.requests_remaining = max(spec.rpm - self.requests_seen + unused, 0)
+            remaining = spec.rpm - self.requests_seen + self.unused_requests
+            admission.requests_remaining = min(max(remaining, 0), spec.rpm)
             admission.requests_reset_s = reset
         if spec.tpm is not None:
-            unused = sum(max(held.tokens - held.used_tokens, 0) for held in live)
             admission.tokens_limit = spec.tpm
-            admission.tokens_remaining = max(spec.tpm - self.tokens_seen + unused, 0)
+            remaining = spec.tpm - self.tokens_seen + max(self.unused_tokens, 0)
+            admission.tokens_remaining = min(max(remaining, 0), spec.tpm)
             admission.tokens_reset_s = reset
 
     def settle(self, admission: Admission, actual_tokens: int | None) -> None:
@@ -172,8 +179,21 @@ class SubjectQuota:
         for lease in self.leases:
             if lease.ident == ident:
                 lease.used_tokens += delta
+                self.unused_tokens -= delta
                 return
         self.corrections[ident] = self.corrections.get(ident, 0) + delta
+
+    def add(self, lease: QuotaLease) -> None:
+        self.leases.append(lease)
+        self.unused_requests += lease.requests
+        self.unused_tokens += lease.tokens
+        self.block_requests, self.block_tokens = lease.requests, lease.tokens
+
+    def end(self, lease: QuotaLease) -> None:
+        """`lease` is no longer used (its rest goes back to Redis)."""
+        self.leases.remove(lease)
+        self.unused_requests -= lease.requests - lease.used_requests
+        self.unused_tokens -= lease.tokens - lease.used_tokens
 
     def room(self, now: float) -> tuple[int, int, float]:
         """Requests and tokens left in the live leases, and when the last of them ends."""

@@ -443,10 +443,12 @@ class RedisLimiter(Limiter):
         if spec.rpm is not None or spec.tpm is not None:
             requests, spare_tokens, ends = quota.room(now)
             want_tokens = math.ceil(want_requests * average) if spec.tpm else 0
+            # Half of the last block left, or half a lease of time: the next block is asked
+            # for now, so that it is there before this one runs out.
             need_lease = (
                 ends - now < lease_s / 2
-                or (spec.rpm is not None and requests < blocks.BLOCK_REQUESTS // 2)
-                or (spec.tpm is not None and spare_tokens < want_tokens // 2)
+                or (spec.rpm is not None and requests <= quota.block_requests // 2)
+                or (spec.tpm is not None and spare_tokens <= quota.block_tokens // 2)
             )
             if need_lease and spec.tpm is not None:
                 least_tokens = max(math.ceil(blocks.LEAST_REQUESTS * average), tokens)
@@ -523,7 +525,7 @@ class RedisLimiter(Limiter):
             self._give_up(subject, quota)
             return
         if requests or tokens:
-            quota.leases.append(lease)
+            quota.add(lease)
         if new_slots:
             quota.free_slots[:0] = new_slots  # below the ones in use: those stay warm
             quota.held_slots.update(new_slots)
@@ -561,9 +563,9 @@ class RedisLimiter(Limiter):
 
     def _give_up(self, subject: str, quota: SubjectQuota) -> None:
         """Every lease and free slot of `quota` back now."""
-        for lease in quota.leases:
+        for lease in list(quota.leases):
             self._give_back(subject, lease, over=True)
-        quota.leases.clear()
+            quota.end(lease)
         if quota.free_slots:
             quota.held_slots.difference_update(quota.free_slots)
             self._give_back(subject, None, over=False, slots=quota.free_slots)
@@ -581,7 +583,7 @@ class RedisLimiter(Limiter):
         for subject, quota in list(self._quotas.items()):
             ended = [lease for lease in quota.leases if lease.ends <= now]
             for lease in ended:
-                quota.leases.remove(lease)
+                quota.end(lease)
                 self._give_back(subject, lease, over=True)
             for ident, tokens in quota.corrections.items():
                 self._give_back(subject, QuotaLease(ident, 0.0, 0, 0), over=False, tokens=tokens)
