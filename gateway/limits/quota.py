@@ -56,6 +56,8 @@ def leasable(spec: LimitSpec) -> bool:
         return False
     if spec.rpm is not None and spec.rpm // DIVISOR < LEAST_REQUESTS:
         return False
+    if spec.tpm is not None and spec.tpm // DIVISOR < LEAST_REQUESTS:  # under 16 tokens a block
+        return False
     return spec.max_concurrent is None or spec.max_concurrent // slot_divisor() >= LEAST_SLOTS
 
 
