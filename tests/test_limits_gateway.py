@@ -344,6 +344,20 @@ async def replicas(
                 process.kill()
 
 
+async def spread(
+    http: aiohttp.ClientSession, urls: list[str], body: dict[str, Any], count: int
+) -> list[int]:
+    """`count` requests at once, request i to replica i % len(urls): their statuses."""
+
+    async def one(i: int) -> int:
+        url = urls[i % len(urls)] + "/v1/chat/completions"
+        async with http.post(url, json=body, headers=AUTH) as response:
+            await response.read()
+            return response.status
+
+    return list(await asyncio.gather(*(one(i) for i in range(count))))
+
+
 async def test_three_replicas_admit_exactly_the_rpm(
     redis_server: RedisServer, upstream: FakeOpenAI, replicas: Any
 ) -> None:
@@ -351,15 +365,7 @@ async def test_three_replicas_admit_exactly_the_rpm(
     urls = await replicas(raw, 3)
     body = {**CHAT, "model": "demo"}
     async with aiohttp.ClientSession() as http:
-
-        async def one(i: int) -> int:
-            async with http.post(
-                urls[i % 3] + "/v1/chat/completions", json=body, headers=AUTH
-            ) as response:
-                await response.read()
-                return response.status
-
-        statuses = await asyncio.gather(*(one(i) for i in range(100)))
+        statuses = await spread(http, urls, body, 100)
     assert statuses.count(200) == 30
     assert statuses.count(429) == 70
 
@@ -382,19 +388,11 @@ async def test_three_replicas_admit_exactly_the_rpm_with_quota_blocks(
     body = {**CHAT, "model": "demo"}
     calls_before = script_calls(redis_server)
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=48)) as http:
-
-        async def one(i: int) -> int:
-            async with http.post(
-                urls[i % 3] + "/v1/chat/completions", json=body, headers=AUTH
-            ) as response:
-                await response.read()
-                return response.status
-
-        statuses = await asyncio.gather(*(one(i) for i in range(800)))
+        statuses = await spread(http, urls, body, 800)
         # Far from the limit, blocks (16 admissions each here) serve them: a call per block
         # and one to give back its rest, not a call per request.
         assert script_calls(redis_server) - calls_before < 200
-        statuses += await asyncio.gather(*(one(i) for i in range(300)))
+        statuses += await spread(http, urls, body, 300)
     assert statuses.count(200) == 1024
     assert statuses.count(429) == 76
 
@@ -415,15 +413,7 @@ async def test_three_replicas_never_exceed_max_concurrent_at_the_upstream(
 
     watcher = asyncio.create_task(watch())
     async with aiohttp.ClientSession() as http:
-
-        async def one(i: int) -> int:
-            async with http.post(
-                urls[i % 3] + "/v1/chat/completions", json=STREAM, headers=AUTH
-            ) as response:
-                await response.read()
-                return response.status
-
-        statuses = await asyncio.gather(*(one(i) for i in range(30)))
+        statuses = await spread(http, urls, STREAM, 30)
     watcher.cancel()
     assert peak <= 5
     assert statuses.count(200) >= 5
