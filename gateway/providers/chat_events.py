@@ -51,17 +51,21 @@ def may_matter(event: bytes) -> bool:
     """Whether an event may carry usage, an error or the end of the stream. Substring tests
     first, as they are several times cheaper than a regex; a false match only costs the exact
     look. (OpenAI's chunks all carry `"usage":null` once usage is asked for: only an object
-    counts.)"""
+    counts.)
+
+    `find`, not `in`: on CPython 3.11 `bytes in bytes` first tries the operand as an integer
+    (`5 in b"..."`) and raises and clears a TypeError with a formatted message each time:
+    about 1,900 instructions a test, some 38k per stream (callgrind)."""
     return (
-        b"[DONE]" in event
-        or b'"error"' in event
-        or (b'"usage"' in event and _USAGE_OBJECT.search(event) is not None)
+        event.find(b"[DONE]") >= 0
+        or event.find(b'"error"') >= 0
+        or (event.find(b'"usage"') >= 0 and _USAGE_OBJECT.search(event) is not None)
     )
 
 
 def payload(event: bytes) -> bytes | None:
     """The event's data; the one-line `data: ...` event is sliced without a line split."""
-    if event.startswith(b"data: ") and event.endswith(b"\n\n") and b"\n" not in event[6:-2]:
+    if event.startswith(b"data: ") and event.endswith(b"\n\n") and event.find(b"\n", 6, -2) < 0:
         return event[6:-2]
     return event_data(event)
 
