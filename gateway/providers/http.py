@@ -171,6 +171,20 @@ class HTTPEventStream:
     timer handle per stream, not one per read: each read only notes when it began, and the
     timer, when it fires early (bytes came meanwhile), is moved to the new due time."""
 
+    # One per open stream: slots, not a per-instance dict.
+    __slots__ = (
+        "_clock",
+        "_deadline",
+        "_errors",
+        "_expired",
+        "_idle",
+        "_idle_s",
+        "_read_since",
+        "_response",
+        "_splitter",
+        "_stalled",
+    )
+
     def __init__(
         self, response: aiohttp.ClientResponse, what: str, deadline: float | None = None
     ) -> None:
