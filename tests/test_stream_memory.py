@@ -8,7 +8,7 @@ from typing import Any
 
 import aiohttp
 
-from gateway.http.stream import _KeepAlives
+from gateway.http.stream import _CHAT_CLIENTS, ClientStream, _KeepAlives
 from gateway.pipeline.admission import ModelGate
 from gateway.providers.http import HTTPEventStream
 from gateway.server.protocol import GatewayRequestHandler
@@ -29,7 +29,7 @@ def live(kind: type) -> list[object]:
     return [o for o in gc.get_objects() if isinstance(o, kind)]
 
 
-async def test_an_open_stream_keeps_no_keepalive_state_and_no_instance_dicts(
+async def test_an_open_stream_keeps_no_keepalive_state_no_client_of_its_own_and_no_dicts(
     gateway: GatewayServer, upstream: FakeOpenAI
 ) -> None:
     upstream.next(Behaviour(stall_after_events=1))  # open, silent, after its first event
@@ -42,6 +42,11 @@ async def test_an_open_stream_keeps_no_keepalive_state_and_no_instance_dicts(
         # The first event is out: the keep-alive comments' state (their timer, the event that
         # wakes them) is no longer needed, and is not kept for the rest of the stream.
         assert live(_KeepAlives) == []
+        # Chat's ClientStream is stateless: shared by every stream, not made for each.
+        shared = list(_CHAT_CLIENTS.values())
+        assert all(
+            any(o is c for c in shared) for o in live(ClientStream) if type(o) is ClientStream
+        )
         # The objects made per open stream and per connection carry no per-instance dict.
         for kind in (HTTPEventStream, GatewayRequestHandler, ModelGate):
             objects = live(kind)

@@ -83,6 +83,21 @@ class ClientStream:
         return encode_data(error.body_bytes())
 
 
+# Chat's (and legacy Completions') ClientStream keeps no state of its own, so every stream
+# shares one of these two instead of making an object and a partial per stream.
+_CHAT_CLIENTS = {
+    include_usage: ClientStream(strip_usage=not include_usage) for include_usage in (False, True)
+}
+
+
+def chat_client(options: object) -> ClientStream:
+    """The ClientStream for a chat-format stream whose body had these `stream_options`: the
+    usage-only chunk is relayed only when the client asked for it (`include_usage: true`);
+    the gateway always asks the upstream for usage."""
+    include_usage = isinstance(options, dict) and options.get("include_usage") is True
+    return _CHAT_CLIENTS[include_usage]
+
+
 class _KeepAlives:
     """`: keep-alive` comments while the first event is slow. Nothing happens unless
     `every_s` passes first: then the answer begins (its status can no longer change) and a
