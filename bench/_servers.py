@@ -1,12 +1,14 @@
 """The two servers the benchmark measures the gateway against, each run in its own process:
 
-    python bench/_servers.py upstream --port P [--pace-ms MS]
+    python bench/_servers.py upstream --port P [--pace-ms MS] [--hold]
     python bench/_servers.py relay --port P --upstream-port U
 
 `upstream` is a fast fake OpenAI API: fixed answers, no sleeps, so that what is measured is the
 relay in front of it (`--pace-ms` spaces a stream's events, so that streams stay open as real
-ones do, for the memory benchmark). `relay` is the floor for any Python proxy: one pooled
-aiohttp session, the body forwarded untouched, the answer copied back (streams chunk by chunk).
+ones do, for the memory benchmark; with `--hold`, `POST /bench/hold` keeps every stream open
+after its first event until `POST /bench/release`, and `GET /bench/held` counts them, for the
+open-streams benchmark). `relay` is the floor for any Python proxy: one pooled aiohttp session,
+the body forwarded untouched, the answer copied back (streams chunk by chunk).
 """
 
 from __future__ import annotations
@@ -26,6 +28,20 @@ SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
 SESSION = web.AppKey("session", aiohttp.ClientSession)
 UPSTREAM_URL = web.AppKey("upstream_url", str)
 PACE_S = web.AppKey("pace_s", float)
+
+
+class Hold:
+    """Streams held open after their first event, from `POST /bench/hold` to `POST
+    /bench/release`: how many wait now, and the event that lets them (and every later stream)
+    go on. Released at start, so that a warm-up runs through."""
+
+    def __init__(self) -> None:
+        self.held = 0
+        self.released = asyncio.Event()
+        self.released.set()
+
+
+HOLD = web.AppKey("hold", Hold)
 
 
 # --- the fake upstream -------------------------------------------------------------------------
@@ -85,9 +101,16 @@ async def fake_chat(request: web.Request) -> web.StreamResponse:
     response = web.StreamResponse(headers=SSE_HEADERS)
     await response.prepare(request)
     pace_s = request.app[PACE_S]
+    hold = request.app.get(HOLD)
     for number, event in enumerate(STREAM_EVENTS):
         # One write per event, like a real server producing tokens, by default without the
         # waiting.
+        if number == 1 and hold is not None and not hold.released.is_set():
+            hold.held += 1
+            try:
+                await hold.released.wait()
+            finally:
+                hold.held -= 1
         if pace_s and number:
             await asyncio.sleep(pace_s)
         await response.write(event)
@@ -95,10 +118,29 @@ async def fake_chat(request: web.Request) -> web.StreamResponse:
     return response
 
 
-def upstream_app(pace_s: float = 0.0) -> web.Application:
+async def held(request: web.Request) -> web.Response:
+    return web.Response(text=str(request.app[HOLD].held))
+
+
+async def arm(request: web.Request) -> web.Response:
+    request.app[HOLD].released.clear()
+    return web.Response(text="holding")
+
+
+async def release(request: web.Request) -> web.Response:
+    request.app[HOLD].released.set()
+    return web.Response(text="released")
+
+
+def upstream_app(pace_s: float = 0.0, hold: bool = False) -> web.Application:
     app = web.Application()
     app[PACE_S] = pace_s
     app.router.add_post("/v1/chat/completions", fake_chat)
+    if hold:
+        app[HOLD] = Hold()
+        app.router.add_get("/bench/held", held)
+        app.router.add_post("/bench/hold", arm)
+        app.router.add_post("/bench/release", release)
     return app
 
 
@@ -172,9 +214,12 @@ def main() -> None:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--upstream-port", type=int)
     parser.add_argument("--pace-ms", type=float, default=0.0, help="upstream: between events")
+    parser.add_argument(
+        "--hold", action="store_true", help="upstream: hold streams after their first event"
+    )
     args = parser.parse_args()
     if args.role == "upstream":
-        app = upstream_app(args.pace_ms / 1000)
+        app = upstream_app(args.pace_ms / 1000, args.hold)
     elif args.upstream_port is None:
         parser.error("relay needs --upstream-port")
     else:

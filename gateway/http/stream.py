@@ -83,11 +83,39 @@ class ClientStream:
         return encode_data(error.body_bytes())
 
 
+# Chat's (and legacy Completions') ClientStream keeps no state of its own, so every stream
+# shares one of these two instead of making an object and a partial per stream.
+_CHAT_CLIENTS = {
+    include_usage: ClientStream(strip_usage=not include_usage) for include_usage in (False, True)
+}
+
+
+def chat_client(options: object) -> ClientStream:
+    """The ClientStream for a chat-format stream whose body had these `stream_options`: the
+    usage-only chunk is relayed only when the client asked for it (`include_usage: true`);
+    the gateway always asks the upstream for usage."""
+    include_usage = isinstance(options, dict) and options.get("include_usage") is True
+    return _CHAT_CLIENTS[include_usage]
+
+
 class _KeepAlives:
     """`: keep-alive` comments while the first event is slow. Nothing happens unless
     `every_s` passes first: then the answer begins (its status can no longer change) and a
     comment goes out every `every_s` until `stop`. A timer, not a task per request, so that
-    the common fast stream pays almost nothing for it."""
+    the common fast stream pays almost nothing for it (the event that wakes the comments'
+    task is made only when they start)."""
+
+    __slots__ = (
+        "_every_s",
+        "_keepalive",
+        "_request",
+        "_response",
+        "_state",
+        "_stopped",
+        "_task",
+        "_timer",
+        "_wake",
+    )
 
     def __init__(
         self,
@@ -102,29 +130,33 @@ class _KeepAlives:
         self._response = response
         self._state = state
         self._every_s = every_s
-        self._stopped = asyncio.Event()
+        self._stopped = False
+        self._wake: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
         self._timer = asyncio.get_running_loop().call_later(every_s, self._start)
 
     def _start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._send())
+        self._wake = wake = asyncio.Event()
+        self._task = asyncio.get_running_loop().create_task(self._send(wake))
 
-    async def _send(self) -> None:
-        if self._stopped.is_set():  # the first event came as the timer fired
+    async def _send(self, wake: asyncio.Event) -> None:
+        if self._stopped:  # the first event came as the timer fired
             return
         self._state.committed_before_answer = True
         with contextlib.suppress(ConnectionResetError):
             await _begin(self._response, self._request, self._state)
-            while not self._stopped.is_set():
+            while not self._stopped:
                 await self._response.write(self._keepalive)
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stopped.wait(), self._every_s)
+                    await asyncio.wait_for(wake.wait(), self._every_s)
 
     async def stop(self) -> None:
         """No more comments. Waits for a write in progress to finish (never cuts one), so
         the answer's next bytes can follow at once."""
         self._timer.cancel()
-        self._stopped.set()
+        self._stopped = True
+        if self._wake is not None:
+            self._wake.set()
         if self._task is not None:
             # A write that failed (the client went away) shows again on the answer's next
             # write, where it is handled; here it must not leave the opened stream unclosed.
@@ -167,6 +199,8 @@ async def relay_stream(
         if drain.grace_over and response.prepared:
             await _end_with_error(response, client.error_event(SHUTTING_DOWN))
         raise
+    # A stream may last minutes: what its comments needed goes now, not when it ends.
+    del keepalives
 
     stream, first = opened
     if not response.prepared:

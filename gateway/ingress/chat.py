@@ -10,7 +10,7 @@ from gateway.errors import InvalidRequest
 from gateway.http.answers import json_response
 from gateway.http.body import read_json_object
 from gateway.http.request import PROCESS, begin
-from gateway.http.stream import ClientStream, relay_stream
+from gateway.http.stream import chat_client, relay_stream
 from gateway.ingress.openai_params import invalid_type, require
 from gateway.pipeline.context import apply_request_context
 from gateway.pipeline.request import admit
@@ -71,14 +71,11 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     if not state.stream:
         answer = await call.chat(body)
         return json_response(answer.body)
-    options = body.get("stream_options") or {}
     return await relay_stream(
         request,
         state,
         lambda: call.chat_stream(body),
         keepalive_s=runtime.config.server.keepalive_s,
-        # The gateway always asks upstreams for usage; a client that did not ask for it does
-        # not get the usage-only chunk.
-        client=ClientStream(strip_usage=options.get("include_usage") is not True),
+        client=chat_client(body.get("stream_options")),
         drain=request.app[PROCESS].drain,
     )

@@ -242,6 +242,8 @@ def release_nowait(
 class ModelGate:
     """`models.X.limits` for one request: a saturated model is skipped for the next one."""
 
+    __slots__ = ("_holds", "estimate", "process", "runtime", "state", "waits")
+
     def __init__(
         self,
         process: GatewayProcess,

@@ -111,6 +111,8 @@ class AnthropicEventStream(EventStream):
 class _NativeEventStream(HTTPEventStream, EventStream):
     """An Anthropic stream relayed to a Messages client: its events as they came."""
 
+    __slots__ = ()
+
     next_events = HTTPEventStream.next_raw_events  # no extra coroutine per read
 
 

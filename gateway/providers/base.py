@@ -135,6 +135,10 @@ class JsonAnswer:
 class EventStream(abc.ABC):
     """An open upstream stream of OpenAI-format SSE events."""
 
+    # Empty, so that a subclass with slots of its own (`HTTPEventStream`'s, one per open
+    # stream) has no per-instance dict.
+    __slots__ = ()
+
     @abc.abstractmethod
     async def next_events(self) -> list[bytes] | None:
         """The events completed since the last call (raw bytes, each ending in a blank line);

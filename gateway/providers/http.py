@@ -168,8 +168,24 @@ class HTTPEventStream:
 
     Once `watch_idle` is called (after the first event), a read that waits longer than
     `idle_s` for the upstream's next bytes fails as a `stall`, its connection closed. One
-    timer handle per stream, not one per read: each read only notes when it began, and the
-    timer, when it fires early (bytes came meanwhile), is moved to the new due time."""
+    timer handle per stream for both the deadline and the idle watch, not one for each nor
+    one per read: each read only notes when it began, and the timer, when it fires early
+    (bytes came meanwhile), is moved to the next due time, never past the deadline."""
+
+    # One per open stream: slots, not a per-instance dict.
+    __slots__ = (
+        "_clock",
+        "_deadline",
+        "_due_at",
+        "_errors",
+        "_expired",
+        "_idle_s",
+        "_read_since",
+        "_response",
+        "_splitter",
+        "_stalled",
+        "_timer",
+    )
 
     def __init__(
         self, response: aiohttp.ClientResponse, what: str, deadline: float | None = None
@@ -178,27 +194,36 @@ class HTTPEventStream:
         self._splitter = EventSplitter()
         self._errors = upstream_errors(what)  # stateless: one per stream, not one per read
         self._expired = False
-        self._deadline = (
-            None if deadline is None else asyncio.get_running_loop().call_at(deadline, self._expire)
-        )
+        self._deadline = deadline
         self._idle_s = 0.0  # 0: not watched (before the first event)
         self._clock = asyncio.get_running_loop().time
-        self._idle: asyncio.TimerHandle | None = None
         self._read_since = 0.0  # loop time the read in progress began; 0: none in progress
         self._stalled = False
+        self._timer: asyncio.TimerHandle | None = None
+        self._due_at = 0.0  # when the timer fires
+        if deadline is not None:
+            self._set_timer(deadline)
 
-    def _expire(self) -> None:
-        self._expired = True
-        self._response.close()  # a read in progress fails at once; the upstream stops
+    def _set_timer(self, at: float) -> None:
+        deadline = self._deadline
+        if deadline is not None and at > deadline:
+            at = deadline
+        self._due_at = at
+        self._timer = asyncio.get_running_loop().call_at(at, self._on_timer)
 
     def watch_idle(self, idle_s: float) -> None:
         self._idle_s = idle_s
-        loop = asyncio.get_running_loop()
-        self._idle = loop.call_at(loop.time() + idle_s, self._check_idle)
+        if self._timer is not None:
+            self._timer.cancel()
+        self._set_timer(self._clock() + idle_s)
 
-    def _check_idle(self) -> None:
-        loop = asyncio.get_running_loop()
-        now = loop.time()
+    def _on_timer(self) -> None:
+        deadline = self._deadline
+        if deadline is not None and self._due_at >= deadline:
+            self._expired = True
+            self._response.close()  # a read in progress fails at once; the upstream stops
+            return
+        now = self._clock()
         since = self._read_since
         if since and now - since >= self._idle_s:
             self._stalled = True
@@ -206,7 +231,7 @@ class HTTPEventStream:
             return
         # Early: bytes came meanwhile, or the gateway is busy writing to its client (not the
         # upstream's silence). Due again one idle period after the read in progress began.
-        self._idle = loop.call_at((since or now) + self._idle_s, self._check_idle)
+        self._set_timer((since or now) + self._idle_s)
 
     def _timed_out(self) -> UpstreamFailure:
         what = self._errors.what
@@ -241,10 +266,8 @@ class HTTPEventStream:
             raise
 
     async def aclose(self, *, completed: bool) -> None:
-        if self._deadline is not None:
-            self._deadline.cancel()
-        if self._idle is not None:
-            self._idle.cancel()
+        if self._timer is not None:
+            self._timer.cancel()
         if completed:
             self._response.release()
         else:

@@ -61,6 +61,8 @@ class OpenAIProviderConfig(ConfigModel):
 class _OpenAIEventStream(HTTPEventStream, EventStream):
     """The upstream's events are already OpenAI's: relayed as they are."""
 
+    __slots__ = ()
+
     next_events = HTTPEventStream.next_raw_events  # no extra coroutine per read
 
 

@@ -66,6 +66,9 @@ def _error_body(message: str, code: str) -> bytes:
 class GatewayRequestHandler(RequestHandler):
     """One client connection: aiohttp's, with the two behaviours above."""
 
+    # aiohttp's handler has slots; without these, every connection would carry a dict too.
+    __slots__ = ("_pending", "_pending_address")
+
     def __init__(self, manager: Server, pending: PendingClients, **kwargs: Any) -> None:
         super().__init__(manager, **kwargs)
         self._pending = pending

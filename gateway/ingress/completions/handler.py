@@ -19,7 +19,7 @@ from gateway.failures import FailureKind
 from gateway.http.answers import json_response
 from gateway.http.body import read_json_object
 from gateway.http.request import PROCESS, begin, state_of
-from gateway.http.stream import ClientStream, relay_stream
+from gateway.http.stream import chat_client, relay_stream
 from gateway.ingress.completions.continuing import ContinuingCompletionsStream
 from gateway.ingress.completions.stream import ChatToCompletionsStream
 from gateway.ingress.completions.translate import (
@@ -137,7 +137,6 @@ async def completions(request: web.Request) -> web.StreamResponse:
         answer = await call.run(lambda model_name: _answer(call, body, model_name))
         state.usage = answer.usage
         return json_response(answer.body)
-    options = body.get("stream_options") or {}
     return await relay_stream(
         request,
         state,
@@ -145,7 +144,7 @@ async def completions(request: web.Request) -> web.StreamResponse:
         keepalive_s=runtime.config.server.keepalive_s,
         # The gateway always asks for usage (natively, or sums it over the translated
         # prompts); a client that did not ask for it does not get the usage-only chunk.
-        client=ClientStream(strip_usage=options.get("include_usage") is not True),
+        client=chat_client(body.get("stream_options")),
         drain=request.app[PROCESS].drain,
     )
 
