@@ -72,12 +72,15 @@ def start_gateway(
     port: int,
     workdir: Path,
     health_path: str = "/healthz",
+    env: dict[str, str] | None = None,
 ) -> Popen[bytes]:
-    """`python -m gateway serve` on `port`, waited for until `health_path` answers 200."""
+    """`python -m gateway serve` on `port` (in `env`, default this process's environment),
+    waited for until `health_path` answers 200."""
     gateway = children.start(
         name,
         [sys.executable, "-m", "gateway", "serve", "--config", str(config), "--port", str(port)],
         log=workdir / f"{name}.stderr",
+        env=env,
     )
     children.wait_ready(gateway, port, health_path=health_path)
     return gateway

@@ -34,7 +34,7 @@ from typing import Any
 
 import orjson
 from _common import HOST, free_port, proc_status_kb
-from _harness import check_config, run_in_tempdir, stop_on_sigterm, write_results
+from _harness import check_config, run_in_tempdir, start_gateway, stop_on_sigterm, write_results
 from _launch import BENCH_DIR, BenchFailed, Children, spawn
 from _wrk import ensure_wrk, run_wrk, write_script
 
@@ -178,22 +178,7 @@ def measure(workdir: Path, plan: Plan, allocator: str) -> dict[str, Any]:
         # PYTHONMALLOC set by the bench: with it, `gateway serve` does not re-run itself, and
         # malloc is what it would have re-run itself with.
         env = {**os.environ, "PYTHONMALLOC": allocator}
-        gateway = children.start(
-            f"gateway-{allocator}",
-            [
-                sys.executable,
-                "-m",
-                "gateway",
-                "serve",
-                "--config",
-                str(config),
-                "--port",
-                str(port),
-            ],
-            log=workdir / f"gateway-{allocator}.stderr",
-            env=env,
-        )
-        children.wait_ready(gateway, port, health_path="/healthz")
+        gateway = start_gateway(children, f"gateway-{allocator}", config, port, workdir, env=env)
         url = f"http://{HOST}:{port}/v1/chat/completions"
         script = write_script(workdir / "stream.lua", STREAM_BODY)
         run_wrk(url, script, connections=10, duration_s=2)  # warm-up: imports, pools, caches
