@@ -6,13 +6,13 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 
-import aiohttp
 import pytest
 from aiohttp import web
 
 from gateway.errors import UpstreamFailure
 from gateway.failures import FailureKind
 from gateway.providers.http import HTTPEventStream
+from gateway.providers.wire import ConnectionPool, parse_target
 from tests.fakes.loopback import LoopbackServer
 
 EVENT = b'data: {"choices": []}\n\n'
@@ -34,7 +34,7 @@ async def paced(request: web.Request) -> web.StreamResponse:
 @pytest.fixture
 async def upstream() -> AsyncIterator[str]:
     app = web.Application()
-    app.router.add_get("/events", paced)
+    app.router.add_post("/events", paced)
     server = LoopbackServer()
     await server.serve(app, handler_cancellation=True)  # a closed stream ends its handler
     try:
@@ -50,8 +50,10 @@ async def read_until_failure(
     many events came before it."""
     loop = asyncio.get_running_loop()
     started = loop.time()
-    async with aiohttp.ClientSession() as http:
-        response = await http.get(url, params={"pace": str(pace), "events": str(events)})
+    pool = ConnectionPool(1)
+    try:
+        target = parse_target(f"{url}?pace={pace}&events={events}")
+        response = await pool.post(target, b"Content-Length: 0\r\n\r\n", connect_s=2, total_s=None)
         deadline = None if total_s is None else started + total_s
         stream = HTTPEventStream(response, "up/m", deadline)
         received = 0
@@ -66,6 +68,8 @@ async def read_until_failure(
             return failure, loop.time() - started, received
         finally:
             await stream.aclose(completed=False)
+    finally:
+        await pool.close()
 
 
 async def test_events_that_keep_coming_are_cut_at_the_deadline_not_as_a_stall(

@@ -197,12 +197,12 @@ async def test_a_removed_providers_session_closes_after_its_last_request(
                 return "one" not in server.process.current.providers
 
             await wait_for(swapped)
-            assert old_provider._session is not None  # type: ignore[attr-defined]
-            assert not old_provider._session.closed  # type: ignore[attr-defined]
+            assert old_provider._pool is not None  # type: ignore[attr-defined]
+            assert not old_provider._pool.closed  # type: ignore[attr-defined]
             assert (await streaming.read()).endswith(b"data: [DONE]\n\n")
 
         async def closed() -> bool:
-            return old_provider._session is None  # type: ignore[attr-defined]
+            return old_provider._pool is None  # type: ignore[attr-defined]
 
         await wait_for(closed)
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-import aiohttp
 import orjson
 from pydantic import field_validator
 
@@ -43,6 +42,7 @@ from gateway.providers.http import (
     json_object,
 )
 from gateway.providers.upstream import stream_deadline
+from gateway.providers.wire import UpstreamResponse
 
 
 class AnthropicProviderConfig(ConfigModel):
@@ -65,7 +65,7 @@ class AnthropicEventStream(EventStream):
 
     def __init__(
         self,
-        response: aiohttp.ClientResponse,
+        response: UpstreamResponse,
         translator: StreamTranslator,
         what: str,
         deadline: float | None = None,
@@ -117,7 +117,7 @@ class _NativeEventStream(HTTPEventStream, EventStream):
 
 
 class AnthropicProvider(HTTPProvider):
-    """Anthropic's Messages API through one pooled aiohttp session."""
+    """Anthropic's Messages API through one connection pool."""
 
     speaks_messages = True
     continues_by_prefill = True  # a trailing assistant turn is where the model goes on from
@@ -131,7 +131,7 @@ class AnthropicProvider(HTTPProvider):
 
     async def _post(
         self, call: UpstreamCall, body: dict[str, Any], *, stream: bool, path: str = "/v1/messages"
-    ) -> aiohttp.ClientResponse:
+    ) -> UpstreamResponse:
         return await self.post(call, self.config.base_url + path, body, stream=stream)
 
     async def _read_message(self, call: UpstreamCall, body: dict[str, Any]) -> tuple[bytes, Any]:
@@ -147,7 +147,7 @@ class AnthropicProvider(HTTPProvider):
 
     async def _open_events(
         self, call: UpstreamCall, body: dict[str, Any]
-    ) -> tuple[aiohttp.ClientResponse, float]:
+    ) -> tuple[UpstreamResponse, float]:
         """A stream's response, checked to be an event stream (an error answered as JSON is
         raised classified), and the deadline its `total` sets, counted from before the POST."""
         what = self.what(call)
@@ -155,7 +155,7 @@ class AnthropicProvider(HTTPProvider):
         response = await self._post(call, body, stream=True)
         if is_event_stream(response):
             return response, deadline
-        content_type = response.headers.get("Content-Type", "")
+        content_type = response.headers.get("content-type", "")
         raw = await self.read_all(response, what)
         if b'"error"' in raw:
             try:

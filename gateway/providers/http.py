@@ -1,6 +1,6 @@
-"""HTTP plumbing shared by the providers that call a real upstream: the pooled session,
-the one place aiohttp's exceptions become `UpstreamFailure`s, and the reading of an
-upstream's error answer."""
+"""HTTP plumbing shared by the providers that call a real upstream: the connection pool, the
+one place transport exceptions become `UpstreamFailure`s, and the reading of an upstream's
+error answer."""
 
 from __future__ import annotations
 
@@ -9,15 +9,24 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-import aiohttp
 import orjson
-from multidict import CIMultiDictProxy
-from yarl import URL
 
 from gateway.errors import UpstreamFailure
 from gateway.failures import FailureKind
 from gateway.providers.base import Provider, UpstreamCall
-from gateway.providers.upstream import client_timeout
+from gateway.providers.wire import (
+    AnswerTimedOut,
+    BadAnswer,
+    ConnectFailed,
+    ConnectionPool,
+    ConnectionReset,
+    ConnectTimedOut,
+    Target,
+    UpstreamResponse,
+    check_header_text,
+    header_lines,
+    parse_target,
+)
 from gateway.sse import EventSplitter
 
 USER_AGENT = "llm-gateway/0.1"
@@ -30,36 +39,21 @@ _CONTEXT_LENGTH = re.compile(
 )
 
 
-def new_session(max_connections: int) -> aiohttp.ClientSession:
-    """One pooled, keep-alive session per provider. No session-wide timeout: each call sets
-    its own from the model's `timeout:`."""
-    connector = aiohttp.TCPConnector(
-        limit=max_connections,
-        limit_per_host=max_connections,
-        ttl_dns_cache=300,
-        keepalive_timeout=30,
-    )
-    # No session-wide headers: every call passes its provider's complete set, which aiohttp
-    # merges more cheaply than defaults plus skip_auto_headers (measured: ~15k instructions
-    # per call).
-    return aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=None))
-
-
 def _classify(exc: BaseException, what: str) -> UpstreamFailure | None:
     if isinstance(exc, UpstreamFailure):
         return None
-    if isinstance(exc, aiohttp.ConnectionTimeoutError):
+    if isinstance(exc, ConnectTimedOut):
         return UpstreamFailure(FailureKind.CONNECT, f"{what}: connect timed out")
-    if isinstance(exc, aiohttp.ServerTimeoutError | TimeoutError):
+    if isinstance(exc, AnswerTimedOut | TimeoutError):
         return UpstreamFailure(FailureKind.TIMEOUT, f"{what}: timed out")
-    if isinstance(exc, aiohttp.ClientConnectorError):
+    if isinstance(exc, ConnectFailed):
         return UpstreamFailure(FailureKind.CONNECT, f"{what}: cannot connect ({exc.os_error})")
-    if isinstance(exc, aiohttp.ServerDisconnectedError | aiohttp.ClientPayloadError):
+    if isinstance(exc, ConnectionReset):
         return UpstreamFailure(FailureKind.RESET, f"{what}: connection reset by the upstream")
-    if isinstance(exc, aiohttp.ClientConnectionError | ConnectionError):
+    if isinstance(exc, ConnectionError):
         return UpstreamFailure(FailureKind.RESET, f"{what}: connection error ({exc})")
-    if isinstance(exc, aiohttp.ClientError):
-        return UpstreamFailure(FailureKind.BAD_RESPONSE, f"{what}: {type(exc).__name__}: {exc}")
+    if isinstance(exc, BadAnswer):
+        return UpstreamFailure(FailureKind.BAD_RESPONSE, f"{what}: {exc}")
     return None
 
 
@@ -131,9 +125,9 @@ def parse_error_body(body: bytes) -> dict[str, Any]:
 
 
 def failure_from_status(
-    status: int, body: bytes, headers: CIMultiDictProxy[str] | Mapping[str, str], what: str
+    status: int, body: bytes, headers: Mapping[str, str], what: str
 ) -> UpstreamFailure:
-    """Classify an upstream's error answer."""
+    """Classify an upstream's error answer (`headers` with lower-case names)."""
     error = parse_error_body(body)
     message = f"{what}: HTTP {status}: {error.get('message')}"
     if status == 429:
@@ -188,9 +182,10 @@ class HTTPEventStream:
     )
 
     def __init__(
-        self, response: aiohttp.ClientResponse, what: str, deadline: float | None = None
+        self, response: UpstreamResponse, what: str, deadline: float | None = None
     ) -> None:
         self._response = response
+        response.forget_headers()  # checked by the provider before this; never read again
         self._splitter = EventSplitter()
         self._errors = upstream_errors(what)  # stateless: one per stream, not one per read
         self._expired = False
@@ -247,7 +242,7 @@ class HTTPEventStream:
                 while True:
                     if self._idle_s:
                         self._read_since = self._clock()
-                    chunk = await self._response.content.readany()
+                    chunk = await self._response.readany()
                     self._read_since = 0.0
                     if not chunk:
                         if self._expired or self._stalled:
@@ -274,22 +269,22 @@ class HTTPEventStream:
             self._response.close()
 
 
-async def read_bounded(response: aiohttp.ClientResponse, limit: int, what: str) -> bytes:
-    """The body, at most `limit` bytes of it (else UpstreamFailure). A body whose length is
-    announced is read in one go, the common case; a chunked one piece by piece."""
+async def read_bounded(response: UpstreamResponse, limit: int, what: str) -> bytes:
+    """The body, at most `limit` bytes of it (else UpstreamFailure): one announced as larger
+    fails before any of it is read."""
     length = response.content_length
-    if length is not None:
-        if length > limit:
-            raise _too_large(what, limit)
-        return await response.read()
+    if length is not None and length > limit:
+        raise _too_large(what, limit)
     pieces: list[bytes] = []
     size = 0
-    async for piece in response.content.iter_any():
+    while True:
+        piece = await response.readany()
+        if not piece:
+            return pieces[0] if len(pieces) == 1 else b"".join(pieces)
         size += len(piece)
         if size > limit:
             raise _too_large(what, limit)
         pieces.append(piece)
-    return b"".join(pieces)
 
 
 def _too_large(what: str, limit: int) -> UpstreamFailure:
@@ -302,7 +297,7 @@ def _too_large(what: str, limit: int) -> UpstreamFailure:
 MAX_ERROR_BODY = 1 << 20  # an error answer is read up to this much: its message is enough
 
 
-async def read_error_and_raise(response: aiohttp.ClientResponse, what: str) -> None:
+async def read_error_and_raise(response: UpstreamResponse, what: str) -> None:
     """Read an error answer (bounded in time by the call's timeout, in size by
     MAX_ERROR_BODY) and raise it classified."""
     try:
@@ -314,7 +309,7 @@ async def read_error_and_raise(response: aiohttp.ClientResponse, what: str) -> N
 
 
 class HTTPProvider(Provider):
-    """A provider reached over HTTP: one pooled session (created on first use, inside the
+    """A provider reached over HTTP: one connection pool (created on first use, inside the
     running loop), a POST with the model's timeouts, and error answers classified."""
 
     def __init__(self, name: str, max_connections: int, headers: dict[str, str]) -> None:
@@ -327,44 +322,63 @@ class HTTPProvider(Provider):
             "Content-Type": "application/json",
             **headers,
         }
+        for header, value in base.items():
+            check_header_text(header, f"provider {name}'s header name {header!r}")
+            check_header_text(value, f"provider {name}'s header {header}")
         self._json_headers = {**base, "Accept": "application/json"}
         self._stream_headers = {**base, "Accept": "text/event-stream"}
-        self._session: aiohttp.ClientSession | None = None
-        self._urls: dict[str, URL] = {}
+        # The same headers as request lines, written once: most calls add only their id.
+        self._json_lines = header_lines(self._json_headers)
+        self._stream_lines = header_lines(self._stream_headers)
+        self._pool: ConnectionPool | None = None
+        self._targets: dict[str, Target] = {}
 
-    def url(self, address: str) -> URL:
-        """`address` parsed once: aiohttp would parse a string again on every call."""
-        url = self._urls.get(address)
-        if url is None:
-            url = self._urls[address] = URL(address)
-        return url
+    def target(self, address: str) -> Target:
+        """`address` parsed once, not on every call."""
+        target = self._targets.get(address)
+        if target is None:
+            target = self._targets[address] = parse_target(address)
+        return target
 
     @property
-    def session(self) -> aiohttp.ClientSession:
-        if self._session is None:
-            self._session = new_session(self._max_connections)
-        return self._session
+    def pool(self) -> ConnectionPool:
+        if self._pool is None:
+            self._pool = ConnectionPool(self._max_connections)
+        return self._pool
 
     def what(self, call: UpstreamCall) -> str:
         """How logs and errors name this call: provider/model."""
         return f"{self.name}/{call.model_name}"
 
+    def _request(self, call: UpstreamCall, body: bytes, *, stream: bool) -> bytes:
+        """The request after its target's first lines: headers, then the body."""
+        request_id = call.request_id
+        check_header_text(request_id, "the request id")
+        if call.headers:
+            headers = {**(self._stream_headers if stream else self._json_headers)}
+            headers["X-Request-Id"] = request_id
+            _forward(headers, call.headers)
+            lines = header_lines(headers)
+        else:
+            lines = (self._stream_lines if stream else self._json_lines) + (
+                b"X-Request-Id: %s\r\n" % request_id.encode("utf-8")
+            )
+        return b"%sContent-Length: %d\r\n\r\n%s" % (lines, len(body), body)
+
     async def post(
         self, call: UpstreamCall, address: str, body: dict[str, Any], *, stream: bool
-    ) -> aiohttp.ClientResponse:
+    ) -> UpstreamResponse:
         """POST `body`; returns a 2xx response (to be released by the caller), or raises the
-        classified failure, under the timeouts `upstream.client_timeout` decides."""
-        base = self._stream_headers if stream else self._json_headers
-        headers = {**base, "X-Request-Id": call.request_id}
-        if call.headers:
-            _forward(headers, call.headers)
+        classified failure. A whole answer is bounded by the model's `total` from here to its
+        last byte; a stream by its own deadline (`HTTPEventStream`)."""
         what = self.what(call)
+        timeout = call.timeout
         with upstream_errors(what):
-            response = await self.session.post(
-                self.url(address),
-                data=orjson.dumps(body),
-                headers=headers,
-                timeout=client_timeout(call, stream=stream),
+            response = await self.pool.post(
+                self.target(address),
+                self._request(call, orjson.dumps(body), stream=stream),
+                connect_s=timeout.connect,
+                total_s=None if stream else timeout.total,
             )
         if response.status >= 400:
             try:
@@ -373,7 +387,7 @@ class HTTPProvider(Provider):
                 response.release()
         return response
 
-    async def read_all(self, response: aiohttp.ClientResponse, what: str) -> bytes:
+    async def read_all(self, response: UpstreamResponse, what: str) -> bytes:
         """The whole body, the response released; past `max_answer_bytes` the attempt fails
         as a bad response instead of holding an answer of any size in memory."""
         try:
@@ -383,9 +397,9 @@ class HTTPProvider(Provider):
             response.release()
 
     async def aclose(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
 
 
 def _forward(headers: dict[str, str], forwarded: Mapping[str, str]) -> None:
@@ -399,5 +413,5 @@ def _forward(headers: dict[str, str], forwarded: Mapping[str, str]) -> None:
             headers[own] = f"{headers[own]},{value}"
 
 
-def is_event_stream(response: aiohttp.ClientResponse) -> bool:
-    return response.headers.get("Content-Type", "").startswith("text/event-stream")
+def is_event_stream(response: UpstreamResponse) -> bool:
+    return response.headers.get("content-type", "").startswith("text/event-stream")

@@ -11,7 +11,6 @@ import struct
 from collections.abc import Coroutine
 from typing import Any, Literal
 
-import aiohttp
 import orjson
 from pydantic import field_validator
 
@@ -37,6 +36,7 @@ from gateway.providers.http import (
     json_object,
 )
 from gateway.providers.upstream import stream_deadline
+from gateway.providers.wire import UpstreamResponse
 
 
 class OpenAIProviderConfig(ConfigModel):
@@ -67,7 +67,7 @@ class _OpenAIEventStream(HTTPEventStream, EventStream):
 
 
 class OpenAIProvider(HTTPProvider):
-    """An OpenAI-compatible upstream, reached through one pooled aiohttp session."""
+    """An OpenAI-compatible upstream, reached through one connection pool."""
 
     def __init__(self, name: str, config: OpenAIProviderConfig) -> None:
         headers = dict(config.headers)
@@ -76,7 +76,7 @@ class OpenAIProvider(HTTPProvider):
         super().__init__(name, config.max_connections, headers)
         self.config = config
 
-    async def _post(self, call: UpstreamCall, path: str, *, stream: bool) -> aiohttp.ClientResponse:
+    async def _post(self, call: UpstreamCall, path: str, *, stream: bool) -> UpstreamResponse:
         return await self.post(call, self.config.base_url + path, call.body, stream=stream)
 
     async def _json(self, call: UpstreamCall, path: str) -> tuple[bytes, dict[str, Any]]:
@@ -106,7 +106,7 @@ class OpenAIProvider(HTTPProvider):
         deadline = stream_deadline(call)
         response = await self._post(call, path, stream=True)
         if not is_event_stream(response):
-            content_type = response.headers.get("Content-Type", "")
+            content_type = response.headers.get("content-type", "")
             body = await self.read_all(response, what)
             if b'"error"' in body:
                 raise failure_from_status(500, body, response.headers, what)

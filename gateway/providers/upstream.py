@@ -1,8 +1,8 @@
 """The upstream call: one attempt at one model, with every timeout the gateway applies to it.
 
 This is the one place that decides how long an upstream may take:
-- `connect`: opening the connection (aiohttp's `sock_connect`);
-- `total`: the whole call; for a whole answer aiohttp's own total, for a stream its own deadline
+- `connect`: opening the connection (the pool's connect timeout);
+- `total`: the whole call; for a whole answer the pool's own deadline, for a stream its own deadline
   timer (`HTTPEventStream`), counted from the call's start;
 - `first_token`: a stream's first data event, bounded here around opening the stream and
   reading up to that event, and never later than `total`;
@@ -17,11 +17,8 @@ Handlers never see a timeout: they get an answer, an opened stream, or an `Upstr
 from __future__ import annotations
 
 import asyncio
-import functools
 from collections.abc import Awaitable, Callable
 from typing import Any
-
-import aiohttp
 
 from gateway.errors import UpstreamFailure
 from gateway.failures import FailureKind
@@ -34,20 +31,6 @@ from gateway.providers.chat_events import (
 )
 
 OpenedStream = tuple[EventStream, list[bytes]]  # the stream and its first data events
-
-
-@functools.lru_cache(maxsize=256)
-def _client_timeout(connect: float, total: float | None) -> aiohttp.ClientTimeout:
-    return aiohttp.ClientTimeout(total=total, sock_connect=connect)
-
-
-def client_timeout(call: UpstreamCall, *, stream: bool) -> aiohttp.ClientTimeout:
-    """aiohttp's timeout for one call, built once per distinct model timeout. A whole answer
-    has no first token to wait for (an upstream sends it, headers and all, when it has
-    generated all of it), so `total` bounds it. A stream's `total` is its own deadline timer
-    (`stream_deadline`): aiohttp's would wrap every read of the stream in a timer context."""
-    timeout = call.timeout
-    return _client_timeout(timeout.connect, None if stream else timeout.total)
 
 
 def stream_deadline(call: UpstreamCall) -> float:
