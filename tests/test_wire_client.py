@@ -225,6 +225,22 @@ async def test_bytes_after_the_answer_make_the_connection_unusable(serve) -> Non
     await pool.close()
 
 
+async def test_bytes_on_an_idle_connection_close_it(serve) -> None:  # type: ignore[no-untyped-def]
+    async def script(_: bytes, writer: Writer) -> None:
+        writer.write(answer("200 OK", ["Content-Length: 12"], BODY))
+        await writer.drain()
+        await asyncio.sleep(0.05)
+        writer.write(b"HTTP/1.1 200 OK\r\n")  # while the connection sits in the pool
+
+    server = await serve(script)
+    pool = ConnectionPool(4)
+    assert await post(pool, server.url) == (200, BODY)
+    await closed_by_the_client(server)
+    assert await post(pool, server.url) == (200, BODY)
+    assert server.connections == 2
+    await pool.close()
+
+
 async def test_gzip_body_is_decoded_and_interim_answers_skipped(serve) -> None:  # type: ignore[no-untyped-def]
     packed = gzip.compress(b"data: hi\n\n" * 50)
 

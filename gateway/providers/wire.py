@@ -208,6 +208,7 @@ class Connection(asyncio.Protocol):
         "_decoder",
         "_error",
         "_keep_alive",
+        "_loop",
         "_pool",
         "_remaining",
         "_response",
@@ -222,6 +223,7 @@ class Connection(asyncio.Protocol):
 
     def __init__(self, pool: ConnectionPool, origin: tuple[str, str, int]) -> None:
         self._pool = pool
+        self._loop = asyncio.get_running_loop()
         self.origin = origin
         self._transport: asyncio.Transport | None = None
         self._state = _IDLE
@@ -277,7 +279,7 @@ class Connection(asyncio.Protocol):
         self._error = None
         self._decoder = None
         if deadline is not None:
-            self._deadline_timer = asyncio.get_running_loop().call_at(deadline, self._timed_out)
+            self._deadline_timer = self._loop.call_at(deadline, self._timed_out)
         self._transport.write(request)
 
     async def read_head(self) -> UpstreamResponse:
@@ -303,7 +305,14 @@ class Connection(asyncio.Protocol):
                 raise self._error.with_traceback(None)
             if self._state == _DONE:
                 return b""
-            await self._wait()
+            # `_wait` inlined: a stream's reads are the hot path, and an open stream would
+            # otherwise hold one more suspended coroutine for as long as it waits.
+            waiter = self._loop.create_future()
+            self._waiter = waiter
+            try:
+                await waiter
+            finally:
+                self._waiter = None
 
     def finish(self) -> None:
         """The caller is done with the answer: back to the pool, or closed."""
@@ -330,13 +339,18 @@ class Connection(asyncio.Protocol):
         self._drop_transport()
         self._pool.returned(self, False)
 
+    @property
+    def usable(self) -> bool:
+        """Idle, open, and nothing came on it since its last answer."""
+        return self._keep_alive and not self.lost
+
     def close_idle(self) -> None:
         self._drop_transport()
 
     # Internals
 
     async def _wait(self) -> None:
-        waiter = asyncio.get_running_loop().create_future()
+        waiter = self._loop.create_future()
         self._waiter = waiter
         try:
             await waiter
@@ -460,8 +474,10 @@ class Connection(asyncio.Protocol):
                 pos = end_of_data
             else:
                 # _IDLE or _DONE: bytes no request asked for. The connection can't be trusted
-                # to frame a next answer.
+                # to frame a next answer; an idle one is closed now.
                 self._keep_alive = False
+                if state == _IDLE:
+                    self._drop_transport()
                 return
         if pos < end_of_data:
             self._tail = data[pos:]
@@ -687,7 +703,7 @@ class ConnectionPool:
         stack = self._idle.get(origin)
         while stack:
             connection = stack.pop()
-            if connection.lost or now - connection.idle_since >= self._keepalive_s:
+            if not connection.usable or now - connection.idle_since >= self._keepalive_s:
                 connection.close_idle()
                 continue
             return connection
@@ -700,7 +716,7 @@ class ConnectionPool:
         for origin, stack in list(self._idle.items()):
             fresh = []
             for connection in stack:
-                if connection.lost or now - connection.idle_since >= self._keepalive_s:
+                if not connection.usable or now - connection.idle_since >= self._keepalive_s:
                     connection.close_idle()
                 else:
                     fresh.append(connection)
