@@ -13,6 +13,7 @@ import orjson
 
 from gateway.errors import UpstreamFailure
 from gateway.failures import FailureKind
+from gateway.providers import stream_timers
 from gateway.providers.base import Provider, UpstreamCall
 from gateway.providers.wire import (
     AnswerTimedOut,
@@ -162,9 +163,10 @@ class HTTPEventStream:
 
     Once `watch_idle` is called (after the first event), a read that waits longer than
     `idle_s` for the upstream's next bytes fails as a `stall`, its connection closed. One
-    timer handle per stream for both the deadline and the idle watch, not one for each nor
-    one per read: each read only notes when it began, and the timer, when it fires early
-    (bytes came meanwhile), is moved to the next due time, never past the deadline."""
+    timer per stream for both the deadline and the idle watch, not one for each nor one per
+    read: each read only notes when it began, and the timer, when it fires early (bytes came
+    meanwhile), is moved to the next due time, never past the deadline. The timer is a place
+    in the loop's shared `StreamTimers` (no loop timer handle of its own)."""
 
     # One per open stream: slots, not a per-instance dict.
     __slots__ = (
@@ -178,7 +180,8 @@ class HTTPEventStream:
         "_response",
         "_splitter",
         "_stalled",
-        "_timer",
+        "_timer_slot",
+        "_timers",
     )
 
     def __init__(
@@ -194,7 +197,8 @@ class HTTPEventStream:
         self._clock = asyncio.get_running_loop().time
         self._read_since = 0.0  # loop time the read in progress began; 0: none in progress
         self._stalled = False
-        self._timer: asyncio.TimerHandle | None = None
+        self._timers = stream_timers.for_running_loop()
+        self._timer_slot = 0  # its place in `_timers`; 0: none
         self._due_at = 0.0  # when the timer fires
         if deadline is not None:
             self._set_timer(deadline)
@@ -204,15 +208,20 @@ class HTTPEventStream:
         if deadline is not None and at > deadline:
             at = deadline
         self._due_at = at
-        self._timer = asyncio.get_running_loop().call_at(at, self._on_timer)
+        self._timer_slot = self._timers.schedule(self, at)
+
+    def _cancel_timer(self) -> None:
+        if self._timer_slot:
+            self._timers.cancel(self, self._timer_slot)
+            self._timer_slot = 0
 
     def watch_idle(self, idle_s: float) -> None:
         self._idle_s = idle_s
-        if self._timer is not None:
-            self._timer.cancel()
+        self._cancel_timer()
         self._set_timer(self._clock() + idle_s)
 
-    def _on_timer(self) -> None:
+    def on_timer(self) -> None:
+        self._timer_slot = 0  # fired: the slot is gone
         deadline = self._deadline
         if deadline is not None and self._due_at >= deadline:
             self._expired = True
@@ -261,8 +270,7 @@ class HTTPEventStream:
             raise
 
     async def aclose(self, *, completed: bool) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
+        self._cancel_timer()
         if completed:
             self._response.release()
         else:
