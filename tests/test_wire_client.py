@@ -6,12 +6,16 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import ssl
+import subprocess
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 
+from gateway.providers import wire
 from gateway.providers.wire import (
     HIGH_WATER,
     AnswerTimedOut,
@@ -463,3 +467,78 @@ def test_targets_and_header_checks() -> None:
     )
     with pytest.raises(ValueError, match="line break"):
         OpenAIProvider("up", config)
+
+
+def make_certificate(directory: Path) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1 (and its key), made with the openssl CLI."""
+    cert, key = directory / "cert.pem", directory / "key.pem"
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    return cert, key
+
+
+@pytest.fixture
+async def tls_server(tmp_path: Path) -> AsyncIterator[tuple[int, Path]]:
+    """An https upstream answering one SSE event, chunked; and the certificate it uses."""
+    cert, key = make_certificate(tmp_path)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+
+    async def handle(reader: Reader, writer: Writer) -> None:
+        try:
+            while await read_request(reader) is not None:
+                headers = ["Content-Type: text/event-stream", "Transfer-Encoding: chunked"]
+                writer.write(answer("200 OK", headers) + chunked(b"data: secure\n\n"))
+                await writer.drain()
+        except (ConnectionError, ssl.SSLError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0, ssl=context)
+    try:
+        yield server.sockets[0].getsockname()[1], cert
+    finally:
+        server.close()
+
+
+async def test_https_verifies_the_upstream_certificate(
+    tls_server: tuple[int, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    port, cert = tls_server
+    url = f"https://127.0.0.1:{port}/v1/chat/completions"
+    # Not in the trust store: the connection is refused, nothing is sent.
+    monkeypatch.setattr(wire, "_TLS", None)
+    pool = ConnectionPool(2)
+    with pytest.raises(ConnectFailed, match="CERTIFICATE_VERIFY_FAILED"):
+        await post(pool, url)
+    assert pool.in_use == 0
+    # Trusted (OpenSSL reads SSL_CERT_FILE for its default paths): the stream comes through and
+    # its connection is kept.
+    monkeypatch.setenv("SSL_CERT_FILE", str(cert))
+    monkeypatch.setattr(wire, "_TLS", None)
+    for _ in range(2):
+        assert await post(pool, url) == (200, b"data: secure\n\n")
+    assert pool.idle_count() == 1
+    await pool.close()
+    monkeypatch.setattr(wire, "_TLS", None)  # the next user builds it from the real store
