@@ -7,6 +7,7 @@ from __future__ import annotations
 import signal
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,7 +17,7 @@ from typing import Any, TypeVar
 
 import orjson
 from _analysis import summarize
-from _common import HOST, proc_status_kb
+from _common import HOST, proc_status_kb, redis_call
 from _launch import BENCH_DIR, BenchFailed, Children, run_to_end
 
 T = TypeVar("T")
@@ -168,3 +169,24 @@ def write_results(path: Path, report: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2) + b"\n")
     print(f"\nresults written to {path}")
+
+
+def start_redis(children: Children, binary: str, port: int, workdir: Path) -> Popen[bytes]:
+    """A private, empty, non-persistent Redis for this run only."""
+    data = workdir / "redis-data"
+    data.mkdir()
+    argv = [binary, "--port", str(port), "--bind", HOST, "--save", "", "--appendonly", "no",
+            "--dir", str(data)]  # fmt: skip
+    log = workdir / "redis.log"
+    redis = children.start("redis-server", argv, log=log, stdout=log)
+    children.wait_ready(redis, port)
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            if redis_call(port, "PING") == "PONG":
+                return redis
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            raise BenchFailed("redis-server accepts connections but does not answer PING")
+        time.sleep(0.05)

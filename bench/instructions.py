@@ -31,7 +31,7 @@ from typing import Any
 
 import aiohttp
 from _common import HOST, free_port, run
-from _harness import GATEWAY_CONFIG, run_in_tempdir, stop_on_sigterm, write_results
+from _harness import GATEWAY_CONFIG, run_in_tempdir, start_redis, stop_on_sigterm, write_results
 from _launch import BENCH_DIR, PROJECT_DIR, BenchFailed, Children, run_to_end
 from _loadgen import HEADERS, Samples, Sender, chat_sender, stream_sender
 
@@ -245,11 +245,17 @@ AUTH_CONFIGS = {
         "plans: {p: {rpm: 100000000, tpm: 1000000000, max_concurrent: 100000}}\n"
         "keys: [{name: k, key: sk-bench-key, plan: p}]\nlimits: {backend: memory}\n"
     ),
+    # The same limits kept in a private redis-server (started by the bench), quota leases on.
+    "redis": (
+        "plans: {p: {rpm: 100000000, tpm: 1000000000, max_concurrent: 100000}}\n"
+        "keys: [{name: k, key: sk-bench-key, plan: p}]\n"
+        'limits: {backend: redis, redis_url: "redis://%(host)s:%(redis_port)d/0"}\n'
+    ),
 }
 
 
 def gateway_server(
-    root: Path, workdir: Path, upstream_port: int, auth: str = "off"
+    root: Path, workdir: Path, upstream_port: int, auth: str = "off", redis_port: int = 0
 ) -> tuple[Server, str]:
     """`python -m gateway serve` importing the gateway from `root`: run in `workdir` with
     `root` first on PYTHONPATH, ahead of the virtualenv's editable install (whose finder comes
@@ -270,7 +276,8 @@ def gateway_server(
         )
     config = workdir / "gateway.yaml"
     config.write_text(
-        GATEWAY_CONFIG.format(host=HOST, upstream_port=upstream_port) + AUTH_CONFIGS[auth]
+        GATEWAY_CONFIG.format(host=HOST, upstream_port=upstream_port)
+        + AUTH_CONFIGS[auth] % {"host": HOST, "redis_port": redis_port}
     )
     code, out, err = run_to_end(
         [python, "-m", "gateway", "check-config", "--config", str(config)], 120, workdir, env
@@ -347,7 +354,11 @@ def run_all(
             log=workdir / "upstream.stderr",
         )
         children.wait_ready(upstream, up_port)
-        gateway, package = gateway_server(root, workdir, up_port, auth)
+        redis_port = 0
+        if auth == "redis":
+            redis_port = free_port()
+            start_redis(children, tool("redis-server"), redis_port, workdir)
+        gateway, package = gateway_server(root, workdir, up_port, auth, redis_port)
         print(f"gateway code: {package}", flush=True)
         servers = ([relay_server(up_port)] if with_relay else []) + [gateway]
         for server in servers:
@@ -420,7 +431,8 @@ def main() -> int:
         choices=sorted(AUTH_CONFIGS),
         default="off",
         help="off: no keys (the default, comparable across commits); open: a key without "
-        "limits; limits: a key with memory limits that never refuse",
+        "limits; limits: a key with memory limits that never refuse; redis: the same limits "
+        "in a private redis-server",
     )
     parser.add_argument("--start-timeout", type=float, default=Plan.start_timeout_s, help="seconds")
     parser.add_argument(

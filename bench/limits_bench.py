@@ -28,11 +28,10 @@ import time
 from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from subprocess import Popen
 from typing import Any
 
 from _analysis import environment, merge_commands
-from _common import HOST, commandstats_delta, free_port, redis_call, redis_commandstats
+from _common import HOST, commandstats_delta, free_port, redis_commandstats
 from _harness import (
     GATEWAY_CONFIG,
     Target,
@@ -43,6 +42,7 @@ from _harness import (
     pooled,
     run_in_tempdir,
     start_gateway,
+    start_redis,
     stop_on_sigterm,
     write_results,
 )
@@ -107,27 +107,6 @@ def gateway_config(name: str, upstream_port: int, redis_port: int) -> str:
     return LIMITED_GATEWAY_CONFIG.format(
         host=HOST, upstream_port=upstream_port, plan=plan, key=BENCH_KEY, limits=limits
     )
-
-
-def start_redis(children: Children, binary: str, port: int, workdir: Path) -> Popen[bytes]:
-    """A private, empty, non-persistent Redis for this run only."""
-    data = workdir / "redis-data"
-    data.mkdir()
-    argv = [binary, "--port", str(port), "--bind", HOST, "--save", "", "--appendonly", "no",
-            "--dir", str(data)]  # fmt: skip
-    log = workdir / "redis.log"
-    redis = children.start("redis-server", argv, log=log, stdout=log)
-    children.wait_ready(redis, port)
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            if redis_call(port, "PING") == "PONG":
-                return redis
-        except OSError:
-            pass
-        if time.monotonic() > deadline:
-            raise BenchFailed("redis-server accepts connections but does not answer PING")
-        time.sleep(0.05)
 
 
 def probe(port: int, key: str | None) -> tuple[int, dict[str, str]]:
