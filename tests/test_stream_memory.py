@@ -4,10 +4,12 @@
 from __future__ import annotations
 
 import gc
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
+from aiohttp import web
 
+from gateway.http.slim import LeanQueue
 from gateway.http.stream import _CHAT_CLIENTS, ClientStream, _KeepAlives
 from gateway.pipeline.admission import ModelGate
 from gateway.providers.http import HTTPEventStream
@@ -16,6 +18,7 @@ from gateway.server.serving import GatewayServer
 from tests.conftest import APP_KEY
 from tests.fakes.openai_upstream import Behaviour, FakeOpenAI
 
+T = TypeVar("T")
 AUTH = {"Authorization": f"Bearer {APP_KEY}"}
 STREAM_BODY: dict[str, Any] = {
     "model": "fast",
@@ -24,7 +27,7 @@ STREAM_BODY: dict[str, Any] = {
 }
 
 
-def live(kind: type) -> list[object]:
+def live(kind: type[T]) -> list[T]:
     gc.collect()
     return [o for o in gc.get_objects() if isinstance(o, kind)]
 
@@ -52,3 +55,57 @@ async def test_an_open_stream_keeps_no_keepalive_state_no_client_of_its_own_and_
             objects = live(kind)
             assert objects, kind
             assert all(not hasattr(o, "__dict__") for o in objects), kind
+
+
+def streaming_handler() -> GatewayRequestHandler:
+    """The connection whose request is being answered (the test's stream)."""
+    busy = [h for h in live(GatewayRequestHandler) if h._current_request is not None]
+    assert len(busy) == 1, busy
+    return busy[0]
+
+
+async def test_an_open_stream_keeps_no_response_headers_no_idle_timer_and_no_deques(
+    gateway: GatewayServer, upstream: FakeOpenAI
+) -> None:
+    """What aiohttp's server side would keep per open stream and the gateway lets go once
+    the stream has begun. The deques are swapped in aiohttp's private attributes
+    (gateway.http.slim): if an aiohttp upgrade renames them, this fails."""
+    upstream.next(Behaviour(stall_after_events=1))
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(gateway.url + "/v1/chat/completions", json=STREAM_BODY, headers=AUTH) as response,
+    ):
+        # The client has every header: they were written before the mapping was let go.
+        assert response.headers["Content-Type"] == "text/event-stream"
+        assert response.headers["x-request-id"].startswith("req_")
+        assert response.headers["x-gateway-model"]
+        assert (await response.content.readuntil(b"\n\n")).startswith(b"data: ")
+        handler = streaming_handler()
+        request = handler._current_request
+        assert request is not None
+        # The gateway's answer (the fake upstream in this process has one too).
+        streams = [o for o in live(web.StreamResponse) if o._req is request]
+        assert len(streams) == 1 and streams[0].prepared
+        assert len(streams[0].headers) == 0
+        assert handler._keepalive_handle is None  # no idle timer while an answer is written
+        queues: list[object] = [handler._messages, request.content._buffer]
+        assert [type(q) for q in queues] == [LeanQueue, LeanQueue]
+
+
+async def test_a_connection_serves_again_after_a_stream_with_its_idle_timer_rearmed(
+    gateway: GatewayServer, upstream: FakeOpenAI
+) -> None:
+    """The idle timer a stream cancels comes back when the stream ends, and the connection
+    (its requests now queued in a LeanQueue) goes on serving: stream, stream, plain chat."""
+    connector = aiohttp.TCPConnector(limit=1)
+    async with aiohttp.ClientSession(connector=connector) as http:
+        for body in (STREAM_BODY, STREAM_BODY, {**STREAM_BODY, "stream": False}):
+            url = gateway.url + "/v1/chat/completions"
+            async with http.post(url, json=body, headers=AUTH) as response:
+                assert response.status == 200
+                text = await response.text()
+                assert "data: [DONE]" in text if body["stream"] else '"choices"' in text
+        handlers = live(GatewayRequestHandler)
+        assert len(handlers) == 1  # one connection served all three
+        assert handlers[0]._request_count == 3
+        assert handlers[0]._keepalive_handle is not None  # idle again: watched again

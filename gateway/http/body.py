@@ -10,6 +10,7 @@ from aiohttp import HttpVersion11, web
 
 from gateway.errors import InvalidRequest, RateLimited, RequestTimeout, RequestTooLarge
 from gateway.http.request import PROCESS
+from gateway.http.slim import slim_body
 
 TOO_MANY_PENDING = "too_many_pending_requests"
 
@@ -62,6 +63,7 @@ async def _read_up_to(request: web.Request, limit: int) -> bytes:
     while True:
         chunk = await request.content.readany()
         if not chunk:
+            slim_body(request.content)  # read: a stream keeps its reader for minutes
             break
         size += len(chunk)
         if size > limit:

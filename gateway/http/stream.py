@@ -221,6 +221,12 @@ async def _begin(response: web.StreamResponse, request: web.Request, state: Requ
     state.stamp(response.headers)
     state.answer_started = True
     await response.prepare(request)
+    # A stream may stay open for minutes. Its headers are written now: the mapping of them
+    # goes (about 2 KB with the keys aiohttp made to write them). aiohttp's idle timer for
+    # the connection has nothing to watch while an answer is written: keep_alive cancels it
+    # (aiohttp arms one again when the request ends and the connection goes idle).
+    response.headers.clear()
+    request.protocol.keep_alive(True)
 
 
 async def _pump(

@@ -30,6 +30,7 @@ from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
 from aiohttp.web_server import Server
 
+from gateway.http.slim import slim_connection
 from gateway.pipeline.pending import PendingClients
 
 log = logging.getLogger("gateway.protocol")
@@ -73,6 +74,7 @@ class GatewayRequestHandler(RequestHandler):
         super().__init__(manager, **kwargs)
         self._pending = pending
         self._pending_address: str | None = None  # counted, until its first request
+        slim_connection(self)  # it may hold a stream open for minutes
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         peer = transport.get_extra_info("peername")
