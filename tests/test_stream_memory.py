@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
 from typing import Any, TypeVar
 
@@ -109,3 +110,36 @@ async def test_a_connection_serves_again_after_a_stream_with_its_idle_timer_rear
         assert len(handlers) == 1  # one connection served all three
         assert handlers[0]._request_count == 3
         assert handlers[0]._keepalive_handle is not None  # idle again: watched again
+
+
+def awaiting_chain(task: asyncio.Task[Any]) -> list[tuple[str, dict[str, Any]]]:
+    """(function name, locals) of each coroutine a task is suspended in, outermost first."""
+    chain = []
+    coro: Any = task.get_coro()
+    while coro is not None and hasattr(coro, "cr_frame"):
+        if coro.cr_frame is not None:
+            chain.append((coro.cr_code.co_name, dict(coro.cr_frame.f_locals)))
+        coro = coro.cr_await
+    return chain
+
+
+async def test_an_open_stream_is_one_coroutine_of_the_relay_holding_no_start_closure(
+    gateway: GatewayServer, upstream: FakeOpenAI
+) -> None:
+    """From its first event on, a stream runs in `relay_stream` alone (no coroutine layer
+    under it for writing events, none left from opening it), and the closure that opened
+    it is gone."""
+    upstream.next(Behaviour(stall_after_events=1))
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(gateway.url + "/v1/chat/completions", json=STREAM_BODY, headers=AUTH) as response,
+    ):
+        assert (await response.content.readuntil(b"\n\n")).startswith(b"data: ")
+        chains = [awaiting_chain(t) for t in asyncio.all_tasks()]
+        relaying = [c for c in chains if any(name == "relay_stream" for name, _ in c)]
+        assert len(relaying) == 1
+        names = [name for name, _ in relaying[0]]
+        after = names[names.index("relay_stream") + 1 :]
+        assert "_pump" not in after and "_open" not in after, names
+        relay_locals = dict(relaying[0])["relay_stream"]
+        assert "start" not in relay_locals and "opened" not in relay_locals

@@ -25,7 +25,6 @@ from aiohttp import web
 from gateway.errors import GatewayError, ServiceUnavailable, UpstreamError, UpstreamFailure
 from gateway.pipeline.context import RequestState
 from gateway.pipeline.drain import Drain
-from gateway.providers.base import EventStream
 from gateway.providers.chat_events import (
     CONTENT,
     EventKind,
@@ -176,33 +175,20 @@ async def relay_stream(
     """Relay a stream to the client. `start` finds an upstream that gives a first event (with
     retries and fallbacks) and raises GatewayError when none does. Until it returns, nothing
     is sent unless it takes longer than `keepalive_s`: then the answer begins with keep-alive
-    comments, and a failure after that can only be reported in-band."""
-    response = web.StreamResponse(status=200, headers=SSE_HEADERS)
-    keepalives = _KeepAlives(request, response, state, keepalive_s, client.keepalive)
-    opened: OpenedStream | None = None
-    try:
-        try:
-            with state.waiting_upstream():
-                opened = await start()
-        finally:
-            await keepalives.stop()
-    except GatewayError as error:
-        state.error = state.error or error.message
-        if not response.prepared:
-            raise
-        await _end_with_error(response, client.error_event(error))
-        return response
-    except asyncio.CancelledError:
-        if opened is not None:
-            # Cancelled while the keep-alives stopped: nobody will read this stream.
-            await opened[0].aclose(completed=False)
-        if drain.grace_over and response.prepared:
-            await _end_with_error(response, client.error_event(SHUTTING_DOWN))
-        raise
-    # A stream may last minutes: what its comments needed goes now, not when it ends.
-    del keepalives
+    comments, and a failure after that can only be reported in-band. Then events are written
+    as they come until the upstream ends, fails or the client leaves.
 
-    stream, first = opened
+    One coroutine for the whole stream (opening it is `_open`'s, whose frame is gone by the
+    time the stream runs): a stream may last minutes, thousands at once, and each coroutine
+    layer kept for its length costs a frame."""
+    response = web.StreamResponse(status=200, headers=SSE_HEADERS)
+    opened = await _open(request, response, state, start, keepalive_s, client, drain)
+    del start  # what the closure holds is the pipeline's; the closure itself goes now
+    if opened is None:  # failed after its answer began: ended in-band
+        return response
+    stream = opened[0]
+    events: list[bytes] | None = opened[1]
+    del opened
     if not response.prepared:
         try:
             await _begin(response, request, state)
@@ -213,31 +199,6 @@ async def relay_stream(
             state.stream_cut = True
             await stream.aclose(completed=False)
             raise
-    await _pump(response, state, stream, first, client, drain)
-    return response
-
-
-async def _begin(response: web.StreamResponse, request: web.Request, state: RequestState) -> None:
-    state.stamp(response.headers)
-    state.answer_started = True
-    await response.prepare(request)
-    # A stream may stay open for minutes. Its headers are written now: the mapping of them
-    # goes (about 2 KB with the keys aiohttp made to write them). aiohttp's idle timer for
-    # the connection has nothing to watch while an answer is written: keep_alive cancels it
-    # (aiohttp arms one again when the request ends and the connection goes idle).
-    response.headers.clear()
-    request.protocol.keep_alive(True)
-
-
-async def _pump(
-    response: web.StreamResponse,
-    state: RequestState,
-    stream: EventStream,
-    events: list[bytes] | None,
-    client: ClientStream,
-    drain: Drain,
-) -> None:
-    """Write events as they come until the upstream ends, fails or the client leaves."""
     saw_done = False
     completed = False
     needs_look = client.needs_look
@@ -280,7 +241,7 @@ async def _pump(
             state.stream_cut = True
             state.error = "upstream ended the stream without [DONE]"
             await _end_with_error(response, client.error_event(UNFINISHED))
-            return
+            return response
     except UpstreamFailure as failure:
         state.stream_cut = True
         if state.attempt_loop is not None and state.model:
@@ -315,6 +276,54 @@ async def _pump(
     if completed:
         with contextlib.suppress(ConnectionResetError):
             await response.write_eof()
+    return response
+
+
+async def _open(
+    request: web.Request,
+    response: web.StreamResponse,
+    state: RequestState,
+    start: Callable[[], Awaitable[OpenedStream]],
+    keepalive_s: float,
+    client: ClientStream,
+    drain: Drain,
+) -> OpenedStream | None:
+    """The opened stream, with keep-alive comments while it is slow to come; None when it
+    failed after the comments had begun the answer (the error then went in-band)."""
+    keepalives = _KeepAlives(request, response, state, keepalive_s, client.keepalive)
+    opened: OpenedStream | None = None
+    try:
+        try:
+            with state.waiting_upstream():
+                opened = await start()
+        finally:
+            await keepalives.stop()
+    except GatewayError as error:
+        state.error = state.error or error.message
+        if not response.prepared:
+            raise
+        await _end_with_error(response, client.error_event(error))
+        return None
+    except asyncio.CancelledError:
+        if opened is not None:
+            # Cancelled while the keep-alives stopped: nobody will read this stream.
+            await opened[0].aclose(completed=False)
+        if drain.grace_over and response.prepared:
+            await _end_with_error(response, client.error_event(SHUTTING_DOWN))
+        raise
+    return opened
+
+
+async def _begin(response: web.StreamResponse, request: web.Request, state: RequestState) -> None:
+    state.stamp(response.headers)
+    state.answer_started = True
+    await response.prepare(request)
+    # A stream may stay open for minutes. Its headers are written now: the mapping of them
+    # goes (about 2 KB with the keys aiohttp made to write them). aiohttp's idle timer for
+    # the connection has nothing to watch while an answer is written: keep_alive cancels it
+    # (aiohttp arms one again when the request ends and the connection goes idle).
+    response.headers.clear()
+    request.protocol.keep_alive(True)
 
 
 async def _end_with_error(response: web.StreamResponse, event: bytes) -> None:
