@@ -123,12 +123,12 @@ def awaiting_chain(task: asyncio.Task[Any]) -> list[tuple[str, dict[str, Any]]]:
     return chain
 
 
-async def test_an_open_stream_is_one_coroutine_of_the_relay_holding_no_start_closure(
+async def test_an_open_stream_is_few_coroutines_deep_and_holds_no_start_closure(
     gateway: GatewayServer, upstream: FakeOpenAI
 ) -> None:
     """From its first event on, a stream runs in `relay_stream` alone (no coroutine layer
-    under it for writing events, none left from opening it), and the closure that opened
-    it is gone."""
+    under it for writing events, none left from opening it), under as few layers as aiohttp
+    allows, and the closure that opened it is gone."""
     upstream.next(Behaviour(stall_after_events=1))
     async with (
         aiohttp.ClientSession() as http,
@@ -141,5 +141,14 @@ async def test_an_open_stream_is_one_coroutine_of_the_relay_holding_no_start_clo
         names = [name for name, _ in relaying[0]]
         after = names[names.index("relay_stream") + 1 :]
         assert "_pump" not in after and "_open" not in after, names
+        # Above it: aiohttp's request task, the gateway's layer around the app (not one of
+        # aiohttp's middlewares, which would bring a layer of aiohttp's own), the app's
+        # routing, the handler.
+        assert names[: names.index("relay_stream")] == [
+            "_handle_request",
+            "middleware",
+            "_handle",
+            "chat_completions",
+        ]
         relay_locals = dict(relaying[0])["relay_stream"]
         assert "start" not in relay_locals and "opened" not in relay_locals

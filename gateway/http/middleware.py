@@ -1,5 +1,13 @@
 """The outermost layer of every request: request id, timing, the access log line, and any
-exception turned into an OpenAI-shaped error."""
+exception turned into an OpenAI-shaped error.
+
+It wraps the application's own request handler (routing included) rather than being one of
+aiohttp's middlewares: an application with any middleware gets another of aiohttp's around
+each handler (it sets `match_info.current_app`, for sub-applications, which the gateway has
+none of), and a stream keeps every such coroutine frame for as long as it lasts. So the app
+has no middlewares, and `gateway.server.protocol` serves it through `wrap` (kept on the app
+under `OUTERMOST`). A 404 or 405 from the router is raised inside, as it was under a
+middleware."""
 
 from __future__ import annotations
 
@@ -9,19 +17,22 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 
 from aiohttp import web
-from aiohttp.typedefs import Middleware
 
 from gateway.errors import GatewayError, MethodNotAllowed, NotFound
 from gateway.http import cors
 from gateway.http.answers import error_response
 from gateway.http.cache import answer_hit, store_answer
-from gateway.http.request import PROCESS, STATE
+from gateway.http.request import STATE
 from gateway.logs import ACCESS_LOG
 from gateway.pipeline.cache import CacheHit
 from gateway.pipeline.context import RequestState, request_id_from
+from gateway.pipeline.process import GatewayProcess
 from gateway.pipeline.settle import finish
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+Wrap = Callable[[Handler], Handler]
+# The app's `wrap`, for the server to serve the app through.
+OUTERMOST: web.AppKey[Wrap] = web.AppKey("gateway_outermost")
 errors_log = logging.getLogger("gateway.error")
 
 
@@ -37,11 +48,13 @@ ErrorWriter = Callable[[GatewayError, RequestState], web.Response]
 
 
 def gateway_middleware(
+    process: GatewayProcess,
     error_writers: Sequence[tuple[str, ErrorWriter]] = (),
-) -> Middleware:
-    """The middleware. `error_writers`: (path prefix, writer) for the APIs whose errors are
-    not in OpenAI's shape (`/v1/messages` speaks Anthropic's); the first matching prefix
-    writes the error, else OpenAI's envelope."""
+) -> Wrap:
+    """What wraps the app's request handler in the layer. `error_writers`: (path prefix,
+    writer) for the APIs whose errors are not in OpenAI's shape (`/v1/messages` speaks
+    Anthropic's); the first matching prefix writes the error, else OpenAI's envelope. The
+    process is given here: the request's app is known only once it is routed, inside."""
 
     def write_error(request: web.Request, error: GatewayError, state: RequestState) -> web.Response:
         path = request.path
@@ -50,74 +63,75 @@ def gateway_middleware(
                 return writer(error, state)
         return error_response(error, state)
 
-    @web.middleware
-    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        state = RequestState(request_id_from(request.headers.get("x-request-id")))
-        request[STATE] = state
-        status = 499  # stays so when the client went away first
-        process = request.app[PROCESS]
-        task = asyncio.current_task()
-        process.drain.serving(task)
-        try:
-            cors_config = process.current.config.server.cors
-            response: web.StreamResponse
+    def wrap(handler: Handler) -> Handler:
+        async def middleware(request: web.Request) -> web.StreamResponse:
+            state = RequestState(request_id_from(request.headers.get("x-request-id")))
+            request[STATE] = state
+            status = 499  # stays so when the client went away first
+            task = asyncio.current_task()
+            process.drain.serving(task)
             try:
-                if not cors_config.allow_origins:
-                    response = await handler(request)
-                elif cors.is_preflight(request):
-                    response = cors.preflight(cors_config, request)
+                cors_config = process.current.config.server.cors
+                response: web.StreamResponse
+                try:
+                    if not cors_config.allow_origins:
+                        response = await handler(request)
+                    elif cors.is_preflight(request):
+                        response = cors.preflight(cors_config, request)
+                    else:
+                        origin = request.headers.get("Origin")
+                        state.cors_headers = cors.answer_headers(cors_config, origin)
+                        response = await handler(request)
+                except CacheHit as hit:  # found at admission: no upstream call was made
+                    response = await answer_hit(request, state, hit)
+                if not response.prepared:  # a stream stamped its headers and was sent already
+                    state.stamp(response.headers)
+                    # Sent here rather than by aiohttp after this returns: the client has its answer
+                    # before the bookkeeping below (metrics, usage record), not after it.
+                    await response.prepare(request)
+                    await response.write_eof()
+                status = response.status
+                if state.cache_plan is not None:  # a cache miss to store, now the client has it
+                    await store_answer(state, response)
+                return response
+            except GatewayError as error:
+                state.error = state.error or error.message
+                answer = write_error(request, error, state)
+                status = answer.status  # the dialect's own (Anthropic answers 529 for 503)
+                return answer
+            except web.HTTPException as exc:
+                if exc.status < 400:
+                    raise
+                answer = write_error(request, _from_aiohttp(request, exc), state)
+                status = answer.status
+                return answer
+            except (asyncio.CancelledError, ConnectionResetError):
+                if process.drain.grace_over:
+                    # Ended by the gateway's shutdown, not by the client: 503, as the client saw.
+                    status = 503
+                    state.error = state.error or "ended by gateway shutdown"
                 else:
-                    origin = request.headers.get("Origin")
-                    state.cors_headers = cors.answer_headers(cors_config, origin)
-                    response = await handler(request)
-            except CacheHit as hit:  # found at admission: no upstream call was made
-                response = await answer_hit(request, state, hit)
-            if not response.prepared:  # a stream stamped its headers and was sent already
-                state.stamp(response.headers)
-                # Sent here rather than by aiohttp after this returns: the client has its answer
-                # before the bookkeeping below (metrics, usage record), not after it.
-                await response.prepare(request)
-                await response.write_eof()
-            status = response.status
-            if state.cache_plan is not None:  # a cache miss to store, now the client has it
-                await store_answer(state, response)
-            return response
-        except GatewayError as error:
-            state.error = state.error or error.message
-            answer = write_error(request, error, state)
-            status = answer.status  # the dialect's own (Anthropic answers 529 for 503)
-            return answer
-        except web.HTTPException as exc:
-            if exc.status < 400:
+                    state.error = state.error or "client disconnected"
                 raise
-            answer = write_error(request, _from_aiohttp(request, exc), state)
-            status = answer.status
-            return answer
-        except (asyncio.CancelledError, ConnectionResetError):
-            if process.drain.grace_over:
-                # Ended by the gateway's shutdown, not by the client: 503, as the client saw.
-                status = 503
-                state.error = state.error or "ended by gateway shutdown"
-            else:
-                state.error = state.error or "client disconnected"
-            raise
-        except Exception:
-            errors_log.exception("unhandled error", extra={"request_id": state.request_id})
-            status = 500
-            state.error = state.error or "unhandled error"
-            if state.answer_started:
-                # A stream's answer is under way: a second answer would be written into its
-                # body. The connection is dropped instead, so the client sees a cut stream.
-                raise
-            return write_error(
-                request, GatewayError("The gateway failed to process the request."), state
-            )
-        finally:
-            process.drain.served(task)
-            finish(process, state, status)
-            _access_log(request, state, status)
+            except Exception:
+                errors_log.exception("unhandled error", extra={"request_id": state.request_id})
+                status = 500
+                state.error = state.error or "unhandled error"
+                if state.answer_started:
+                    # A stream's answer is under way: a second answer would be written into its
+                    # body. The connection is dropped instead, so the client sees a cut stream.
+                    raise
+                return write_error(
+                    request, GatewayError("The gateway failed to process the request."), state
+                )
+            finally:
+                process.drain.served(task)
+                finish(process, state, status)
+                _access_log(request, state, status)
 
-    return middleware
+        return middleware
+
+    return wrap
 
 
 _NOT_LOGGED = frozenset(("/healthz", "/readyz", "/metrics"))

@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from gateway.http.body import expect_continue
-from gateway.http.middleware import gateway_middleware
+from gateway.http.middleware import OUTERMOST, gateway_middleware
 from gateway.http.request import PROCESS
 from gateway.ingress import chat, embeddings, models
 from gateway.ingress.completions import handler as completions
@@ -23,10 +23,12 @@ def create_app(process: GatewayProcess, reloader: Reloader | None = None) -> web
     # Bodies are read by the handlers under `server.max_body_mb`; aiohttp's own limit is
     # lifted so that one does not answer first with a differently shaped 413.
     # Errors on Anthropic's paths are in Anthropic's dialect; everywhere else in OpenAI's.
-    middleware = gateway_middleware([("/v1/messages", messages.error_response)])
     # `Expect: 100-continue` is answered by `expect_continue`: no `100 Continue` for a body
     # over the limit, which then gets its 413 unread.
-    app = web.Application(middlewares=[middleware], client_max_size=2**62)
+    app = web.Application(client_max_size=2**62)
+    # Not one of aiohttp's middlewares: the server serves the app through it
+    # (`GatewayAppRunner`), which saves every stream a coroutine frame (gateway.http.middleware).
+    app[OUTERMOST] = gateway_middleware(process, [("/v1/messages", messages.error_response)])
     app[PROCESS] = process
     if reloader is not None:
         app[RELOADER] = reloader

@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, cast
 
 import orjson
 from aiohttp import web
@@ -30,10 +31,12 @@ from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
 from aiohttp.web_server import Server
 
+from gateway.http.middleware import OUTERMOST, Handler, Wrap
 from gateway.http.slim import slim_connection
 from gateway.pipeline.pending import PendingClients
 
 log = logging.getLogger("gateway.protocol")
+ServerHandler = Callable[[BaseRequest], Awaitable[web.StreamResponse]]
 
 # The parser's limits. The request line may be longer than a header field, so a too-long
 # line says which it was by its limit: 414 for the URL, 431 for a header.
@@ -132,13 +135,17 @@ class GatewayRequestHandler(RequestHandler):
 
 
 class GatewayWebServer(Server):
-    """aiohttp's Server, making `GatewayRequestHandler`s."""
+    """aiohttp's Server, making `GatewayRequestHandler`s, serving the app through `wrap`."""
 
-    def __init__(self, base: Server, pending: PendingClients) -> None:
+    def __init__(self, base: Server, pending: PendingClients, wrap: Wrap | None = None) -> None:
         # Built from the Server the app runner made, so the app's handler, request factory
         # and handler arguments (access log, cancellation) are kept as they are.
+        # The app's request factory makes `web.Request`s: the casts say so to the types.
+        handler = base.request_handler
+        if wrap is not None:
+            handler = cast(ServerHandler, wrap(cast(Handler, handler)))
         super().__init__(
-            base.request_handler,
+            handler,
             request_factory=base.request_factory,
             handler_cancellation=base.handler_cancellation,
             loop=base._loop,
@@ -157,11 +164,14 @@ class GatewayWebServer(Server):
 
 
 class GatewayAppRunner(web.AppRunner):
-    """`web.AppRunner` serving through `GatewayWebServer`."""
+    """`web.AppRunner` serving through `GatewayWebServer`, and through the app's `OUTERMOST`
+    layer when it has one (the gateway's: `gateway.http.middleware`)."""
 
     def __init__(self, app: web.Application, pending: PendingClients, **kwargs: Any) -> None:
         super().__init__(app, **kwargs)
         self._pending = pending
 
     async def _make_server(self) -> Server:
-        return GatewayWebServer(await super()._make_server(), self._pending)
+        return GatewayWebServer(
+            await super()._make_server(), self._pending, self._app.get(OUTERMOST)
+        )
