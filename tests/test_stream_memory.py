@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import aiohttp
 from aiohttp import web
@@ -13,6 +13,8 @@ from aiohttp import web
 from gateway.http.slim import LeanQueue
 from gateway.http.stream import _CHAT_CLIENTS, ClientStream, _KeepAlives
 from gateway.pipeline.admission import ModelGate
+from gateway.pipeline.attempts import AttemptLoop
+from gateway.pipeline.context import RequestState
 from gateway.providers.http import HTTPEventStream
 from gateway.server.protocol import GatewayRequestHandler
 from gateway.server.serving import GatewayServer
@@ -152,3 +154,29 @@ async def test_an_open_stream_is_few_coroutines_deep_and_holds_no_start_closure(
         ]
         relay_locals = dict(relaying[0])["relay_stream"]
         assert "start" not in relay_locals and "opened" not in relay_locals
+
+
+async def test_open_streams_share_their_give_backs_and_their_provider_lookup(
+    gateway: GatewayServer, upstream: FakeOpenAI
+) -> None:
+    """What every request's lease holds (its runtime, its process slot, its tier's in-flight
+    gauge) is given back by functions made once, not by closures made for each request, and
+    the attempt loop's provider lookup is the runtime's: two open streams hold the same."""
+    upstream.next(Behaviour(stall_after_events=1))
+    upstream.next(Behaviour(stall_after_events=1))
+    url = gateway.url + "/v1/chat/completions"
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(url, json=STREAM_BODY, headers=AUTH) as first,
+        http.post(url, json=STREAM_BODY, headers=AUTH) as second,
+    ):
+        for response in (first, second):
+            assert (await response.content.readuntil(b"\n\n")).startswith(b"data: ")
+        states = [s for s in live(RequestState) if s.answer_started]
+        assert len(states) == 2
+        one, other = (s.lease._give_backs for s in states)
+        assert len(one) == len(other) >= 3
+        assert all(a is b for a, b in zip(one, other, strict=True))
+        loops = [s.attempt_loop for s in states]
+        assert all(isinstance(loop, AttemptLoop) for loop in loops)
+        assert cast(AttemptLoop, loops[0]).provider_of is cast(AttemptLoop, loops[1]).provider_of

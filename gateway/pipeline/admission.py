@@ -14,7 +14,6 @@ import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import partial
 
 from gateway.errors import GatewayError, RateLimited, ServiceUnavailable, retry_headers
 from gateway.limits.base import Admission, LimiterUnavailable, LimitSpec
@@ -26,7 +25,7 @@ from gateway.pipeline.budgets import (
     worst_case_cost,
 )
 from gateway.pipeline.context import RequestState
-from gateway.pipeline.lease import GiveBack, Outcome
+from gateway.pipeline.lease import GiveBack
 from gateway.pipeline.process import GatewayProcess
 from gateway.pipeline.runtime import Runtime
 from gateway.tokens import TokenEstimate
@@ -146,11 +145,7 @@ def take_process_slot(process: GatewayProcess, runtime: Runtime, state: RequestS
             headers=retry_headers(1.0),
         )
     process.in_flight += 1
-    state.lease.take(partial(_leave_slot, process))
-
-
-def _leave_slot(process: GatewayProcess, _outcome: Outcome) -> None:
-    process.in_flight -= 1
+    state.lease.take(process.slot_give_back)
 
 
 def _plan_label(state: RequestState) -> str:

@@ -19,6 +19,7 @@ from gateway.limits.keeper import LeaseKeeper
 from gateway.pipeline.cache_plan import ResponseCache, build_response_cache
 from gateway.pipeline.drain import Drain
 from gateway.pipeline.keys import RuntimeKeys
+from gateway.pipeline.lease import GiveBack, Outcome
 from gateway.pipeline.memory import MemoryTrimmer
 from gateway.pipeline.pending import PendingClients
 from gateway.pipeline.runtime import Runtime
@@ -63,6 +64,10 @@ class GatewayProcess:
         # Connections and bodies per client address not yet complete (server.protocol).
         self.pending = PendingClients(lambda: self.current.config.server.max_pending_per_address)
         self._background: set[asyncio.Task[None]] = set()
+        # What every request gives back: made once, not once per request (a stream keeps its
+        # lease, and so every give-back on it, while it lasts).
+        self.slot_give_back: GiveBack = self._leave_slot
+        self._runtime_give_back: tuple[Runtime, GiveBack] | None = None
 
     def response_cache(self, config: CacheConfig) -> ResponseCache:
         if self.cache is None:
@@ -86,6 +91,19 @@ class GatewayProcess:
         old, self.current = self.current, runtime
         if old.retire(runtime):
             self.in_background(old.close_retired())
+
+    def _leave_slot(self, _outcome: Outcome) -> None:
+        self.in_flight -= 1  # taken by `admission.take_process_slot`
+
+    def request_done_give_back(self, runtime: Runtime) -> GiveBack:
+        """The give-back of a request begun on `runtime`: the same for all of them (the one
+        made last is kept; a reload makes one for its runtime)."""
+        made = self._runtime_give_back
+        if made is not None and made[0] is runtime:
+            return made[1]
+        give_back: GiveBack = lambda _: self.request_done(runtime)  # noqa: E731
+        self._runtime_give_back = (runtime, give_back)
+        return give_back
 
     def request_done(self, runtime: Runtime) -> None:
         if runtime.leave():

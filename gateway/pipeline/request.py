@@ -19,12 +19,13 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
-from gateway.metrics import IN_FLIGHT
+from gateway.metrics import IN_FLIGHT, GaugeValue
 from gateway.pipeline.admission import ModelGate, admit_key, take_process_slot
 from gateway.pipeline.attempts import AttemptLoop
 from gateway.pipeline.auth import Principal
 from gateway.pipeline.cache import CacheHit, look_up
 from gateway.pipeline.context import RequestState
+from gateway.pipeline.lease import GiveBack
 from gateway.pipeline.midstream import ContinuingStream
 from gateway.pipeline.process import GatewayProcess
 from gateway.pipeline.runtime import Runtime
@@ -49,7 +50,7 @@ def begin(
     runtime = process.current
     state.runtime = runtime
     runtime.enter()
-    state.lease.take(lambda _: process.request_done(runtime))
+    state.lease.take(process.request_done_give_back(runtime))
     state.api_call = api_call
     principal = runtime.auth.authenticate(authorization, api_key)
     state.principal = principal
@@ -82,9 +83,9 @@ async def admit(
         take_process_slot(process, runtime, state)
     route = runtime.router.resolve(requested_model, principal)
     state.tier = route.tier
-    in_flight = IN_FLIGHT.labels(route.tier)
+    in_flight, give_back = _in_flight_of(route.tier)
     in_flight.inc()
-    state.lease.take(lambda _: in_flight.dec())
+    state.lease.take(give_back)
     if runtime.config.cache is not None:
         hit = await look_up(
             process.response_cache(runtime.config.cache),
@@ -100,17 +101,29 @@ async def admit(
             raise CacheHit(hit)
     state.estimate = estimate = TokenEstimate(body, completion=completion)
     await admit_key(process, runtime, state, estimate, route.chain)
-    models = runtime.config.models
     attempts = AttemptLoop(
         runtime.config,
         process.cooldowns,
         state,
         route,
-        lambda name: models[name].provider,
+        runtime.provider_of,
         gate=ModelGate(process, runtime, state, estimate),
     )
     state.attempt_loop = attempts
     return ModelCall(runtime, state, attempts)
+
+
+# Per tier: its in-flight gauge and the give-back that lowers it, made once (a stream keeps
+# its lease, and so every give-back on it, while it lasts). Tiers are the config's.
+_IN_FLIGHT: dict[str, tuple[GaugeValue, GiveBack]] = {}
+
+
+def _in_flight_of(tier: str) -> tuple[GaugeValue, GiveBack]:
+    found = _IN_FLIGHT.get(tier)
+    if found is None:
+        gauge = IN_FLIGHT.labels(tier)
+        found = _IN_FLIGHT[tier] = (gauge, lambda _: gauge.dec())
+    return found
 
 
 class ModelCall:

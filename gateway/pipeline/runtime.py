@@ -9,6 +9,7 @@ request ends.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from gateway.config import GatewayConfig
@@ -32,11 +33,16 @@ class Runtime:
     max_body_bytes: int = field(init=False)
     body_timeout_s: float = field(init=False)
     active_requests: int = field(init=False, default=0)
+    # Which provider a model is on, for the attempt loop: one function per runtime, not one
+    # closure per request (a stream keeps its loop while it lasts).
+    provider_of: Callable[[str], str] = field(init=False)
     _to_close: list[Provider] | None = field(init=False, default=None)  # set once retired
 
     def __post_init__(self) -> None:
         self.max_body_bytes = int(self.config.server.max_body_mb * 1024 * 1024)
         self.body_timeout_s = self.config.server.body_timeout_s
+        models = self.config.models
+        self.provider_of = lambda name: models[name].provider
 
     def provider_for(self, model_name: str) -> Provider:
         provider = self.providers.get(self.config.models[model_name].provider)
