@@ -11,7 +11,7 @@ import aiohttp
 from aiohttp import web
 
 from gateway.http.slim import LeanQueue
-from gateway.http.stream import _CHAT_CLIENTS, ClientStream, _KeepAlives
+from gateway.http.stream import _CHAT_CLIENTS, ClientStream, RelayedStream, _KeepAlives
 from gateway.pipeline.admission import ModelGate
 from gateway.pipeline.attempts import AttemptLoop
 from gateway.pipeline.context import RequestState
@@ -125,12 +125,14 @@ def awaiting_chain(task: asyncio.Task[Any]) -> list[tuple[str, dict[str, Any]]]:
     return chain
 
 
-async def test_an_open_stream_is_few_coroutines_deep_and_holds_no_start_closure(
+async def test_an_open_stream_is_two_coroutines_deep_and_holds_no_start_closure(
     gateway: GatewayServer, upstream: FakeOpenAI
 ) -> None:
-    """From its first event on, a stream runs in `relay_stream` alone (no coroutine layer
-    under it for writing events, none left from opening it), under as few layers as aiohttp
-    allows, and the closure that opened it is gone."""
+    """From its first event on, a stream runs in `RelayedStream.relay` alone (no coroutine
+    layer under it for writing events, none left from opening it), under aiohttp's request
+    task and the gateway's outermost layer only: neither the handler's frame nor aiohttp's
+    routing is kept (nor an aiohttp middleware's, which the gateway has none of). The
+    closure that opened it is gone."""
     upstream.next(Behaviour(stall_after_events=1))
     async with (
         aiohttp.ClientSession() as http,
@@ -138,22 +140,16 @@ async def test_an_open_stream_is_few_coroutines_deep_and_holds_no_start_closure(
     ):
         assert (await response.content.readuntil(b"\n\n")).startswith(b"data: ")
         chains = [awaiting_chain(t) for t in asyncio.all_tasks()]
-        relaying = [c for c in chains if any(name == "relay_stream" for name, _ in c)]
+        relaying = [c for c in chains if any(name == "relay" for name, _ in c)]
         assert len(relaying) == 1
         names = [name for name, _ in relaying[0]]
-        after = names[names.index("relay_stream") + 1 :]
+        assert names[: names.index("relay")] == ["_handle_request", "middleware"]
+        after = names[names.index("relay") + 1 :]
         assert "_pump" not in after and "_open" not in after, names
-        # Above it: aiohttp's request task, the gateway's layer around the app (not one of
-        # aiohttp's middlewares, which would bring a layer of aiohttp's own), the app's
-        # routing, the handler.
-        assert names[: names.index("relay_stream")] == [
-            "_handle_request",
-            "middleware",
-            "_handle",
-            "chat_completions",
-        ]
-        relay_locals = dict(relaying[0])["relay_stream"]
+        relay_locals = dict(relaying[0])["relay"]
         assert "start" not in relay_locals and "opened" not in relay_locals
+        streams = [o for o in live(RelayedStream) if o.prepared]
+        assert len(streams) == 1 and streams[0]._relay_opener is None
 
 
 async def test_open_streams_share_their_give_backs_and_their_provider_lookup(

@@ -23,6 +23,7 @@ from gateway.http import cors
 from gateway.http.answers import error_response
 from gateway.http.cache import answer_hit, store_answer
 from gateway.http.request import STATE
+from gateway.http.stream import RelayedStream
 from gateway.logs import ACCESS_LOG
 from gateway.pipeline.cache import CacheHit
 from gateway.pipeline.context import RequestState, request_id_from
@@ -84,6 +85,9 @@ def gateway_middleware(
                         response = await handler(request)
                 except CacheHit as hit:  # found at admission: no upstream call was made
                     response = await answer_hit(request, state, hit)
+                if type(response) is RelayedStream:
+                    # Relayed here, with the handler's frame (and routing's) gone.
+                    await response.relay(request)
                 if not response.prepared:  # a stream stamped its headers and was sent already
                     state.stamp(response.headers)
                     # Sent here rather than by aiohttp after this returns: the client has its answer

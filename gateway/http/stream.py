@@ -163,120 +163,147 @@ class _KeepAlives:
                 await asyncio.shield(self._task)
 
 
-async def relay_stream(
-    request: web.Request,
+def relay_stream(
     state: RequestState,
     start: Callable[[], Awaitable[OpenedStream]],
     *,
     keepalive_s: float,
     client: ClientStream,
     drain: Drain,
-) -> web.StreamResponse:
-    """Relay a stream to the client. `start` finds an upstream that gives a first event (with
-    retries and fallbacks) and raises GatewayError when none does. Until it returns, nothing
-    is sent unless it takes longer than `keepalive_s`: then the answer begins with keep-alive
-    comments, and a failure after that can only be reported in-band. Then events are written
-    as they come until the upstream ends, fails or the client leaves.
+) -> RelayedStream:
+    """The answer of a handler that streams: `return relay_stream(...)`. `start` finds an
+    upstream that gives a first event (with retries and fallbacks) and raises GatewayError
+    when none does. The gateway's outermost layer (`gateway.http.middleware`) relays it, once
+    the handler has returned."""
+    return RelayedStream(state, start, keepalive_s, client, drain)
 
-    One coroutine for the whole stream (opening it is `_open`'s, whose frame is gone by the
-    time the stream runs): a stream may last minutes, thousands at once, and each coroutine
-    layer kept for its length costs a frame."""
-    response = web.StreamResponse(status=200, headers=SSE_HEADERS)
-    opened = await _open(request, response, state, start, keepalive_s, client, drain)
-    del start  # what the closure holds is the pipeline's; the closure itself goes now
-    if opened is None:  # failed after its answer began: ended in-band
-        return response
-    stream = opened[0]
-    events: list[bytes] | None = opened[1]
-    del opened
-    if not response.prepared:
+
+class RelayedStream(web.StreamResponse):
+    """A stream's answer, given back by its handler before anything is relayed, and relayed
+    by the gateway's outermost layer. A stream may last minutes, thousands at once, and each
+    coroutine frame kept for its length counts: this way neither the handler's frame (and
+    what it refers to) nor aiohttp's routing frame above it is kept, and the whole stream
+    runs in `relay` (opening it is `_open`'s, whose frame is gone by the time it runs)."""
+
+    def __init__(
+        self,
+        state: RequestState,
+        start: Callable[[], Awaitable[OpenedStream]],
+        keepalive_s: float,
+        client: ClientStream,
+        drain: Drain,
+    ) -> None:
+        super().__init__(status=200, headers=SSE_HEADERS)
+        # Prefixed: the names must not meet aiohttp's own (`_start` is one).
+        self._relay_state = state
+        self._relay_opener: Callable[[], Awaitable[OpenedStream]] | None = start
+        self._relay_keepalive_s = keepalive_s
+        self._relay_client = client
+        self._relay_drain = drain
+
+    async def relay(self, request: web.Request) -> None:
+        """Until `start` returns, nothing is sent unless it takes longer than `keepalive_s`:
+        then the answer begins with keep-alive comments, and a failure after that can only
+        be reported in-band. Then events are written as they come until the upstream ends,
+        fails or the client leaves."""
+        start, self._relay_opener = self._relay_opener, None  # goes once the stream opens
+        assert start is not None, "relayed twice"
+        response, state, client = self, self._relay_state, self._relay_client
+        keepalive_s, drain = self._relay_keepalive_s, self._relay_drain
+        opened = await _open(request, response, state, start, keepalive_s, client, drain)
+        del start
+        if opened is None:  # failed after its answer began: ended in-band
+            return
+        stream = opened[0]
+        events: list[bytes] | None = opened[1]
+        del opened
+        if not response.prepared:
+            try:
+                await _begin(response, request, state)
+            except BaseException:
+                # The client left as its answer began (a reset, or the handler cancelled while
+                # the headers were written): nobody will read this stream. Unclosed, it would
+                # hold its upstream connection and buffers until the model's total timeout.
+                state.stream_cut = True
+                await stream.aclose(completed=False)
+                raise
+        saw_done = False
+        completed = False
+        needs_look = client.needs_look
+        classify_event = client.classify
+        waiting = state.waiting_upstream()  # one timer object for the whole stream
+        captured = state.cache_events  # a list only when the response cache will store this
         try:
-            await _begin(response, request, state)
-        except BaseException:
-            # The client left as its answer began (a reset, or the handler cancelled while
-            # the headers were written): nobody will read this stream. Unclosed, it would
-            # hold its upstream connection and buffers until the model's total timeout.
+            while events is not None:
+                out: list[bytes] = []
+                for event in events:
+                    if not needs_look(event):
+                        out.append(event)  # a content delta or a comment: relayed, unread
+                        continue
+                    verdict = classify_event(event)
+                    if verdict is not CONTENT:
+                        # What it says, noted inline: this runs for several events per stream.
+                        if verdict.usage is not None:
+                            state.usage = verdict.usage
+                        kind = verdict.kind
+                        if kind is EventKind.DONE:
+                            saw_done = True
+                        elif kind is EventKind.ERROR:
+                            # An upstream's own error event: it may echo a credential.
+                            state.error = REDACT(verdict.error or "")
+                            event = REDACT(event.decode("utf-8", "replace")).encode()
+                    if verdict.relay:
+                        out.append(event)
+                if out:
+                    await response.write(out[0] if len(out) == 1 else b"".join(out))
+                    state.streamed_events += len(out)
+                    if captured is not None:
+                        captured.extend(out)
+                    if state.first_token_at is None:
+                        state.first_token_at = time.perf_counter()
+                with waiting:
+                    events = await stream.next_events()
+            completed = True
+            if not saw_done and state.error is None:
+                # A clean end would tell the client its answer is whole: it is not.
+                state.stream_cut = True
+                state.error = "upstream ended the stream without [DONE]"
+                await _end_with_error(response, client.error_event(UNFINISHED))
+                return
+        except UpstreamFailure as failure:
             state.stream_cut = True
-            await stream.aclose(completed=False)
-            raise
-    saw_done = False
-    completed = False
-    needs_look = client.needs_look
-    classify_event = client.classify
-    waiting = state.waiting_upstream()  # one timer object for the whole stream
-    captured = state.cache_events  # a list only when the response cache will store this
-    try:
-        while events is not None:
-            out: list[bytes] = []
-            for event in events:
-                if not needs_look(event):
-                    out.append(event)  # a content delta or a comment: relayed, unread
-                    continue
-                verdict = classify_event(event)
-                if verdict is not CONTENT:
-                    # What it says, noted inline: this runs for several events per stream.
-                    if verdict.usage is not None:
-                        state.usage = verdict.usage
-                    kind = verdict.kind
-                    if kind is EventKind.DONE:
-                        saw_done = True
-                    elif kind is EventKind.ERROR:
-                        # An upstream's own error event: it may echo a credential.
-                        state.error = REDACT(verdict.error or "")
-                        event = REDACT(event.decode("utf-8", "replace")).encode()
-                if verdict.relay:
-                    out.append(event)
-            if out:
-                await response.write(out[0] if len(out) == 1 else b"".join(out))
-                state.streamed_events += len(out)
-                if captured is not None:
-                    captured.extend(out)
-                if state.first_token_at is None:
-                    state.first_token_at = time.perf_counter()
-            with waiting:
-                events = await stream.next_events()
-        completed = True
-        if not saw_done and state.error is None:
-            # A clean end would tell the client its answer is whole: it is not.
+            if state.attempt_loop is not None and state.model:
+                # A failed attempt too (a reset, a `stall`): logged, counted, toward cooldown.
+                await state.attempt_loop.note_failure(state.model, failure)
+            state.error = failure.message
+            await _end_with_error(response, client.error_event(failure.to_client_error()))
+        except ConnectionResetError:
             state.stream_cut = True
-            state.error = "upstream ended the stream without [DONE]"
-            await _end_with_error(response, client.error_event(UNFINISHED))
-            return response
-    except UpstreamFailure as failure:
-        state.stream_cut = True
-        if state.attempt_loop is not None and state.model:
-            # A failed attempt too (a reset, a `stall`): logged, counted, toward cooldown.
-            await state.attempt_loop.note_failure(state.model, failure)
-        state.error = failure.message
-        await _end_with_error(response, client.error_event(failure.to_client_error()))
-    except ConnectionResetError:
-        state.stream_cut = True
-        state.error = "client disconnected"
-        raise
-    except asyncio.CancelledError:
-        state.stream_cut = True
-        if drain.grace_over:
-            state.error = "ended by gateway shutdown"
-            await _end_with_error(response, client.error_event(SHUTTING_DOWN))
-        else:
             state.error = "client disconnected"
-        raise
-    except Exception:
-        # The gateway's own bug, after the answer was committed: it ends in-band, the stream
-        # closed properly, rather than with a second answer written into its body.
-        log.exception("stream failed", extra={"request_id": state.request_id})
-        state.stream_cut = True
-        state.error = "the gateway failed while relaying the stream"
-        await _end_with_error(response, client.error_event(RELAY_FAILED))
-    finally:
-        exact = stream.exact_usage()
-        if exact is not None:
-            state.usage = exact
-        await stream.aclose(completed=completed)
-    if completed:
-        with contextlib.suppress(ConnectionResetError):
-            await response.write_eof()
-    return response
+            raise
+        except asyncio.CancelledError:
+            state.stream_cut = True
+            if drain.grace_over:
+                state.error = "ended by gateway shutdown"
+                await _end_with_error(response, client.error_event(SHUTTING_DOWN))
+            else:
+                state.error = "client disconnected"
+            raise
+        except Exception:
+            # The gateway's own bug, after the answer was committed: it ends in-band, the stream
+            # closed properly, rather than with a second answer written into its body.
+            log.exception("stream failed", extra={"request_id": state.request_id})
+            state.stream_cut = True
+            state.error = "the gateway failed while relaying the stream"
+            await _end_with_error(response, client.error_event(RELAY_FAILED))
+        finally:
+            exact = stream.exact_usage()
+            if exact is not None:
+                state.usage = exact
+            await stream.aclose(completed=completed)
+        if completed:
+            with contextlib.suppress(ConnectionResetError):
+                await response.write_eof()
 
 
 async def _open(

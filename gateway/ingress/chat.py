@@ -71,8 +71,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     if not state.stream:
         answer = await call.chat(body)
         return json_response(answer.body)
-    return await relay_stream(
-        request,
+    return relay_stream(
         state,
         lambda: call.chat_stream(body),
         keepalive_s=runtime.config.server.keepalive_s,

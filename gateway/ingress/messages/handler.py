@@ -173,8 +173,7 @@ async def messages(request: web.Request) -> web.StreamResponse:
         return translated, translated.translate(first)
 
     runtime = call.runtime
-    return await relay_stream(
-        request,
+    return relay_stream(
         state,
         lambda: call.run(stream_from),
         keepalive_s=runtime.config.server.keepalive_s,

@@ -270,8 +270,7 @@ async def create_response(request: web.Request) -> web.StreamResponse:
         answer = await call.run(lambda model_name: _answer(call, turn, model_name))
         state.usage = answer.usage
         return json_response(answer.body)
-    return await relay_stream(
-        request,
+    return relay_stream(
         state,
         lambda: call.run(lambda model_name: _stream(call, turn, model_name)),
         keepalive_s=runtime.config.server.keepalive_s,
