@@ -8,6 +8,8 @@ Every import is read from the source (module level, inside functions and under
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -151,3 +153,30 @@ def test_the_readme_layout_names_every_folder() -> None:
     )
     missing = [f for f in folders if f"{f}/" not in layout]
     assert not missing, f"README's Layout section does not describe: {missing}"
+
+
+_SERVE_WITHOUT_KEYS = """
+import sys
+from gateway.config import load_config
+from gateway.server.serving import GatewayServer
+
+GatewayServer(load_config(sys.argv[1]))
+print(",".join(sorted(m for m in ("sqlite3", "redis") if m in sys.modules)))
+"""
+
+
+def test_a_gateway_without_keys_db_or_redis_never_imports_them(tmp_path: Path) -> None:
+    """Idle memory: SQLite (the keys store, about 1 MB) and the Redis client (about 9 MB)
+    are imported only by a config that uses them."""
+    config = tmp_path / "gateway.yaml"
+    config.write_text(
+        "providers: {mock: {type: mock}}\nmodels: {m: {provider: mock}}\ntiers: {fast: [m]}\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", _SERVE_WITHOUT_KEYS, str(config)],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=PACKAGE.parent,
+    )
+    assert done.stdout.strip() == ""

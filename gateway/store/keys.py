@@ -11,14 +11,16 @@ from __future__ import annotations
 
 import abc
 import asyncio
-import sqlite3
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from gateway.store.redis import SharedRedis
+
+if TYPE_CHECKING:
+    import sqlite3  # imported where it is used: about 1 MB a gateway without keys_db never needs
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +87,8 @@ class SqliteKeyStore(KeyStore):
         self._ready = False
 
     def _connect(self) -> sqlite3.Connection:
+        import sqlite3
+
         connection = sqlite3.connect(self.path, timeout=5, isolation_level=None)
         if not self._ready:
             self.path.parent.mkdir(parents=True, exist_ok=True)
