@@ -148,8 +148,11 @@ async def test_an_open_stream_is_two_coroutines_deep_and_holds_no_start_closure(
         assert "_pump" not in after and "_open" not in after, names
         relay_locals = dict(relaying[0])["relay"]
         assert "start" not in relay_locals and "opened" not in relay_locals
+        # The events already written are not kept while the next ones are awaited.
+        assert relay_locals["out"] == [] and relay_locals["event"] == b""
+        assert relay_locals["events"] is None
         streams = [o for o in live(RelayedStream) if o.prepared]
-        assert len(streams) == 1 and streams[0]._relay_opener is None
+        assert len(streams) == 1 and streams[0]._relay_with is None
 
 
 async def test_open_streams_share_their_give_backs_and_their_provider_lookup(

@@ -178,6 +178,10 @@ def relay_stream(
     return RelayedStream(state, start, keepalive_s, client, drain)
 
 
+_RelayWith = tuple[RequestState, Callable[[], Awaitable[OpenedStream]], float, ClientStream, Drain]
+_WRITTEN: list[bytes] = []  # never appended to: `out` once written
+
+
 class RelayedStream(web.StreamResponse):
     """A stream's answer, given back by its handler before anything is relayed, and relayed
     by the gateway's outermost layer. A stream may last minutes, thousands at once, and each
@@ -194,22 +198,20 @@ class RelayedStream(web.StreamResponse):
         drain: Drain,
     ) -> None:
         super().__init__(status=200, headers=SSE_HEADERS)
-        # Prefixed: the names must not meet aiohttp's own (`_start` is one).
-        self._relay_state = state
-        self._relay_opener: Callable[[], Awaitable[OpenedStream]] | None = start
-        self._relay_keepalive_s = keepalive_s
-        self._relay_client = client
-        self._relay_drain = drain
+        # One attribute, prefixed (names must not meet aiohttp's own: `_start` is one), and
+        # dropped when the relay takes it: the closure that opens the stream goes with it.
+        self._relay_with: _RelayWith | None = (state, start, keepalive_s, client, drain)
 
     async def relay(self, request: web.Request) -> None:
         """Until `start` returns, nothing is sent unless it takes longer than `keepalive_s`:
         then the answer begins with keep-alive comments, and a failure after that can only
         be reported in-band. Then events are written as they come until the upstream ends,
         fails or the client leaves."""
-        start, self._relay_opener = self._relay_opener, None  # goes once the stream opens
-        assert start is not None, "relayed twice"
-        response, state, client = self, self._relay_state, self._relay_client
-        keepalive_s, drain = self._relay_keepalive_s, self._relay_drain
+        relay_with, self._relay_with = self._relay_with, None
+        assert relay_with is not None, "relayed twice"
+        state, start, keepalive_s, client, drain = relay_with
+        del relay_with
+        response = self
         opened = await _open(request, response, state, start, keepalive_s, client, drain)
         del start
         if opened is None:  # failed after its answer began: ended in-band
@@ -261,6 +263,9 @@ class RelayedStream(web.StreamResponse):
                         captured.extend(out)
                     if state.first_token_at is None:
                         state.first_token_at = time.perf_counter()
+                # What was written is not kept while the next events are awaited (a stream
+                # waits far longer than it writes, and real events are hundreds of bytes).
+                out, event, events = _WRITTEN, b"", None
                 with waiting:
                     events = await stream.next_events()
             completed = True
