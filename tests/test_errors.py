@@ -400,3 +400,23 @@ async def test_metrics_on_their_own_port_when_configured(
             assert "gateway_requests_total" in await response.text()
         async with http.get(gateway.url + "/metrics") as response:
             assert response.status == 404
+
+
+async def test_the_routers_404_and_405_are_the_gateways_errors_with_its_headers(
+    gateway: GatewayServer,
+) -> None:
+    """Routing runs inside the gateway's outermost layer (gateway.http.middleware wraps the
+    app's handler, routing included): an unknown path and a wrong method are answered in
+    OpenAI's envelope, with a request id, and logged and counted like any answer."""
+    async with aiohttp.ClientSession() as http:
+        async with http.get(gateway.url + "/v1/nowhere") as answer:
+            assert answer.status == 404
+            assert answer.headers["x-request-id"].startswith("req_")
+            body = await answer.json()
+            assert_openai_error(body, "invalid_request_error")
+            assert body["error"]["message"] == "Invalid URL (GET /v1/nowhere)."
+        async with http.get(gateway.url + "/v1/chat/completions") as answer:
+            assert answer.status == 405
+            assert answer.headers["x-request-id"].startswith("req_")
+            body = await answer.json()
+            assert "GET is not allowed on /v1/chat/completions" in body["error"]["message"]
