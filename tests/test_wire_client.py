@@ -428,7 +428,7 @@ async def test_a_reader_that_falls_behind_pauses_the_upstream(serve) -> None:  #
 
     async def script(_: bytes, writer: Writer) -> None:
         writer.write(answer("200 OK", [f"Content-Length: {size}"]))
-        for _ in range(size // len(piece)):
+        for _piece in range(size // len(piece)):
             writer.write(piece)
         await writer.drain()
 
@@ -439,7 +439,9 @@ async def test_a_reader_that_falls_behind_pauses_the_upstream(serve) -> None:  #
     # Nothing read yet: the client holds at most a read's worth past the high-water mark,
     # and the rest waits in the upstream's buffers.
     assert server.writers[0].transport.get_write_buffer_size() > 8 * 1024 * 1024
-    buffered = sum(len(c) for c in response._connection._chunks)  # type: ignore[union-attr]
+    connection = response._connection
+    assert connection is not None
+    buffered = sum(len(chunk) for chunk in connection._chunks)
     assert buffered < HIGH_WATER + 1024 * 1024
     received = 0
     while chunk := await response.readany():
