@@ -77,6 +77,8 @@ class SubjectQuota:
 
     spec: LimitSpec
     leases: list[QuotaLease] = field(default_factory=list)  # oldest first
+    by_ident: dict[str, QuotaLease] = field(default_factory=dict)  # the same leases
+    open_from: int = 0  # leases before this index are ended or out of admissions
     free_slots: list[str] = field(default_factory=list)
     held_slots: set[str] = field(default_factory=set)  # free and in use
     slots_used_at: float = 0.0
@@ -107,10 +109,20 @@ class SubjectQuota:
         spec = self.spec
         lease: QuotaLease | None = None
         if spec.rpm is not None or spec.tpm is not None:
-            for candidate in self.leases:
-                if candidate.ends <= now:
-                    continue
-                if spec.rpm is not None and candidate.used_requests >= candidate.requests:
+            leases = self.leases
+            index = self.open_from
+            while index < len(leases):
+                candidate = leases[index]
+                index += 1
+                # Ended, or out of admissions (which only ever grow): never usable again, so
+                # a lease at the front of the search moves it on. Under load a replica holds
+                # dozens of spent blocks until the next tick gives them back, and each
+                # admission would otherwise walk past all of them.
+                if candidate.ends <= now or (
+                    spec.rpm is not None and candidate.used_requests >= candidate.requests
+                ):
+                    if index - 1 == self.open_from:
+                        self.open_from = index
                     continue
                 if spec.tpm is not None and candidate.used_tokens + tokens > candidate.tokens:
                     continue
@@ -178,22 +190,27 @@ class SubjectQuota:
         if not delta:
             return
         ident = reservation[1:]
-        for lease in self.leases:
-            if lease.ident == ident:
-                lease.used_tokens += delta
-                self.unused_tokens -= delta
-                return
+        lease = self.by_ident.get(ident)
+        if lease is not None:
+            lease.used_tokens += delta
+            self.unused_tokens -= delta
+            return
         self.corrections[ident] = self.corrections.get(ident, 0) + delta
 
     def add(self, lease: QuotaLease) -> None:
         self.leases.append(lease)
+        self.by_ident[lease.ident] = lease
         self.unused_requests += lease.requests
         self.unused_tokens += lease.tokens
         self.block_requests, self.block_tokens = lease.requests, lease.tokens
 
     def end(self, lease: QuotaLease) -> None:
         """`lease` is no longer used (its rest goes back to Redis)."""
-        self.leases.remove(lease)
+        index = self.leases.index(lease)
+        del self.leases[index]
+        if index < self.open_from:
+            self.open_from -= 1
+        self.by_ident.pop(lease.ident, None)
         self.unused_requests -= lease.requests - lease.used_requests
         self.unused_tokens -= lease.tokens - lease.used_tokens
 
