@@ -432,10 +432,10 @@ class Connection(asyncio.Protocol):
                     else:
                         self._state = _CHUNK_END
             elif state == _CHUNK_SIZE:
-                line_end = data.find(b"\r\n", pos)
+                line_end = _find_end(
+                    data, pos, b"\r\n", MAX_LINE_BYTES, "a chunk-size line is too long"
+                )
                 if line_end < 0:
-                    if end_of_data - pos > MAX_LINE_BYTES:
-                        raise BadAnswer("a chunk-size line is too long")
                     break
                 size = _chunk_size(data[pos:line_end])
                 pos = line_end + 2
@@ -452,18 +452,18 @@ class Connection(asyncio.Protocol):
                 pos += 2
                 self._state = _CHUNK_SIZE
             elif state == _HEAD:
-                head_end = data.find(b"\r\n\r\n", pos)
+                head_end = _find_end(
+                    data, pos, b"\r\n\r\n", MAX_HEAD_BYTES, "the answer's headers are too large"
+                )
                 if head_end < 0:
-                    if end_of_data - pos > MAX_HEAD_BYTES:
-                        raise BadAnswer("the answer's headers are too large")
                     break
                 self._read_head(data[pos:head_end])
                 pos = head_end + 4
             elif state == _TRAILERS:
-                line_end = data.find(b"\r\n", pos)
+                line_end = _find_end(
+                    data, pos, b"\r\n", MAX_LINE_BYTES, "a trailer line is too long"
+                )
                 if line_end < 0:
-                    if end_of_data - pos > MAX_LINE_BYTES:
-                        raise BadAnswer("a trailer line is too long")
                     break
                 empty = line_end == pos
                 pos = line_end + 2
@@ -549,6 +549,15 @@ class Connection(asyncio.Protocol):
         if state == _DONE:
             self._end_body()
         self._wake()
+
+
+def _find_end(data: bytes, pos: int, terminator: bytes, limit: int, too_long: str) -> int:
+    """Where `terminator` starts after `pos`; -1 while it has not arrived yet, which past
+    `limit` bytes is the bad answer `too_long` instead of a reason to keep buffering."""
+    end = data.find(terminator, pos)
+    if end < 0 and len(data) - pos > limit:
+        raise BadAnswer(too_long)
+    return end
 
 
 def _chunk_size(line: bytes) -> int:
@@ -699,11 +708,16 @@ class ConnectionPool:
                 return
         self._in_use -= 1
 
+    def _still_good(self, connection: Connection, now: float) -> bool:
+        """An idle connection may carry the next call: open, clean, and idle for less than
+        the keep-alive."""
+        return connection.usable and now - connection.idle_since < self._keepalive_s
+
     def _idle_connection(self, origin: tuple[str, str, int], now: float) -> Connection | None:
         stack = self._idle.get(origin)
         while stack:
             connection = stack.pop()
-            if not connection.usable or now - connection.idle_since >= self._keepalive_s:
+            if not self._still_good(connection, now):
                 connection.close_idle()
                 continue
             return connection
@@ -716,7 +730,7 @@ class ConnectionPool:
         for origin, stack in list(self._idle.items()):
             fresh = []
             for connection in stack:
-                if not connection.usable or now - connection.idle_since >= self._keepalive_s:
+                if not self._still_good(connection, now):
                     connection.close_idle()
                 else:
                     fresh.append(connection)
