@@ -7,7 +7,6 @@ overhead per message.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 PER_MESSAGE_OVERHEAD = 4
@@ -15,7 +14,7 @@ DEFAULT_COMPLETION_RESERVE = 1024  # when the request sets no max_tokens
 
 
 def text_tokens(text: str) -> int:
-    return math.ceil(len(text) / 4)
+    return (len(text) + 3) // 4  # ceil(len / 4) in integers
 
 
 def _content_tokens(content: Any) -> int:
@@ -40,11 +39,18 @@ def prompt_tokens(body: dict[str, Any]) -> int:
         total = 3
         for message in messages:
             if isinstance(message, dict):
-                total += PER_MESSAGE_OVERHEAD + _content_tokens(message.get("content"))
+                content = message.get("content")
+                # `text_tokens` inlined for the usual plain-text message: this runs for every
+                # message of every request under a tpm limit.
+                if type(content) is str:
+                    total += PER_MESSAGE_OVERHEAD + (len(content) + 3) // 4
+                else:
+                    total += PER_MESSAGE_OVERHEAD + _content_tokens(content)
                 calls = message.get("tool_calls")
-                for call in calls if isinstance(calls, list) else ():
-                    if isinstance(call, dict):
-                        total += text_tokens(str(call.get("function", "")))
+                if calls:
+                    for call in calls if isinstance(calls, list) else ():
+                        if isinstance(call, dict):
+                            total += text_tokens(str(call.get("function", "")))
         tools = body.get("tools")
         if tools:
             total += text_tokens(str(tools))
@@ -100,6 +106,17 @@ class TokenEstimate:
     @property
     def reserve(self) -> int:
         """What to reserve under `tpm`: the prompt, and for a completion what it may write."""
-        if self._completion:
-            return self.prompt + completion_reserve(self._body)
-        return self.prompt
+        prompt = self._prompt
+        if prompt is None:
+            prompt = self._prompt = prompt_tokens(self._body)
+        if not self._completion:
+            return prompt
+        # `completion_reserve` inlined for the usual body, which sets `max_tokens` or nothing.
+        body = self._body
+        if "max_completion_tokens" not in body:
+            value = body.get("max_tokens")
+            if type(value) is int and value > 0:
+                return prompt + value
+            if value is None:
+                return prompt + DEFAULT_COMPLETION_RESERVE
+        return prompt + completion_reserve(body)

@@ -97,6 +97,19 @@ class Limiter(abc.ABC):
         each of `budgets`) for `subject`, or refuse: all or nothing. Raises LimiterUnavailable
         when the backend cannot be asked."""
 
+    def admit_now(
+        self,
+        subject: str,
+        spec: LimitSpec,
+        tokens: int,
+        budgets: Sequence[BudgetCharge] = (),
+        cost: int = 0,
+    ) -> Admission | None:
+        """`admit` answered at once, when the backend can decide without waiting on I/O (the
+        memory backend always can); None means: await `admit`. Spares the common admission a
+        coroutine. Raises LimiterUnavailable like `admit`."""
+        return None
+
     @abc.abstractmethod
     async def settle(
         self,

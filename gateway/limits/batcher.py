@@ -48,6 +48,9 @@ class ScriptBatcher:
         # of their own, without redis-py's per-command machinery (see `gateway.store.lane`).
         self._direct_lane = ScriptLane.for_client(client)
         self._pipeline_lane = ScriptLane.for_client(client)
+        self._lanes = tuple(
+            lane for lane in (self._direct_lane, self._pipeline_lane) if lane is not None
+        )
         self._scripts = tuple(scripts)
         self._loaded = not self._scripts
         self._max_batch = max_batch
@@ -183,9 +186,11 @@ class ScriptBatcher:
 
     def link_lost(self) -> bool:
         """A kept connection was closed by the server (see `ScriptLane.lost`)."""
-        return any(
-            lane is not None and lane.lost() for lane in (self._direct_lane, self._pipeline_lane)
-        )
+        # A loop, not `any` over a generator: this is asked on every admission from blocks.
+        for lane in self._lanes:  # noqa: SIM110
+            if lane.lost():
+                return True
+        return False
 
     async def aclose(self) -> None:
         """After `wait_idle`: the lanes' connections go back to the pool."""

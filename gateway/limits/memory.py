@@ -26,7 +26,7 @@ from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from gateway.limits.base import WINDOW_S, Admission, Limiter, LimitSpec, nothing_to_ask
+from gateway.limits.base import WINDOW_S, Admission, Limiter, LimitSpec
 from gateway.limits.budgets import (
     BudgetCharge,
     BudgetHold,
@@ -89,11 +89,6 @@ class _Subject:
     # Renewals only push expiries later, so it may be early, never late.
     next_expiry: float = math.inf
 
-    def add_lease(self, lease_id: str, expiry: float) -> None:
-        self.leases[lease_id] = expiry
-        if expiry < self.next_expiry:
-            self.next_expiry = expiry
-
     def purge(self, now: float, window_s: float) -> None:
         cutoff = now - window_s
         requests = self.requests
@@ -113,21 +108,6 @@ class _Subject:
     @property
     def empty(self) -> bool:
         return not (self.requests or self.reserved_at or self.leases)
-
-    def reserve(self, at: float, tokens: int) -> int:
-        """Log a reservation; its number, for `correct`."""
-        self.reserved_at.append(at)
-        self.reserved_tokens.append(tokens)
-        self.reserved += tokens
-        return self.first_reservation + len(self.reserved_at) - 1
-
-    def correct(self, number: int, tokens: int) -> None:
-        """Reservation `number` used `tokens`; nothing when it has left the window already.
-        A settle comes soon after its admission, so the deque is indexed near its end."""
-        index = number - self.first_reservation
-        if 0 <= index < len(self.reserved_tokens):
-            self.reserved += tokens - self.reserved_tokens[index]
-            self.reserved_tokens[index] = tokens
 
 
 class MemoryLimiter(Limiter):
@@ -152,19 +132,6 @@ class MemoryLimiter(Limiter):
         self._ids = itertools.count(1)
         self._subject_ranges = itertools.count(1)
         self._next_sweep = clock() + window_s
-
-    def _subject(self, subject: str, now: float) -> _Subject:
-        if now >= self._next_sweep:
-            self._sweep(now)
-        state = self._subjects.get(subject)
-        if state is None:
-            # Reservations are numbered from a range of this subject's own: a settle that comes
-            # after its subject was forgotten (and made again) can never correct another's.
-            first = next(self._subject_ranges) << 40
-            state = self._subjects[subject] = _Subject(first_reservation=first)
-        else:
-            state.purge(now, self._window)
-        return state
 
     def _sweep(self, now: float) -> None:
         """Forget subjects nobody asked about for a window (keys removed from the config)."""
@@ -212,40 +179,57 @@ class MemoryLimiter(Limiter):
         budgets: Sequence[BudgetCharge] = (),
         cost: int = 0,
     ) -> Admission:
-        if nothing_to_ask(spec, budgets):
-            return Admission(allowed=True)
-        tokens = max(tokens, 0)
-        now = self._clock()
-        state = self._subject(subject, now)
-        window = self._window
-        waits: dict[str, float] = {}
-        too_large = False
+        return self.admit_now(subject, spec, tokens, budgets, cost)
 
-        if spec.rpm is not None:
-            count = len(state.requests)
-            if count >= spec.rpm:
-                # The entry whose leaving brings the count below rpm.
-                waits["requests"] = state.requests[count - spec.rpm] + window - now
-        if spec.tpm is not None:
-            if tokens > spec.tpm:
+    def admit_now(
+        self,
+        subject: str,
+        spec: LimitSpec,
+        tokens: int,
+        budgets: Sequence[BudgetCharge] = (),
+        cost: int = 0,
+    ) -> Admission:
+        """Always answers: nothing here waits. Written as one straight path (the subject's
+        lookup, its purge and the header values inline) because it runs for every request of
+        a limited key, and each Python call on it costs about what the check itself does."""
+        rpm, tpm, max_concurrent = spec.rpm, spec.tpm, spec.max_concurrent
+        if rpm is None and tpm is None and max_concurrent is None and not budgets:
+            return Admission(allowed=True)
+        if tokens < 0:
+            tokens = 0
+        now = self._clock()
+        window = self._window
+        if now >= self._next_sweep:
+            self._sweep(now)
+        state = self._subjects.get(subject)
+        if state is None:
+            state = self._new_subject(subject)
+        else:
+            state.purge(now, window)
+        requests = state.requests
+
+        waits: dict[str, float] | None = None
+        too_large = False
+        if rpm is not None and len(requests) >= rpm:
+            # The entry whose leaving brings the count below rpm.
+            waits = {"requests": requests[len(requests) - rpm] + window - now}
+        if tpm is not None:
+            if tokens > tpm:
                 too_large = True
-            elif state.reserved + tokens > spec.tpm:
-                freed = 0
-                wait = window  # only reached if the log is inconsistent; a window frees it all
-                for at, reserved in zip(state.reserved_at, state.reserved_tokens, strict=True):
-                    freed += reserved
-                    if state.reserved - freed + tokens <= spec.tpm:
-                        wait = at + window - now
-                        break
-                waits["tokens"] = wait
-        if spec.max_concurrent is not None and len(state.leases) >= spec.max_concurrent:
+            elif state.reserved + tokens > tpm:
+                if waits is None:
+                    waits = {}
+                waits["tokens"] = self._tokens_wait(state, tpm, tokens, now, window)
+        if max_concurrent is not None and len(state.leases) >= max_concurrent:
             expiries = sorted(state.leases.values())
-            earliest = expiries[len(expiries) - spec.max_concurrent]
+            earliest = expiries[len(expiries) - max_concurrent]
+            if waits is None:
+                waits = {}
             waits["concurrency"] = max(earliest - now, MIN_CONCURRENCY_WAIT_S)
 
         budget_states: list[BudgetState] = []
-        if waits or too_large:
-            admission = refused(waits, too_large)
+        if waits is not None or too_large:
+            admission = refused(waits or {}, too_large)
         elif budgets and (taken := self._take_budgets(budgets, cost, self._wall_clock()))[0]:
             refusing, _, budget_states = taken
             assert refusing is not None
@@ -255,40 +239,64 @@ class MemoryLimiter(Limiter):
             if budgets:
                 _, holds, budget_states = taken
                 admission.budget_holds = tuple(holds)
-            ident = f"m{next(self._ids)}"
-            if spec.rpm is not None:
-                state.requests.append(now)
-            if spec.tpm is not None:
-                admission.reservation = str(state.reserve(now, tokens))
+            if rpm is not None:
+                requests.append(now)
+            if tpm is not None:
+                # Logged under its number (settle corrects it by that number).
+                reserved_at = state.reserved_at
+                reserved_at.append(now)
+                state.reserved_tokens.append(tokens)
+                state.reserved += tokens
+                admission.reservation = str(state.first_reservation + len(reserved_at) - 1)
                 admission.reserved_tokens = tokens
-            if spec.max_concurrent is not None:
-                state.add_lease(ident, now + self._ttl)
+            if max_concurrent is not None:
+                ident = f"m{next(self._ids)}"
+                expiry = now + self._ttl
+                state.leases[ident] = expiry
+                if expiry < state.next_expiry:
+                    state.next_expiry = expiry
                 admission.lease_id = ident
-        admission.budgets = tuple(budget_states)
-        self._fill_headers(admission, state, spec, now)
-        if state.empty:
-            del self._subjects[subject]
-        return admission
-
-    def _fill_headers(
-        self, admission: Admission, state: _Subject, spec: LimitSpec, now: float
-    ) -> None:
-        """OpenAI's x-ratelimit-* values: what is left, and how long until the limit is back
-        to its initial state (the newest entry leaves the window)."""
-        if spec.rpm is not None:
-            admission.requests_limit = spec.rpm
-            admission.requests_remaining = max(spec.rpm - len(state.requests), 0)
-            admission.requests_reset_s = (
-                max(state.requests[-1] + self._window - now, 0.0) if state.requests else 0.0
-            )
-        if spec.tpm is not None:
-            admission.tokens_limit = spec.tpm
-            admission.tokens_remaining = max(spec.tpm - state.reserved, 0)
-            admission.tokens_reset_s = (
-                max(state.reserved_at[-1] + self._window - now, 0.0)
+        if budget_states:
+            admission.budgets = tuple(budget_states)
+        # OpenAI's x-ratelimit-* values: what is left, and how long until the limit is back
+        # to its initial state (the newest entry leaves the window).
+        if rpm is not None:
+            admission.requests_limit = rpm
+            left = rpm - len(requests)
+            admission.requests_remaining = left if left > 0 else 0
+            reset = requests[-1] + window - now if requests else 0.0
+            admission.requests_reset_s = reset if reset > 0.0 else 0.0
+        if tpm is not None:
+            admission.tokens_limit = tpm
+            left = tpm - state.reserved
+            admission.tokens_remaining = left if left > 0 else 0
+            reset = (
+                state.reserved_at[-1] + window - now
                 if state.reserved_at and state.reserved > 0
                 else 0.0
             )
+            admission.tokens_reset_s = reset if reset > 0.0 else 0.0
+        if not (requests or state.reserved_at or state.leases):  # `state.empty`, inlined
+            del self._subjects[subject]
+        return admission
+
+    def _new_subject(self, subject: str) -> _Subject:
+        # Reservations are numbered from a range of this subject's own: a settle that comes
+        # after its subject was forgotten (and made again) can never correct another's.
+        first = next(self._subject_ranges) << 40
+        state = self._subjects[subject] = _Subject(first_reservation=first)
+        return state
+
+    @staticmethod
+    def _tokens_wait(state: _Subject, tpm: int, tokens: int, now: float, window: float) -> float:
+        """How long until `tokens` more fit under `tpm`: when enough of the oldest
+        reservations have left the window."""
+        freed = 0
+        for at, reserved in zip(state.reserved_at, state.reserved_tokens, strict=True):
+            freed += reserved
+            if state.reserved - freed + tokens <= tpm:
+                return at + window - now
+        return window  # only reached if the log is inconsistent; a window frees it all
 
     async def settle(
         self,
@@ -320,10 +328,15 @@ class MemoryLimiter(Limiter):
         if admission.lease_id is not None:
             state.leases.pop(admission.lease_id, None)
         if actual_tokens is not None and admission.reservation is not None:
-            state.correct(int(admission.reservation), max(actual_tokens, 0))
-        state.purge(self._clock(), self._window)
-        if state.empty:
-            del self._subjects[subject]
+            # Reservation `number` used `actual_tokens`; nothing when it has left the window
+            # already. A settle comes soon after its admission, so the deque is indexed near
+            # its end. No purge here: the subject's next admission (or the sweep) does it.
+            index = int(admission.reservation) - state.first_reservation
+            logged = state.reserved_tokens
+            if 0 <= index < len(logged):
+                used = actual_tokens if actual_tokens > 0 else 0
+                state.reserved += used - logged[index]
+                logged[index] = used
 
     async def renew(self, leases: list[tuple[str, str]]) -> None:
         now = self._clock()

@@ -99,6 +99,12 @@ class SubjectQuota:
     # admission).
     unused_requests: int = 0
     unused_tokens: int = 0
+    # Until `quiet_until`, and while `unused_*` stay above these floors, nothing the last
+    # look found changes whether a block must be asked for (`RedisLimiter._ask_block`), so
+    # an admission need not look again: see `quiet`. A block added or ended resets it.
+    quiet_until: float = 0.0
+    quiet_requests: int = 0
+    quiet_tokens: int = 0
     block_requests: int = 0  # the size of the last block granted
     block_tokens: int = 0
     corrections: dict[str, int] = field(default_factory=dict)  # ended lease → tokens to add
@@ -203,6 +209,7 @@ class SubjectQuota:
         self.unused_requests += lease.requests
         self.unused_tokens += lease.tokens
         self.block_requests, self.block_tokens = lease.requests, lease.tokens
+        self.quiet_until = 0.0
 
     def end(self, lease: QuotaLease) -> None:
         """`lease` is no longer used (its rest goes back to Redis)."""
@@ -213,6 +220,7 @@ class SubjectQuota:
         self.by_ident.pop(lease.ident, None)
         self.unused_requests -= lease.requests - lease.used_requests
         self.unused_tokens -= lease.tokens - lease.used_tokens
+        self.quiet_until = 0.0
 
     def room(self, now: float) -> tuple[int, int, float]:
         """Requests and tokens left in the live leases, and when the last of them ends."""
@@ -224,6 +232,33 @@ class SubjectQuota:
                 tokens += lease.tokens - lease.used_tokens
                 ends = max(ends, lease.ends)
         return requests, tokens, ends
+
+    def first_end(self, now: float) -> float:
+        """When the first live lease ends (its rest then leaves `room`)."""
+        return min((lease.ends for lease in self.leases if lease.ends > now), default=now)
+
+    def keep_quiet(self, until: float, requests: int, tokens: int) -> None:
+        """The last look found no block needed with `requests` and `tokens` of room: it
+        stays so until `until` while fewer than (room - half a block) are used."""
+        self.quiet_until = until
+        self.quiet_requests = self.unused_requests - requests + self.block_requests // 2
+        self.quiet_tokens = self.unused_tokens - tokens + self.block_tokens // 2
+
+    def quiet(self, now: float) -> bool:
+        """Whether nothing can yet have changed what the last look decided (the room left
+        and the time, as `keep_quiet` bounded them; free slots are counted now)."""
+        if now >= self.quiet_until:
+            return False
+        spec = self.spec
+        if spec.rpm is not None and self.unused_requests <= self.quiet_requests:
+            return False
+        if spec.tpm is not None and self.unused_tokens <= self.quiet_tokens:
+            return False
+        if spec.max_concurrent is not None:
+            free = len(self.free_slots)
+            if free < LEAST_SLOTS or free < (len(self.held_slots) - free) // 4:
+                return False
+        return True
 
     @property
     def busy_slots(self) -> int:

@@ -40,7 +40,7 @@ from gateway.limits.budgets import BudgetCharge, BudgetHold, BudgetState, keep_s
 from gateway.limits.memory import MIN_CONCURRENCY_WAIT_S, budget_refusal, refused
 from gateway.limits.quota import LOCAL, QuotaLease, SubjectQuota, leasable
 from gateway.periodic import Periodic
-from gateway.store.breaker import RedisClient, RedisUnavailable
+from gateway.store.breaker import Breaker, RedisClient, RedisUnavailable
 from gateway.store.scripts import LuaScript, ScriptCall
 
 __all__ = ["LuaScript", "RedisLimiter", "ScriptBatcher", "ScriptCall"]
@@ -124,8 +124,10 @@ class RedisLimiter(Limiter):
         self._wall_clock = wall_clock
         self._redis = client  # the process's shared client: closed by its owner, not here
         self._batcher = ScriptBatcher(self._redis, SCRIPTS)
+        self._breaker: Breaker | None = getattr(client, "breaker", None)  # None: a test client
         self._ttl_ms = lease_ttl_s * 1000.0
         self._window_ms = window_s * 1000.0
+        self._window_s = window_s
         self._prefix = prefix
         self._cluster = cluster
         # Blocks' entries may be timed up to a lease ahead, and an admission's PEXPIRE gives
@@ -320,6 +322,41 @@ class RedisLimiter(Limiter):
 
     # --- local quota leases (gateway.limits.quota) ------------------------------------------
 
+    def admit_now(
+        self,
+        subject: str,
+        spec: LimitSpec,
+        tokens: int,
+        budgets: Sequence[BudgetCharge] = (),
+        cost: int = 0,
+    ) -> Admission | None:
+        """From this replica's blocks, when they have room: the common admission under quota
+        leases makes no Redis call, so it needs no coroutine either."""
+        if budgets or self._lease_s <= 0:
+            return None
+        quota = self._quotas.get(subject)
+        if quota is None or (quota.spec is not spec and quota.spec != spec):
+            return None  # the first admission, or a changed plan: `admit` sets it up
+        now = asyncio.get_running_loop().time()
+        if self._link_lost():
+            return None
+        return self._take_from(subject, quota, max(tokens, 0), now)
+
+    def _take_from(
+        self, subject: str, quota: SubjectQuota, tokens: int, now: float
+    ) -> Admission | None:
+        """An admission from `quota`'s blocks (asking for the next block ahead when it is
+        time), or None when they have no room."""
+        admission = quota.take(tokens, now, self._window_s)
+        if (
+            admission is not None
+            and quota.asking is None
+            and now >= quota.exact_until
+            and not quota.quiet(now)
+        ):
+            self._ask_block(subject, quota, tokens, now)
+        return admission
+
     async def _admit_from_blocks(self, subject: str, spec: LimitSpec, tokens: int) -> Admission:
         """From this replica's blocks when they have room (no I/O), asking for the next block
         before they run out; request by request near the limit."""
@@ -334,10 +371,8 @@ class RedisLimiter(Limiter):
                 quota.held_slots.clear()  # slots still in use are released as they settle
             quota = self._quotas[subject] = SubjectQuota(spec)
             self._start_ticks()
-        admission = quota.take(tokens, now, self._window_ms / 1000.0)
+        admission = self._take_from(subject, quota, tokens, now)
         if admission is not None:
-            if quota.asking is None and now >= quota.exact_until:
-                self._ask_block(subject, quota, tokens, now)
             return admission
         if now >= quota.exact_until:
             # No room here (the first request, or one that outran the block asked ahead):
@@ -359,7 +394,7 @@ class RedisLimiter(Limiter):
                 finally:
                     quota.waiting -= 1
                 now = loop.time()
-                admission = quota.take(tokens, now, self._window_ms / 1000.0)
+                admission = quota.take(tokens, now, self._window_s)
                 if admission is not None:
                     return admission
                 if asking.cancelled() or asking.exception() is not None:
@@ -414,8 +449,8 @@ class RedisLimiter(Limiter):
         """Redis unreachable (the breaker is open) or gone (a kept connection was closed by
         the server): blocks taken before are not used, so that `on_backend_error` decides
         as soon as it would without them."""
-        breaker = getattr(self._redis, "breaker", None)
-        return bool(breaker is not None and breaker.open) or self._batcher.link_lost()
+        breaker = self._breaker
+        return (breaker is not None and breaker.open) or self._batcher.link_lost()
 
     def _forget_blocks(self) -> None:
         """Without Redis: what the blocks hold stays counted there until it leaves the window
@@ -466,6 +501,13 @@ class RedisLimiter(Limiter):
             spec.max_concurrent is not None and now - quota.asked_at >= lease_s / 2
         )
         if not (need_lease or need_slots):
+            # Until one of these can change, the next admissions need not look again.
+            until = quota.asked_at + lease_s / 2 if spec.max_concurrent is not None else math.inf
+            if spec.rpm is not None or spec.tpm is not None:
+                until = min(until, ends - lease_s / 2, quota.first_end(now))
+                quota.keep_quiet(until, requests, spare_tokens)
+            else:
+                quota.keep_quiet(until, 0, 0)
             return None
         quota.asked_at = now
         quota.takes = 0

@@ -13,10 +13,10 @@ import logging
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 from gateway.errors import GatewayError, RateLimited, ServiceUnavailable, retry_headers
 from gateway.limits.base import Admission, LimiterUnavailable, LimitSpec
+from gateway.limits.budgets import BudgetCharge
 from gateway.metrics import BUDGET_REFUSALS, LIMITER_ERRORS, RATE_LIMITED
 from gateway.pipeline.budgets import (
     budget_charges,
@@ -25,7 +25,7 @@ from gateway.pipeline.budgets import (
     worst_case_cost,
 )
 from gateway.pipeline.context import RequestState
-from gateway.pipeline.lease import GiveBack
+from gateway.pipeline.lease import GiveBack, Outcome
 from gateway.pipeline.process import GatewayProcess
 from gateway.pipeline.runtime import Runtime
 from gateway.tokens import TokenEstimate
@@ -35,12 +35,24 @@ log = logging.getLogger("gateway.admission")
 CONCURRENCY_RETRY_S = 1.0
 
 
-@dataclass(slots=True)
 class Hold:
-    """An admission to give back when the request ends."""
+    """An admission held by a request, and itself its give-back on the request's lease: the
+    concurrency lease is dropped and the reservations settled to what the request used. One
+    object, not a closure around one, for every limited request."""
 
-    subject: str
-    admission: Admission
+    __slots__ = ("admission", "process", "subject")
+
+    def __init__(self, process: GatewayProcess, subject: str, admission: Admission) -> None:
+        self.process = process
+        self.subject = subject
+        self.admission = admission
+
+    def __call__(self, outcome: Outcome) -> None:
+        """`release` without awaiting: the limiter settles at once or queues it."""
+        process, admission = self.process, self.admission
+        if admission.lease_id is not None:
+            process.leases.drop(self.subject, admission.lease_id)
+        process.limiter.settle_nowait(self.subject, admission, outcome.tokens, outcome.cost)
 
 
 def format_reset(seconds: float) -> str:
@@ -52,17 +64,34 @@ def format_reset(seconds: float) -> str:
     return f"{minutes}m{rest}s" if minutes else f"{rest}s"
 
 
+# `format_reset` of whole seconds, which is what a reset of a second or more rounds to: a
+# limited key's every answer carries one or two, nearly always the same few (`1m0s`).
+_RESET_TEXTS = [format_reset(float(whole)) for whole in range(3601)]
+
+
+def _reset_text(seconds: float) -> str:
+    if seconds >= 1:
+        whole = math.ceil(seconds)
+        if whole <= 3600:
+            return _RESET_TEXTS[whole]
+    return format_reset(seconds)
+
+
 def ratelimit_headers(admission: Admission) -> dict[str, str]:
     """OpenAI's x-ratelimit-* headers for the limits the admission was judged under."""
     headers: dict[str, str] = {}
-    if admission.requests_limit is not None:
-        headers["x-ratelimit-limit-requests"] = str(admission.requests_limit)
-        headers["x-ratelimit-remaining-requests"] = str(max(0, admission.requests_remaining or 0))
-        headers["x-ratelimit-reset-requests"] = format_reset(admission.requests_reset_s or 0.0)
-    if admission.tokens_limit is not None:
-        headers["x-ratelimit-limit-tokens"] = str(admission.tokens_limit)
-        headers["x-ratelimit-remaining-tokens"] = str(max(0, admission.tokens_remaining or 0))
-        headers["x-ratelimit-reset-tokens"] = format_reset(admission.tokens_reset_s or 0.0)
+    limit = admission.requests_limit
+    if limit is not None:
+        remaining = admission.requests_remaining or 0
+        headers["x-ratelimit-limit-requests"] = str(limit)
+        headers["x-ratelimit-remaining-requests"] = str(remaining if remaining > 0 else 0)
+        headers["x-ratelimit-reset-requests"] = _reset_text(admission.requests_reset_s or 0.0)
+    limit = admission.tokens_limit
+    if limit is not None:
+        remaining = admission.tokens_remaining or 0
+        headers["x-ratelimit-limit-tokens"] = str(limit)
+        headers["x-ratelimit-remaining-tokens"] = str(remaining if remaining > 0 else 0)
+        headers["x-ratelimit-reset-tokens"] = _reset_text(admission.tokens_reset_s or 0.0)
     return headers
 
 
@@ -183,7 +212,10 @@ async def admit_key(
     config = runtime.config
     plan = config.plans[principal.plan] if principal.plan is not None else None
     spec = _spec_of(plan.rpm, plan.tpm, plan.max_concurrent) if plan is not None else _NO_LIMITS
-    budgets = budget_charges(config, principal, state.feature)
+    if principal.budget is None and config.budgets.total is None and not config.budgets.features:
+        budgets: tuple[BudgetCharge, ...] = ()  # `budget_charges` when there are none
+    else:
+        budgets = budget_charges(config, principal, state.feature)
     if cache_hit:
         spec = LimitSpec(spec.rpm, None, spec.max_concurrent)
         budgets = ()
@@ -191,21 +223,26 @@ async def admit_key(
         return
     cost = worst_case_cost(config, chain, estimate) if budgets else 0
     subject = f"key:{principal.name}"
+    tokens = estimate.reserve if spec.tpm is not None else 0
+    limiter = process.limiter
     try:
-        admission = await process.limiter.admit(
-            subject, spec, estimate.reserve if spec.tpm is not None else 0, budgets, cost
-        )
+        admission = limiter.admit_now(subject, spec, tokens, budgets, cost)
+        if admission is None:
+            admission = await limiter.admit(subject, spec, tokens, budgets, cost)
     except LimiterUnavailable:
         _backend_down(runtime, subject)
         return
-    state.ratelimit_headers = ratelimit_headers(admission) | remaining_headers(admission)
+    headers = ratelimit_headers(admission)
+    if admission.budgets:
+        headers.update(remaining_headers(admission))
+    state.ratelimit_headers = headers
     if not admission.allowed:
         if admission.limit == "budget":
             BUDGET_REFUSALS.labels(admission.extra.get("budget_scope", "total")).inc()
-            raise budget_exhausted(admission, dict(state.ratelimit_headers))
+            raise budget_exhausted(admission, dict(headers))
         RATE_LIMITED.labels(principal.plan or "none", admission.limit or "requests").inc()
         raise refusal(admission, f"key '{principal.name}'")
-    _keep(process, state, Hold(subject, admission))
+    _keep(process, state, Hold(process, subject, admission))
 
 
 def _keep(process: GatewayProcess, state: RequestState, hold: Hold) -> GiveBack:
@@ -213,9 +250,7 @@ def _keep(process: GatewayProcess, state: RequestState, hold: Hold) -> GiveBack:
     tokens settled) when the request settles. Returns the give-back, for `give_back_now`."""
     if hold.admission.lease_id is not None:
         process.leases.hold(hold.subject, hold.admission.lease_id)
-    return state.lease.take(
-        lambda outcome: release_nowait(process, hold, outcome.tokens, outcome.cost)
-    )
+    return state.lease.take(hold)
 
 
 async def release(process: GatewayProcess, hold: Hold, actual_tokens: int | None) -> None:
@@ -223,15 +258,6 @@ async def release(process: GatewayProcess, hold: Hold, actual_tokens: int | None
     if hold.admission.lease_id is not None:
         process.leases.drop(hold.subject, hold.admission.lease_id)
     await process.limiter.settle(hold.subject, hold.admission, actual_tokens)
-
-
-def release_nowait(
-    process: GatewayProcess, hold: Hold, actual_tokens: int | None, actual_cost: int | None
-) -> None:
-    """`release` without awaiting: the limiter settles at once or queues it."""
-    if hold.admission.lease_id is not None:
-        process.leases.drop(hold.subject, hold.admission.lease_id)
-    process.limiter.settle_nowait(hold.subject, hold.admission, actual_tokens, actual_cost)
 
 
 class ModelGate:
@@ -260,15 +286,19 @@ class ModelGate:
             return True  # the common case: no model limits, nothing to ask
         spec = _spec_of(limits.rpm, limits.tpm, limits.max_concurrent)
         subject = f"model:{model}"
+        limiter = self.process.limiter
+        tokens = self.estimate.reserve
         try:
-            admission = await self.process.limiter.admit(subject, spec, self.estimate.reserve)
+            admission = limiter.admit_now(subject, spec, tokens)
+            if admission is None:
+                admission = await limiter.admit(subject, spec, tokens)
         except LimiterUnavailable:
             _backend_down(self.runtime, subject)
             return True
         if not admission.allowed:
             self.waits[model] = admission.retry_after if admission.retry_after else 1.0
             return False
-        hold = Hold(subject, admission)
+        hold = Hold(self.process, subject, admission)
         self._holds[model] = (hold, _keep(self.process, self.state, hold))
         return True
 
