@@ -16,7 +16,6 @@ from collections.abc import Sequence
 
 from gateway.errors import GatewayError, RateLimited, ServiceUnavailable, retry_headers
 from gateway.limits.base import Admission, LimiterUnavailable, LimitSpec
-from gateway.limits.budgets import BudgetCharge
 from gateway.metrics import BUDGET_REFUSALS, LIMITER_ERRORS, RATE_LIMITED
 from gateway.pipeline.budgets import (
     budget_charges,
@@ -65,16 +64,21 @@ def format_reset(seconds: float) -> str:
 
 
 # `format_reset` of whole seconds, which is what a reset of a second or more rounds to: a
-# limited key's every answer carries one or two, nearly always the same few (`1m0s`).
-_RESET_TEXTS = [format_reset(float(whole)) for whole in range(3601)]
+# limited key's every answer carries one or two, nearly always the same few (`1m0s`). Filled
+# as they come: at most one per whole second up to the longest window.
+_RESET_TEXTS: dict[int, str] = {}
 
 
 def _reset_text(seconds: float) -> str:
-    if seconds >= 1:
-        whole = math.ceil(seconds)
-        if whole <= 3600:
-            return _RESET_TEXTS[whole]
-    return format_reset(seconds)
+    if seconds < 1:
+        return format_reset(seconds)
+    whole = math.ceil(seconds)
+    text = _RESET_TEXTS.get(whole)
+    if text is None:
+        text = format_reset(float(whole))
+        if len(_RESET_TEXTS) < 4096:
+            _RESET_TEXTS[whole] = text
+    return text
 
 
 def ratelimit_headers(admission: Admission) -> dict[str, str]:
@@ -212,10 +216,7 @@ async def admit_key(
     config = runtime.config
     plan = config.plans[principal.plan] if principal.plan is not None else None
     spec = _spec_of(plan.rpm, plan.tpm, plan.max_concurrent) if plan is not None else _NO_LIMITS
-    if principal.budget is None and config.budgets.total is None and not config.budgets.features:
-        budgets: tuple[BudgetCharge, ...] = ()  # `budget_charges` when there are none
-    else:
-        budgets = budget_charges(config, principal, state.feature)
+    budgets = budget_charges(config, principal, state.feature)
     if cache_hit:
         spec = LimitSpec(spec.rpm, None, spec.max_concurrent)
         budgets = ()

@@ -24,6 +24,8 @@ def budget_charges(
     config: GatewayConfig, principal: Principal, feature: str
 ) -> tuple[BudgetCharge, ...]:
     """Every budget that applies to a request of `principal` for `feature`."""
+    if principal.budget is None and config.budgets.total is None and not config.budgets.features:
+        return ()  # the common config, asked on every request of a key
     charges: list[BudgetCharge] = []
     if principal.budget is not None:
         budget = principal.budget
