@@ -13,6 +13,10 @@ ratios here are the targets' own. Targets, each its own process:
   prices, the access log (info, to a file), the usage JSONL sink, metrics;
 - gateway+limits: the same, the key's plan with memory limits (rpm, tpm, concurrency) set
   high enough never to refuse;
+- gateway+redis: the same plan with `limits.backend: redis` against a private `redis-server`
+  on a free port (installed by the bench when missing; never the machine's own Redis), with
+  `on_backend_error: deny` so that a Redis that did not answer shows as errors, not as
+  requests served without asking it;
 - baseline (with `--baseline-root PATH`): the gateway target again, its code from another
   checkout (a worktree of an older commit), so that a change's gain is measured in one run.
 
@@ -20,7 +24,9 @@ Measured in rounds that take turns between the targets (a shared VM's speed drif
 p99; requests/s at c=64 with the CPU time (user and system, from /proc) each request cost the
 target's process; a short stream at c=1 (its whole time: nginx sends it in one write, so this is
 time to first token plus the relaying); CPU per relayed event, from the CPU per request of a
-46-event and a 6-event stream at c=64. Every figure also as a ratio to the bare relay.
+46-event and a 6-event stream at c=64. Every figure also as a ratio to the bare relay, and
+for the two limited targets what the limits cost against the same gateway without them (the
+c=64 requests/s ratio and the c=1 p50 added), all from the same run.
 """
 
 from __future__ import annotations
@@ -37,8 +43,15 @@ from pathlib import Path
 from typing import Any
 
 from _common import HOST, free_port
-from _harness import check_config, run_in_tempdir, start_gateway, stop_on_sigterm, write_results
-from _launch import BENCH_DIR, Children
+from _harness import (
+    check_config,
+    run_in_tempdir,
+    start_gateway,
+    start_redis,
+    stop_on_sigterm,
+    write_results,
+)
+from _launch import BENCH_DIR, Children, ensure_command
 from _nginx import EXTRA_LONG_EVENTS, nginx_argv
 from _wrk import run_wrk, write_script
 
@@ -65,7 +78,7 @@ plans:
 keys:
   - {{name: open-key, key: sk-bench-open, plan: open, feature: chat-api}}
   - {{name: limited-key, key: sk-bench-limited, plan: limited, feature: chat-api}}
-limits: {{backend: memory}}
+limits: {limits}
 usage:
   features: [chat-api]
   sinks: {{jsonl: usage.jsonl}}
@@ -92,6 +105,7 @@ class Target:
     pid: int | None  # whose CPU is counted (None: direct, nothing in between)
     gateway: bool  # speaks the gateway's API (tier as model, a key) or the upstream's paths
     key: str = ""
+    redis_pid: int | None = None  # the target's redis-server, whose CPU is counted too
 
     def url(self, route: str) -> str:
         path = "/v1/chat/completions" if self.gateway else ROUTES[route] + "/v1/chat/completions"
@@ -129,12 +143,15 @@ def measure(target: Target, scenario: str, plan: Plan, workdir: Path) -> dict[st
     script = write_script(workdir / f"{target.name}-{scenario}.lua", body, headers)
     connections = plan.concurrency if at_c64 else 1
     before = cpu_ticks(target.pid) if target.pid else (0, 0)
+    redis_before = sum(cpu_ticks(target.redis_pid)) if target.redis_pid else 0
     summary = run_wrk(target.url(route), script, connections, getattr(plan, duration_attr), 1)
     after = cpu_ticks(target.pid) if target.pid else (0, 0)
+    redis_after = sum(cpu_ticks(target.redis_pid)) if target.redis_pid else 0
     requests = max(summary["requests"], 1)
     summary["rps"] = summary["requests"] / (summary["duration_us"] / 1e6)
     summary["user_us"] = (after[0] - before[0]) / _CLOCK_TICKS * 1e6 / requests
     summary["sys_us"] = (after[1] - before[1]) / _CLOCK_TICKS * 1e6 / requests
+    summary["redis_us"] = (redis_after - redis_before) / _CLOCK_TICKS * 1e6 / requests
     return summary
 
 
@@ -144,9 +161,18 @@ def wanted(target: Target, scenario: str) -> bool:
     return target.pid is not None or scenario in ("c1", "stream_c1")
 
 
-def write_gateway_config(directory: Path, upstream_port: int) -> Path:
-    path = directory / "gateway.yaml"
-    path.write_text(GATEWAY_CONFIG.format(host=HOST, upstream_port=upstream_port))
+MEMORY_LIMITS = "{backend: memory}"
+
+
+def redis_limits(redis_port: int) -> str:
+    return f'{{backend: redis, redis_url: "redis://{HOST}:{redis_port}/0", on_backend_error: deny}}'
+
+
+def write_gateway_config(
+    directory: Path, upstream_port: int, limits: str = MEMORY_LIMITS, name: str = "gateway"
+) -> Path:
+    path = directory / f"{name}.yaml"
+    path.write_text(GATEWAY_CONFIG.format(host=HOST, upstream_port=upstream_port, limits=limits))
     check_config(path)
     return path
 
@@ -165,7 +191,9 @@ def run_bench(
 ) -> dict[str, list[dict[str, Any]]]:
     python = sys.executable
     servers = str(BENCH_DIR / "_servers.py")
-    up_port, relay_port, gw_port, lim_port = (free_port() for _ in range(4))
+    up_port, relay_port, gw_port, lim_port, redis_gw_port, redis_port = (
+        free_port() for _ in range(6)
+    )
     raw: dict[str, list[dict[str, Any]]] = {}
     with Children() as children:
         nginx = children.start("nginx", nginx_argv(workdir, up_port), log=workdir / "nginx.err")
@@ -179,11 +207,21 @@ def run_bench(
         config = write_gateway_config(workdir, up_port)
         gateway = start_gateway(children, "gateway", config, gw_port, workdir)
         limited = start_gateway(children, "gateway-limits", config, lim_port, workdir)
+        redis = start_redis(
+            children, ensure_command("redis-server", "redis-server"), redis_port, workdir
+        )
+        redis_config = write_gateway_config(
+            workdir, up_port, redis_limits(redis_port), "gateway-redis"
+        )
+        on_redis = start_gateway(children, "gateway-redis", redis_config, redis_gw_port, workdir)
         targets: tuple[Target, ...] = (
             Target("direct", up_port, None, False),
             Target("relay", relay_port, relay.pid, False),
             Target("gateway", gw_port, gateway.pid, True, "sk-bench-open"),
             Target("gateway+limits", lim_port, limited.pid, True, "sk-bench-limited"),
+            Target(
+                "gateway+redis", redis_gw_port, on_redis.pid, True, "sk-bench-limited", redis.pid
+            ),
         )
         if baseline_root is not None:
             base_port = free_port()
@@ -213,7 +251,7 @@ def pool(raw: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, dict[str, 
         target, scenario = key.split("/")
         figures = {
             name: statistics.median(r[name] for r in rounds)
-            for name in ("p50_us", "p99_us", "rps", "user_us", "sys_us")
+            for name in ("p50_us", "p99_us", "rps", "user_us", "sys_us", "redis_us")
         }
         figures["errors"] = sum(r["errors"] + r["timeouts"] for r in rounds)
         pooled.setdefault(target, {})[scenario] = figures
@@ -272,9 +310,43 @@ def _rows(relay: Figures, direct: Figures) -> list[tuple[str, Callable[[Figures]
     ]
 
 
+LIMITED = ("gateway+limits", "gateway+redis")
+
+
+def _limit_rows(gateway: Figures) -> list[tuple[str, Callable[[str, Figures], str]]]:
+    """What the limits cost: each limited target against the gateway without limits, from
+    the same run (the scaling issue's targets are stated that way). "-" for the others."""
+
+    def only_limited(cell: Callable[[Figures], str]) -> Callable[[str, Figures], str]:
+        return lambda name, t: cell(t) if name in LIMITED else "-"
+
+    def rps_ratio(t: Figures) -> str:
+        return f"{t['c64']['rps'] / gateway['c64']['rps']:.2f}x"
+
+    def added_p50(t: Figures) -> str:
+        return f"{(t['c1']['p50_us'] - gateway['c1']['p50_us']) / 1000:+.2f} ms"
+
+    def cpu_ratio(t: Figures) -> str:
+        return f"{_cpu(t) / _cpu(gateway):.2f}x"
+
+    def redis_cpu(t: Figures) -> str:
+        return f"{t['c64']['redis_us']:.0f} us" if t["c64"]["redis_us"] else "-"
+
+    return [
+        ("limits: c=64 requests/s / gateway's", only_limited(rps_ratio)),
+        ("limits: c=1 p50 added over gateway's", only_limited(added_p50)),
+        ("limits: CPU per request (c=64) / gateway's", only_limited(cpu_ratio)),
+        ("redis-server CPU per request (c=64)", only_limited(redis_cpu)),
+    ]
+
+
 def report(pooled: dict[str, Figures]) -> list[str]:
     """The run as a Markdown table (the README's), each figure with its ratio to the relay."""
-    names = [name for name in ("relay", "gateway", "gateway+limits", "baseline") if name in pooled]
+    names = [
+        name
+        for name in ("relay", "gateway", "gateway+limits", "gateway+redis", "baseline")
+        if name in pooled
+    ]
     titles = {"relay": "bare relay", "baseline": "baseline (gateway, other checkout)"}
     lines = [
         f"wrk_bench on {platform.node()} ({os.cpu_count()} cores), "
@@ -285,6 +357,9 @@ def report(pooled: dict[str, Figures]) -> list[str]:
     ]
     for label, cell in _rows(pooled["relay"], pooled["direct"]):
         lines.append(f"| {label} | " + " | ".join(cell(pooled[name]) for name in names) + " |")
+    for label, limit_cell in _limit_rows(pooled["gateway"]):
+        cells = " | ".join(limit_cell(name, pooled[name]) for name in names)
+        lines.append(f"| {label} | {cells} |")
     errors = {name: sum(s["errors"] for s in by.values()) for name, by in pooled.items()}
     if any(errors.values()):
         lines += ["", f"ERRORS (connect/read/write/non-2xx/timeouts) by target: {errors}"]
@@ -315,7 +390,10 @@ def main() -> int:
     plan = QUICK if args.quick else Plan()
     if args.rounds:
         plan = Plan(**{**asdict(plan), "rounds": args.rounds})
-    print("measuring direct, relay, gateway, gateway+limits with wrk, taking turns:", flush=True)
+    print(
+        "measuring direct, relay, gateway, gateway+limits, gateway+redis with wrk, taking turns:",
+        flush=True,
+    )
     root = args.baseline_root.resolve() if args.baseline_root else None
     if root is not None and not (root / "gateway" / "__init__.py").is_file():
         parser.error(f"{root} has no gateway/__init__.py")
