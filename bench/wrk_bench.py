@@ -26,7 +26,8 @@ target's process; a short stream at c=1 (its whole time: nginx sends it in one w
 time to first token plus the relaying); CPU per relayed event, from the CPU per request of a
 46-event and a 6-event stream at c=64. Every figure also as a ratio to the bare relay, and
 for the two limited targets what the limits cost against the same gateway without them (the
-c=64 requests/s ratio and the c=1 p50 added), all from the same run.
+c=64 requests/s and CPU per request ratios, the c=1 p50 added, redis-server's CPU per
+request), all from the same run.
 """
 
 from __future__ import annotations
@@ -130,6 +131,11 @@ def cpu_ticks(pid: int) -> tuple[int, int]:
     return int(fields[11]), int(fields[12])
 
 
+def _ticks_of(pid: int | None) -> tuple[int, int]:
+    """`cpu_ticks`, or none for a process that is not there (direct: nothing in between)."""
+    return cpu_ticks(pid) if pid else (0, 0)
+
+
 def measure(target: Target, scenario: str, plan: Plan, workdir: Path) -> dict[str, Any]:
     route, stream, at_c64, duration_attr = SCENARIOS[scenario]
     body: dict[str, Any] = {
@@ -142,11 +148,9 @@ def measure(target: Target, scenario: str, plan: Plan, workdir: Path) -> dict[st
     headers = {"Authorization": f"Bearer {target.key}"} if target.key else {}
     script = write_script(workdir / f"{target.name}-{scenario}.lua", body, headers)
     connections = plan.concurrency if at_c64 else 1
-    before = cpu_ticks(target.pid) if target.pid else (0, 0)
-    redis_before = sum(cpu_ticks(target.redis_pid)) if target.redis_pid else 0
+    before, redis_before = _ticks_of(target.pid), sum(_ticks_of(target.redis_pid))
     summary = run_wrk(target.url(route), script, connections, getattr(plan, duration_attr), 1)
-    after = cpu_ticks(target.pid) if target.pid else (0, 0)
-    redis_after = sum(cpu_ticks(target.redis_pid)) if target.redis_pid else 0
+    after, redis_after = _ticks_of(target.pid), sum(_ticks_of(target.redis_pid))
     requests = max(summary["requests"], 1)
     summary["rps"] = summary["requests"] / (summary["duration_us"] / 1e6)
     summary["user_us"] = (after[0] - before[0]) / _CLOCK_TICKS * 1e6 / requests
