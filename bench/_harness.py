@@ -171,6 +171,13 @@ def write_results(path: Path, report: dict[str, Any]) -> None:
     print(f"\nresults written to {path}")
 
 
+def redis_limits_section(redis_port: int) -> str:
+    """The `limits:` section (flow style) of a gateway limited on the private Redis at
+    `redis_port`. `on_backend_error: deny`: were Redis ever unreachable, requests fail (and are
+    counted as errors) instead of being served without asking it, which would flatter it."""
+    return f'{{backend: redis, redis_url: "redis://{HOST}:{redis_port}/0", on_backend_error: deny}}'
+
+
 def start_redis(children: Children, binary: str, port: int, workdir: Path) -> Popen[bytes]:
     """A private, empty, non-persistent Redis for this run only."""
     data = workdir / "redis-data"

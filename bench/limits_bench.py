@@ -40,6 +40,7 @@ from _harness import (
     measure_rounds,
     memory_kb,
     pooled,
+    redis_limits_section,
     run_in_tempdir,
     start_gateway,
     start_redis,
@@ -89,19 +90,15 @@ limits: {limits}
 
 
 def gateway_config(name: str, upstream_port: int, redis_port: int) -> str:
-    """The config of one of the three gateways. `on_backend_error: deny`: were Redis ever
-    unreachable, requests fail (and are counted as errors) instead of being served without
-    asking Redis, which would flatter the Redis numbers."""
+    """The config of one of the three gateways, each failing closed (`on_backend_error:
+    deny`) so that neither backend is flattered by requests served without asking it."""
     plan = (
         "{}"
         if name == "none"
         else "{" + ", ".join(f"{k}: {v}" for k, v in NEVER_REFUSING.items()) + "}"
     )
     if name == "redis":
-        limits = (
-            f'{{backend: redis, redis_url: "redis://{HOST}:{redis_port}/0", '
-            "on_backend_error: deny}"
-        )
+        limits = redis_limits_section(redis_port)
     else:
         limits = "{backend: memory, on_backend_error: deny}"
     return LIMITED_GATEWAY_CONFIG.format(

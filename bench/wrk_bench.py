@@ -46,6 +46,7 @@ from typing import Any
 from _common import HOST, free_port
 from _harness import (
     check_config,
+    redis_limits_section,
     run_in_tempdir,
     start_gateway,
     start_redis,
@@ -168,10 +169,6 @@ def wanted(target: Target, scenario: str) -> bool:
 MEMORY_LIMITS = "{backend: memory}"
 
 
-def redis_limits(redis_port: int) -> str:
-    return f'{{backend: redis, redis_url: "redis://{HOST}:{redis_port}/0", on_backend_error: deny}}'
-
-
 def write_gateway_config(
     directory: Path, upstream_port: int, limits: str = MEMORY_LIMITS, name: str = "gateway"
 ) -> Path:
@@ -215,7 +212,7 @@ def run_bench(
             children, ensure_command("redis-server", "redis-server"), redis_port, workdir
         )
         redis_config = write_gateway_config(
-            workdir, up_port, redis_limits(redis_port), "gateway-redis"
+            workdir, up_port, redis_limits_section(redis_port), "gateway-redis"
         )
         on_redis = start_gateway(children, "gateway-redis", redis_config, redis_gw_port, workdir)
         targets: tuple[Target, ...] = (
