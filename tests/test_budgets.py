@@ -6,7 +6,6 @@ its period's boundary; refusals are OpenAI's exhausted-quota 429 and are counted
 from __future__ import annotations
 
 import asyncio
-import json
 import signal
 import time
 from collections.abc import AsyncIterator, Callable
@@ -26,6 +25,7 @@ from tests.conftest import StartGateway, free_port
 from tests.fakes.openai_upstream import Behaviour, FakeOpenAI
 from tests.gateway_process import start_gateway_process, write_config
 from tests.redis_server import RedisServer
+from tests.usage_lines import wait_for_records
 
 KEY = "gw-budget-key"
 OTHER_KEY = "gw-budget-other"
@@ -127,22 +127,9 @@ async def test_fifty_concurrent_requests_never_spend_past_a_budget_that_fits_ten
     assert len(exact_upstream.requests) == 10  # a refused request never reaches an upstream
     remaining = sorted(float(h["x-gateway-budget-remaining-usd"]) for _, _, h in served)
     assert remaining == pytest.approx([i * COST for i in range(10)], abs=1e-12)
-    records = await usage_records(usage, 50)
+    records = await wait_for_records(usage, 50, polls=200)
     spent = sum(record["cost_usd"] for record in records)
     assert spent == pytest.approx(BUDGET, abs=1e-12) and spent <= BUDGET + 1e-12
-
-
-def read_records(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
-
-
-async def usage_records(path: Path, count: int) -> list[dict[str, Any]]:
-    for _ in range(200):
-        found = read_records(path)
-        if len(found) >= count:
-            return found
-        await asyncio.sleep(0.02)
-    raise AssertionError(f"expected {count} usage records")
 
 
 async def test_the_sdk_raises_its_quota_error_and_the_refusal_is_counted(

@@ -10,8 +10,6 @@ reasoning inside `completion_tokens` at `output`."""
 
 from __future__ import annotations
 
-import asyncio
-import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -25,6 +23,7 @@ from gateway.server.serving import GatewayServer
 from tests.conftest import APP_KEY, StartGateway, base_config, to_config
 from tests.fakes.anthropic_upstream import FakeAnthropic, Reply
 from tests.fakes.openai_upstream import Behaviour, FakeOpenAI
+from tests.usage_lines import wait_for_records
 
 GPT_PRICE = {"input": 2.5, "output": 10, "cached_input": 1.25}
 CLAUDE_PRICE = {"input": 3, "output": 15, "cached_input": 0.3, "cache_write": 3.75}
@@ -104,20 +103,8 @@ def anthropic_reply() -> Reply:
     )
 
 
-def read_records(gateway: GatewayServer) -> list[dict[str, Any]]:
-    path = Path(gateway.config.usage.sinks.jsonl or "")
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line]
-
-
 async def records(gateway: GatewayServer, count: int) -> list[dict[str, Any]]:
-    for _ in range(250):
-        found = read_records(gateway)
-        if len(found) >= count:
-            return found
-        await asyncio.sleep(0.02)
-    raise AssertionError(f"fewer than {count} usage records")
+    return await wait_for_records(Path(gateway.config.usage.sinks.jsonl or ""), count)
 
 
 async def call(

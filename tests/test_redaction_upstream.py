@@ -4,7 +4,6 @@ client's error, in an in-band error event (passed through or translated) and in 
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -17,6 +16,7 @@ from gateway.server.serving import GatewayServer
 from tests.conftest import APP_KEY, UPSTREAM_KEY, StartGateway, base_config
 from tests.fakes.anthropic_upstream import FakeAnthropic, Reply
 from tests.fakes.openai_upstream import Behaviour, FakeOpenAI
+from tests.usage_lines import wait_for_records
 
 ANTHROPIC_KEY = "sk-ant-upstream-secret-value"
 ECHO = f"invalid credentials: {UPSTREAM_KEY} (Authorization: Bearer {UPSTREAM_KEY})"
@@ -50,20 +50,8 @@ async def gateway(
     return await start_gateway(raw)
 
 
-def read_records(gateway: GatewayServer) -> list[dict[str, Any]]:
-    path = Path(gateway.config.usage.sinks.jsonl or "")
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line]
-
-
 async def records(gateway: GatewayServer, count: int) -> list[dict[str, Any]]:
-    for _ in range(250):
-        found = read_records(gateway)
-        if len(found) >= count:
-            return found
-        await asyncio.sleep(0.02)
-    raise AssertionError(f"fewer than {count} usage records")
+    return await wait_for_records(Path(gateway.config.usage.sinks.jsonl or ""), count)
 
 
 async def test_echoed_credentials_are_redacted_everywhere_the_gateway_writes(
