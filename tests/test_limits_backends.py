@@ -19,7 +19,7 @@ from redis.crc import key_slot
 
 from gateway.limits.base import Admission, Limiter, LimiterUnavailable, LimitSpec
 from gateway.limits.memory import MemoryLimiter
-from gateway.limits.redis import RedisLimiter, ScriptBatcher, ScriptCall
+from gateway.limits.redis import UNDO_ADMIT, RedisLimiter, ScriptBatcher, ScriptCall
 from gateway.store.breaker import RedisClient
 from gateway.store.redis import connect
 from tests.redis_server import RedisServer
@@ -201,6 +201,24 @@ async def test_settle_gives_unused_tokens_back_at_once(backend: Backend) -> None
     no(await limiter.admit(SUBJECT, spec, 1), "tokens")
     await limiter.settle(SUBJECT, first, 50)
     assert ok(await limiter.admit(SUBJECT, spec, 50)).tokens_remaining == 0
+
+
+async def test_reservations_of_no_tokens_leave_the_window_like_any_other(
+    backend: Backend,
+) -> None:
+    # A reservation settled to 0 tokens (an upstream that reported none) and one made for 0
+    # (a cache hit's tpm is not asked, but a 0 estimate is): when they leave the window their
+    # 0 tokens are given back. In Redis that was `HINCRBY -0`, which Redis refuses ("not an
+    # integer"): every admission of the subject then failed until its keys expired.
+    limiter = backend.make(window_s=0.5)
+    spec = LimitSpec(tpm=1000)
+    settled_to_none = ok(await limiter.admit(SUBJECT, spec, 10))
+    await limiter.settle(SUBJECT, settled_to_none, 0)
+    ok(await limiter.admit(SUBJECT, spec, 0))
+    await backend.sleep(0.6)
+    assert ok(await limiter.admit(SUBJECT, spec, 10)).tokens_remaining == 990
+    await backend.sleep(0.6)
+    assert ok(await limiter.admit(SUBJECT, spec, 0)).tokens_remaining == 1000
 
 
 async def test_a_request_larger_than_tpm_is_too_large_and_takes_nothing(backend: Backend) -> None:
@@ -389,6 +407,23 @@ async def test_redis_recovers_from_a_lost_token_log(redis_backend: Backend) -> N
     async with redis_backend.redis() as redis:
         await redis.delete(f"gw:{{{SUBJECT}}}:tpm")
     assert ok(await limiter.admit(SUBJECT, spec, 600)).tokens_remaining == 400
+
+
+async def test_redis_undoes_an_admission_of_no_tokens_and_no_cost(redis_backend: Backend) -> None:
+    # Redis Cluster's undo of an admission a shared budget refused (undo_admit.lua): 0 tokens
+    # reserved and 0 cost (a free model) are given back as nothing, not as Lua's -0, which
+    # INCRBY and HINCRBY refuse.
+    base = f"gw:{{{SUBJECT}}}"
+    keys = [f"{base}:rpm", f"{base}:tpm", f"{base}:tpm:n", f"{base}:leases"]
+    marker, budget = f"{base}:admitted:a1", f"{base}:budget:key:day"
+    async with redis_backend.redis() as redis:
+        await redis.zadd(keys[1], {"a1": 1.0})
+        await redis.hset(keys[2], mapping={"a1": 0, "#sum": 7})
+        await redis.set(marker, "1")
+        await redis.set(budget, 5)
+        assert await UNDO_ADMIT.run(redis, [*keys, marker, budget], ["a1", 0]) == 1
+        assert await redis.hgetall(keys[2]) == {"#sum": "7"}
+        assert await redis.get(marker) == "undone" and await redis.get(budget) == "5"
 
 
 async def test_redis_reloads_scripts_after_script_flush(redis_backend: Backend) -> None:

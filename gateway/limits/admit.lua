@@ -67,7 +67,10 @@ if tpm > 0 then
     local counts = redis.call('HMGET', KEYS[3], unpack(gone))
     local freed = 0
     for i = 1, #gone do freed = freed + (tonumber(counts[i]) or 0) end
-    redis.call('HINCRBY', KEYS[3], '#sum', -freed)
+    -- Never `-freed` when it is 0: Lua's -0 reaches Redis as "-0", which HINCRBY refuses
+    -- ("not an integer"), and entries of 0 tokens (a block unused, a request settled to
+    -- none) are common.
+    if freed ~= 0 then redis.call('HINCRBY', KEYS[3], '#sum', -freed) end
     redis.call('HDEL', KEYS[3], unpack(gone))
     redis.call('ZREM', KEYS[2], unpack(gone))
     if #gone < BATCH then break end

@@ -63,7 +63,7 @@ if tpm > 0 then
     local counts = redis.call('HMGET', KEYS[3], unpack(gone))
     local freed = 0
     for i = 1, #gone do freed = freed + (tonumber(counts[i]) or 0) end
-    redis.call('HINCRBY', KEYS[3], '#sum', -freed)
+    if freed ~= 0 then redis.call('HINCRBY', KEYS[3], '#sum', -freed) end  -- not -0: admit.lua
     redis.call('HDEL', KEYS[3], unpack(gone))
     redis.call('ZREM', KEYS[2], unpack(gone))
     if #gone < BATCH then break end

@@ -139,14 +139,14 @@ class _OncePerMinute:
         self._last = float("-inf")
         self._since = 0
 
-    def warn(self, subject: str, action: str) -> None:
+    def warn(self, subject: str, action: str, error: str) -> None:
         self._since += 1
         now = time.monotonic()
         if now - self._last < 60.0:
             return
         log.warning(
             "limits backend unavailable",
-            extra={"subject": subject, "action": action, "requests": self._since},
+            extra={"subject": subject, "action": action, "requests": self._since, "error": error},
         )
         self._last = now
         self._since = 0
@@ -155,11 +155,13 @@ class _OncePerMinute:
 _BACKEND_WARNINGS = _OncePerMinute()
 
 
-def _backend_down(runtime: Runtime, what: str) -> None:
-    """The limits backend did not answer: serve anyway, or refuse, as configured."""
+def _backend_down(runtime: Runtime, what: str, error: LimiterUnavailable) -> None:
+    """The limits backend did not answer: serve anyway, or refuse, as configured. The
+    warning names why (the limiter's message names the backend's error, never its URL's
+    password)."""
     action = runtime.config.limits.on_backend_error
     LIMITER_ERRORS.labels(action).inc()
-    _BACKEND_WARNINGS.warn(what, action)
+    _BACKEND_WARNINGS.warn(what, action, str(error))
     if action == "deny":
         raise ServiceUnavailable(
             "The gateway cannot check rate limits right now; please retry shortly.",
@@ -230,8 +232,8 @@ async def admit_key(
         admission = limiter.admit_now(subject, spec, tokens, budgets, cost)
         if admission is None:
             admission = await limiter.admit(subject, spec, tokens, budgets, cost)
-    except LimiterUnavailable:
-        _backend_down(runtime, subject)
+    except LimiterUnavailable as exc:
+        _backend_down(runtime, subject, exc)
         return
     headers = ratelimit_headers(admission)
     if admission.budgets:
@@ -293,8 +295,8 @@ class ModelGate:
             admission = limiter.admit_now(subject, spec, tokens)
             if admission is None:
                 admission = await limiter.admit(subject, spec, tokens)
-        except LimiterUnavailable:
-            _backend_down(self.runtime, subject)
+        except LimiterUnavailable as exc:
+            _backend_down(self.runtime, subject, exc)
             return True
         if not admission.allowed:
             self.waits[model] = admission.retry_after if admission.retry_after else 1.0
