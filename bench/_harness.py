@@ -76,11 +76,19 @@ def start_gateway(
     env: dict[str, str] | None = None,
 ) -> Popen[bytes]:
     """`python -m gateway serve` on `port` (in `env`, default this process's environment),
-    waited for until `health_path` answers 200."""
+    waited for until `health_path` answers 200.
+
+    Each gateway runs in a folder of its own under `workdir`: the files its config names by
+    relative paths (the usage JSONL) are its own and go with the run. In the caller's folder
+    every target of every run appended to one usage file in the checkout, and each start
+    read all of it back (the usage totals are rebuilt from it), slower run after run."""
+    home = workdir / name
+    home.mkdir(exist_ok=True)
     gateway = children.start(
         name,
         [sys.executable, "-m", "gateway", "serve", "--config", str(config), "--port", str(port)],
         log=workdir / f"{name}.stderr",
+        cwd=home,
         env=env,
     )
     children.wait_ready(gateway, port, health_path=health_path)

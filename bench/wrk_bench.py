@@ -33,16 +33,18 @@ request), all from the same run.
 from __future__ import annotations
 
 import argparse
+import collections
 import os
 import platform
 import statistics
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import orjson
 from _common import HOST, free_port
 from _harness import (
     check_config,
@@ -242,7 +244,29 @@ def run_bench(
                         raw.setdefault(f"{target.name}/{scenario}", []).append(result)
             print(flush=True)
         children.check_alive()
+    for target in targets:
+        if target.gateway and sum(
+            r["errors"] for k, v in raw.items() if k.startswith(target.name + "/") for r in v
+        ):
+            log = workdir / f"{target.name.replace('+', '-')}.stderr"  # as started above
+            print(f"  {target.name}: {answers_in_log(log)}")
     return raw
+
+
+def answers_in_log(path: Path) -> str:
+    """What a gateway answered, from its access log: how many of each status, and the first
+    error's message (what a run with errors measured instead of the target)."""
+    statuses: collections.Counter[int] = collections.Counter()
+    first_error = ""
+    with path.open("rb") as log:
+        for line in log:
+            if b'"logger":"gateway.access"' not in line:
+                continue
+            record = orjson.loads(line)
+            statuses[record["status"]] += 1
+            if not first_error and record["status"] >= 500:
+                first_error = record.get("error", "")
+    return f"statuses {dict(sorted(statuses.items()))}; first 5xx: {first_error or '-'}"
 
 
 def pool(raw: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, dict[str, float]]]:
@@ -276,7 +300,14 @@ def _per_event(t: Figures) -> float:
     return (_cpu(t, "long_c64") - _cpu(t, "short_c64")) / EXTRA_LONG_EVENTS
 
 
-def _rows(relay: Figures, direct: Figures) -> list[tuple[str, Callable[[Figures], str]]]:
+Row = tuple[str, tuple[str, ...], Callable[[Figures], str]]  # label, scenarios it reads, cell
+
+
+def _errors(t: Figures, scenarios: tuple[str, ...]) -> int:
+    return int(sum(t[scenario]["errors"] for scenario in scenarios))
+
+
+def _rows(relay: Figures, direct: Figures) -> list[Row]:
     def ms(value_us: float) -> str:
         return f"{value_us / 1000:.2f}"
 
@@ -301,25 +332,23 @@ def _rows(relay: Figures, direct: Figures) -> list[tuple[str, Callable[[Figures]
         return f"{_per_event(t):.1f} us ({_ratio(_per_event(t), _per_event(relay))})"
 
     return [
-        ("c=1 p50 / p99", latency),
-        ("c=1 p50 added over direct", added("c1")),
-        ("c=64 requests/s", rps("c64")),
-        ("CPU per request (c=64), user + sys", cpu),
-        ("stream c=1 p50 added over direct", added("stream_c1")),
-        ("stream c=64 requests/s", rps("short_c64")),
-        ("CPU per relayed event", per_event),
+        ("c=1 p50 / p99", ("c1",), latency),
+        ("c=1 p50 added over direct", ("c1",), added("c1")),
+        ("c=64 requests/s", ("c64",), rps("c64")),
+        ("CPU per request (c=64), user + sys", ("c64",), cpu),
+        ("stream c=1 p50 added over direct", ("stream_c1",), added("stream_c1")),
+        ("stream c=64 requests/s", ("short_c64",), rps("short_c64")),
+        ("CPU per relayed event", ("long_c64", "short_c64"), per_event),
     ]
 
 
 LIMITED = ("gateway+limits", "gateway+redis")
 
 
-def _limit_rows(gateway: Figures) -> list[tuple[str, Callable[[str, Figures], str]]]:
+def _limit_rows(gateway: Figures) -> list[Row]:
     """What the limits cost: each limited target against the gateway without limits, from
-    the same run (the scaling issue's targets are stated that way). "-" for the others."""
-
-    def only_limited(cell: Callable[[Figures], str]) -> Callable[[str, Figures], str]:
-        return lambda name, t: cell(t) if name in LIMITED else "-"
+    the same run (the scaling issue's targets are stated that way), for the limited targets
+    only (`report` puts "-" in the others)."""
 
     def rps_ratio(t: Figures) -> str:
         return f"{t['c64']['rps'] / gateway['c64']['rps']:.2f}x"
@@ -334,10 +363,10 @@ def _limit_rows(gateway: Figures) -> list[tuple[str, Callable[[str, Figures], st
         return f"{t['c64']['redis_us']:.0f} us" if t["c64"]["redis_us"] else "-"
 
     return [
-        ("limits: c=64 requests/s / gateway's", only_limited(rps_ratio)),
-        ("limits: c=1 p50 added over gateway's", only_limited(added_p50)),
-        ("limits: CPU per request (c=64) / gateway's", only_limited(cpu_ratio)),
-        ("redis-server CPU per request (c=64)", only_limited(redis_cpu)),
+        ("limits: c=64 requests/s / gateway's", ("c64",), rps_ratio),
+        ("limits: c=1 p50 added over gateway's", ("c1",), added_p50),
+        ("limits: CPU per request (c=64) / gateway's", ("c64",), cpu_ratio),
+        ("redis-server CPU per request (c=64)", ("c64",), redis_cpu),
     ]
 
 
@@ -356,11 +385,21 @@ def report(pooled: dict[str, Figures]) -> list[str]:
         "| | " + " | ".join(titles.get(name, name) for name in names) + " |",
         "|---" * (len(names) + 1) + "|",
     ]
-    for label, cell in _rows(pooled["relay"], pooled["direct"]):
-        lines.append(f"| {label} | " + " | ".join(cell(pooled[name]) for name in names) + " |")
-    for label, limit_cell in _limit_rows(pooled["gateway"]):
-        cells = " | ".join(limit_cell(name, pooled[name]) for name in names)
-        lines.append(f"| {label} | {cells} |")
+    rows: list[tuple[Row, str, Collection[str]]]
+    rows = [(row, "relay", names) for row in _rows(pooled["relay"], pooled["direct"])]
+    rows += [(row, "gateway", LIMITED) for row in _limit_rows(pooled["gateway"])]
+    for (label, scenarios, cell), reference, shown in rows:
+        cells = []
+        for name in names:
+            failed = _errors(pooled[name], scenarios)
+            if name not in shown:
+                cells.append("-")
+            elif failed or _errors(pooled[reference], scenarios):
+                # A run with errors measured failures, not the target: no figure for it.
+                cells.append(f"invalid ({failed} errors)" if failed else f"invalid ({reference})")
+            else:
+                cells.append(cell(pooled[name]))
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
     errors = {name: sum(s["errors"] for s in by.values()) for name, by in pooled.items()}
     if any(errors.values()):
         lines += ["", f"ERRORS (connect/read/write/non-2xx/timeouts) by target: {errors}"]
@@ -403,6 +442,9 @@ def main() -> int:
     text = report(pooled)
     print("\n" + "\n".join(text))
     write_results(args.out, {"plan": asdict(plan), "pooled": pooled, "raw": raw, "report": text})
+    if any(figures["errors"] for by in pooled.values() for figures in by.values()):
+        print("some measurements had errors: their figures are marked invalid", file=sys.stderr)
+        return 1
     return 0
 
 
