@@ -57,6 +57,17 @@ def openai_error(body: bytes) -> dict[str, Any]:
     return dict(error)
 
 
+def parser_error(body: bytes) -> dict[str, Any]:
+    """A parser refusal's error object, checked to be in both vendors' envelopes: OpenAI's
+    `error` with its four fields, and Anthropic's `{"type": "error", "error": {"type",
+    "message"}}` (the parser fails before the path is known: either API's client may read it)."""
+    answer = json.loads(body)
+    assert set(answer) == {"type", "error"} and answer["type"] == "error"
+    error = openai_error(body)
+    assert isinstance(error["message"], str) and error["message"]
+    return error
+
+
 @pytest.fixture
 async def gateway(upstream: FakeOpenAI, start_gateway: StartGateway) -> GatewayServer:
     return await start_gateway(base_config(upstream.url))
@@ -83,7 +94,7 @@ async def gateway(upstream: FakeOpenAI, start_gateway: StartGateway) -> GatewayS
     ],
     ids=["long-url", "long-header", "many-headers", "bad-header-line", "bad-length"],
 )
-async def test_parser_refusals_are_openai_errors(
+async def test_parser_refusals_are_errors_both_apis_read(
     gateway: GatewayServer,
     raw: bytes,
     status: int,
@@ -93,7 +104,7 @@ async def test_parser_refusals_are_openai_errors(
     got_status, headers, body = await exchange(gateway, raw)
     assert got_status == status
     assert headers["content-type"].startswith("application/json")
-    error = openai_error(body)
+    error = parser_error(body)
     assert error["code"] == code and error["type"] == "invalid_request_error"
     refusals = [r for r in caplog.records if r.getMessage() == "request refused by the HTTP parser"]
     assert len(refusals) == 1

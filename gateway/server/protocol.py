@@ -2,10 +2,12 @@
 
 - **Protocol errors in the API's shape.** A request aiohttp's parser refuses (a URL or header
   past its size limit, too many headers, bad framing) never reaches the app or its middleware;
-  aiohttp answers a `text/plain` 400 and logs a traceback. Here it gets OpenAI's JSON error
-  envelope with the status that says what was wrong (414 for the URL, 431 for headers, 400 for
-  the rest) and one log line. The path is not known at that point (the parser failed), so the
-  shape is OpenAI's for every API.
+  aiohttp answers a `text/plain` 400 and logs a traceback. Here it gets a JSON error with the
+  status that says what was wrong (414 for the URL, 431 for headers, 400 for the rest) and one
+  log line. The path is not known at that point (the parser failed), so the one envelope is
+  read by both vendors' clients: OpenAI's `error` object (message, type, param, code) under
+  Anthropic's top-level `"type": "error"` (Anthropic's own error object is the same `type` and
+  `message`; OpenAI's clients ignore the extra key).
 - **Slow clients cannot hold many connections.** A connection counts against its client
   address from the moment it opens until its first request's headers are parsed, and again
   while a body is read slowly (`gateway.http.body`); past `server.max_pending_per_address`
@@ -64,7 +66,7 @@ def protocol_error(exc: HttpProcessingError, max_line_size: int) -> tuple[int, s
 
 def _error_body(message: str, code: str) -> bytes:
     error = {"message": message, "type": "invalid_request_error", "param": None, "code": code}
-    return orjson.dumps({"error": error})
+    return orjson.dumps({"type": "error", "error": error})
 
 
 class GatewayRequestHandler(RequestHandler):
