@@ -185,10 +185,13 @@ class ScriptBatcher:
         return await pipeline_calls(self._client, calls)
 
     def link_lost(self) -> bool:
-        """A kept connection was closed by the server (see `ScriptLane.lost`)."""
-        # A loop, not `any` over a generator: this is asked on every admission from blocks.
-        for lane in self._lanes:  # noqa: SIM110
-            if lane.lost():
+        """A lane's kept connection was closed by the server (killed, restarted, failed over):
+        seen at once, before anything is sent on it."""
+        # A loop rather than `any` over a generator: this is asked on every admission from
+        # blocks.
+        for lane in self._lanes:
+            reader = lane.reader
+            if reader is not None and reader.at_eof():
                 return True
         return False
 

@@ -157,27 +157,31 @@ class SubjectQuota:
                 self.avg_tokens = (
                     tokens if not self.avg_tokens else 0.9 * self.avg_tokens + 0.1 * tokens
                 )
-            self._fill_headers(admission, lease, now, window_s)
+            # The header values, inline (this runs for every admission from a block): what
+            # Redis counted at its last answer (every replica's blocks as taken), less what
+            # this replica has not used of its own: the room any replica may still find.
+            # Another replica's admissions since that answer (at most one lease ago) are not
+            # in it.
+            left_s = lease.ends - now
+            reset = window_s + left_s if left_s > 0.0 else window_s
+            rpm = spec.rpm
+            if rpm is not None:
+                admission.requests_limit = rpm
+                remaining = rpm - self.requests_seen + self.unused_requests
+                admission.requests_remaining = (
+                    0 if remaining < 0 else rpm if remaining > rpm else remaining
+                )
+                admission.requests_reset_s = reset
+            tpm = spec.tpm
+            if tpm is not None:
+                admission.tokens_limit = tpm
+                unused = self.unused_tokens
+                remaining = tpm - self.tokens_seen + (unused if unused > 0 else 0)
+                admission.tokens_remaining = (
+                    0 if remaining < 0 else tpm if remaining > tpm else remaining
+                )
+                admission.tokens_reset_s = reset
         return admission
-
-    def _fill_headers(
-        self, admission: Admission, lease: QuotaLease, now: float, window_s: float
-    ) -> None:
-        """What Redis counted at its last answer (every replica's blocks as taken), less what
-        this replica has not used of its own: the room any replica may still find. Another
-        replica's admissions since that answer (at most one lease ago) are not in it."""
-        spec = self.spec
-        reset = window_s + max(lease.ends - now, 0.0)
-        if spec.rpm is not None:
-            admission.requests_limit = spec.rpm
-            remaining = spec.rpm - self.requests_seen + self.unused_requests
-            admission.requests_remaining = min(max(remaining, 0), spec.rpm)
-            admission.requests_reset_s = reset
-        if spec.tpm is not None:
-            admission.tokens_limit = spec.tpm
-            remaining = spec.tpm - self.tokens_seen + max(self.unused_tokens, 0)
-            admission.tokens_remaining = min(max(remaining, 0), spec.tpm)
-            admission.tokens_reset_s = reset
 
     def settle(self, admission: Admission, actual_tokens: int | None) -> None:
         """A request admitted from a block ended: its slot is free again here, and its tokens

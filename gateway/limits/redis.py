@@ -340,7 +340,16 @@ class RedisLimiter(Limiter):
         now = asyncio.get_running_loop().time()
         if self._link_lost():
             return None
-        return self._take_from(subject, quota, max(tokens, 0), now)
+        # `_take_from`, inline: this is every admission from a block.
+        admission = quota.take(tokens if tokens > 0 else 0, now, self._window_s)
+        if (
+            admission is not None
+            and quota.asking is None
+            and now >= quota.exact_until
+            and not quota.quiet(now)
+        ):
+            self._ask_block(subject, quota, tokens if tokens > 0 else 0, now)
+        return admission
 
     def _take_from(
         self, subject: str, quota: SubjectQuota, tokens: int, now: float
@@ -696,6 +705,17 @@ class RedisLimiter(Limiter):
         it; it travels with the next script call (within 2 ms). A failure is logged; the lease
         and reservation then expire by themselves (a budget reservation is then kept as
         reserved: never less than what was spent)."""
+        lease_id, reservation = admission.lease_id, admission.reservation
+        if (lease_id is not None and lease_id.startswith(LOCAL)) or (
+            reservation is not None and reservation.startswith(LOCAL)
+        ):
+            # Admitted from a block: settled in memory (the common case, so asked first).
+            quota = self._quotas.get(subject)
+            if quota is not None:
+                quota.settle(admission, actual_tokens)
+            else:
+                self._settle_local(subject, admission, actual_tokens)
+            return
         self._submit_settle(subject, admission, actual_tokens, actual_cost, True)
 
     def _submit_settle(

@@ -34,6 +34,10 @@ class ScriptLane:
     def __init__(self, client: GuardedRedis) -> None:
         self._client = client
         self._connection: AbstractConnection | None = None
+        # The kept connection's reader as of its last send: whether the server closed it is
+        # asked on every admission from a quota block (`lost`, and the batcher's `link_lost`
+        # reads it directly), so it is kept here rather than looked up on the connection.
+        self.reader: asyncio.StreamReader | None = None
 
     @classmethod
     def for_client(cls, client: RedisClient) -> ScriptLane | None:
@@ -77,19 +81,17 @@ class ScriptLane:
                     replies.append(await connection.read_response())
                 except ResponseError as exc:  # the whole reply was read: the next one follows
                     replies.append(exc)
+            reader = getattr(connection, "_reader", None)
+            self.reader = reader if isinstance(reader, asyncio.StreamReader) else None
             return replies
         except BaseException:
             # Replies may be left unread (an error, a cancelled caller): start afresh.
+            self.reader = None
             await connection.disconnect()
             raise
 
-    def lost(self) -> bool:
-        """The server closed the kept connection (killed, restarted, failed over): seen at
-        once, before anything is sent on it."""
-        reader = getattr(self._connection, "_reader", None)
-        return isinstance(reader, asyncio.StreamReader) and reader.at_eof()
-
     async def aclose(self) -> None:
+        self.reader = None
         if self._connection is not None:
             connection, self._connection = self._connection, None
             await self._client.connection_pool.release(connection)
