@@ -341,14 +341,16 @@ class RedisLimiter(Limiter):
         if self._link_lost():
             return None
         # `_take_from`, inline: this is every admission from a block.
-        admission = quota.take(tokens if tokens > 0 else 0, now, self._window_s)
+        if tokens < 0:
+            tokens = 0
+        admission = quota.take(tokens, now, self._window_s)
         if (
             admission is not None
             and quota.asking is None
             and now >= quota.exact_until
             and not quota.quiet(now)
         ):
-            self._ask_block(subject, quota, tokens if tokens > 0 else 0, now)
+            self._ask_block(subject, quota, tokens, now)
         return admission
 
     def _take_from(
@@ -710,11 +712,7 @@ class RedisLimiter(Limiter):
             reservation is not None and reservation.startswith(LOCAL)
         ):
             # Admitted from a block: settled in memory (the common case, so asked first).
-            quota = self._quotas.get(subject)
-            if quota is not None:
-                quota.settle(admission, actual_tokens)
-            else:
-                self._settle_local(subject, admission, actual_tokens)
+            self._settle_local(subject, admission, actual_tokens)
             return
         self._submit_settle(subject, admission, actual_tokens, actual_cost, True)
 

@@ -35,8 +35,8 @@ class ScriptLane:
         self._client = client
         self._connection: AbstractConnection | None = None
         # The kept connection's reader as of its last send: whether the server closed it is
-        # asked on every admission from a quota block (`lost`, and the batcher's `link_lost`
-        # reads it directly), so it is kept here rather than looked up on the connection.
+        # asked on every admission from a quota block (`ScriptBatcher.link_lost` reads it),
+        # so it is kept here rather than looked up on the connection.
         self.reader: asyncio.StreamReader | None = None
 
     @classmethod
